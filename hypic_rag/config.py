@@ -1,0 +1,72 @@
+"""Frozen, validated configuration for the executor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Mode(str, Enum):
+    """The ablation ladder, cheapest-and-exact first, then from least to most accurate cached mode."""
+
+    FULL_RECOMPUTE = "full_recompute"
+    PREFIX_CACHE = "prefix_cache"
+    PIC_ADDITION = "pic_addition"
+    PIC_TRANSITION = "pic_transition"
+    PIC_TRANSITION_ROPE = "pic_transition_rope"
+    HYPIC = "hypic"
+
+    @classmethod
+    def parse(cls, value: "Mode | str") -> "Mode":
+        if isinstance(value, Mode):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            names = ", ".join(m.value for m in cls)
+            raise ValueError(f"unknown mode {value!r}; choose one of: {names}") from None
+
+    @property
+    def uses_segment_cache(self) -> bool:
+        return self in (Mode.PIC_ADDITION, Mode.PIC_TRANSITION, Mode.PIC_TRANSITION_ROPE, Mode.HYPIC)
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """How a request is executed.
+
+    mode: which rung of the ablation ladder runs (default: hypic).
+    seam_tokens: w, the tokens recomputed at the start of every cached segment after the first
+        (hypic only; the other cached modes precompute and compose with w = 0).
+    max_new_tokens: generation budget per request.
+    temperature: 0 means greedy decoding; > 0 samples with that temperature.
+    top_p: nucleus sampling mass (only with temperature > 0).
+    seed: sampling seed (None: nondeterministic).
+    prefix_cache_entries: how many segment-boundary snapshots the prefix_cache mode keeps.
+    """
+
+    mode: Mode = Mode.HYPIC
+    seam_tokens: int = 8
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    prefix_cache_entries: int = 256
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", Mode.parse(self.mode))
+        if not isinstance(self.seam_tokens, int) or self.seam_tokens < 0:
+            raise ValueError(f"seam_tokens must be an integer >= 0, got {self.seam_tokens!r}")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not isinstance(self.prefix_cache_entries, int) or self.prefix_cache_entries < 1:
+            raise ValueError(f"prefix_cache_entries must be an integer >= 1, got {self.prefix_cache_entries!r}")
+
+    @property
+    def precompute_seam(self) -> int:
+        """The seam size segment entries are built with: w for hypic, 0 for the other cached modes."""
+        return self.seam_tokens if self.mode is Mode.HYPIC else 0

@@ -1,0 +1,271 @@
+"""The query path, one request at a time.
+
+Request lifecycle (HypicExecutor.stream):
+ 1. validate the segments and the question (token ids, lengths, positions);
+ 2. by mode: full_recompute prefills everything; prefix_cache restores the longest exactly-seen
+    prefix of segments and prefills the rest; the cached modes load each segment's entry from the
+    store, precomputing misses (each independently, after the shared prefix);
+ 3. compose the entries onto a copy of the shared-prefix cache (seam recompute in hypic);
+ 4. prefill the question at its real positions;
+ 5. decode, yielding tokens; the last event carries the GenerationResult with timings.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from transformers import DynamicCache
+
+from hypic_rag.config import ExecutorConfig, Mode
+from hypic_rag.executor import cache_ops
+from hypic_rag.executor.compose import compose_segments
+from hypic_rag.executor.generate import Sampler, decode
+from hypic_rag.executor.precompute import precompute_segment
+from hypic_rag.executor.prefix_cache import PrefixSnapshotCache, chain_keys
+from hypic_rag.models.fingerprint import ModelFingerprint, segment_key, tokens_digest
+from hypic_rag.models.registry import linear_mixer, model_spec
+from hypic_rag.store.base import EntryStore
+from hypic_rag.store.memory import MemoryTier
+from hypic_rag.types import GenerationResult, SegmentEntry, Timings
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One streamed item: a generated token (result None), or the final result (token_id None)."""
+
+    token_id: int | None
+    text: str | None
+    result: GenerationResult | None = None
+
+
+def _eos_ids(model: torch.nn.Module, tokenizer) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        eos = getattr(source, "eos_token_id", None)
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif isinstance(eos, (list, tuple)):
+            ids.update(int(e) for e in eos)
+    return frozenset(ids)
+
+
+class HypicExecutor:
+    """Runs requests made of cached segments plus a question on one transformers hybrid model."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer=None,
+        config: ExecutorConfig | None = None,
+        shared_prefix: Sequence[int] = (),
+        store: EntryStore | None = None,
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = config or ExecutorConfig()
+        self.spec = model_spec(model)
+        self.mixers = {layer.layer_idx: linear_mixer(model, layer.layer_idx) for layer in self.spec.linear}
+        self.rotary_emb = getattr(getattr(model, "model", model), "rotary_emb", None)
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.vocab_size = model.config.get_text_config(decoder=True).vocab_size
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.shared_prefix = self._validated_ids(shared_prefix, "shared_prefix", allow_empty=True)
+        self.fingerprint = ModelFingerprint.of(model, self.config.precompute_seam, self.shared_prefix)
+        self.store: EntryStore = store if store is not None else MemoryTier(capacity_bytes=2**62, name="memory")
+        self.prefix_snapshots = PrefixSnapshotCache(self.config.prefix_cache_entries)
+        self._prefix_cache = self._compute_prefix_cache()
+
+    # ----------------------------------------------------------------------------- validation
+    def _validated_ids(self, ids: Sequence[int], what: str, allow_empty: bool = False) -> tuple[int, ...]:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.reshape(-1).tolist()
+        if isinstance(ids, (str, bytes)):
+            raise ValueError(f"{what} must be a sequence of token ids, not text; tokenize it first")
+        out = tuple(ids)
+        if not out and not allow_empty:
+            raise ValueError(f"{what} is empty; every segment and the question need at least one token")
+        for t in out:
+            if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.vocab_size:
+                raise ValueError(f"{what} holds {t!r}, not a token id in [0, {self.vocab_size})")
+        max_pos = self.spec.max_positions
+        if max_pos is not None and len(out) > max_pos:
+            raise ValueError(f"{what} has {len(out)} tokens, more than the model's {max_pos} positions; split it")
+        return out
+
+    def _validated_request(self, segments, question) -> tuple[list[tuple[int, ...]], tuple[int, ...]]:
+        if isinstance(segments, (str, bytes)) or not isinstance(segments, Sequence):
+            raise ValueError("segments must be a list of token-id sequences")
+        segs = [self._validated_ids(s, f"segment {i}") for i, s in enumerate(segments)]
+        q = self._validated_ids(question, "question")
+        total = len(self.shared_prefix) + sum(len(s) for s in segs) + len(q) + self.config.max_new_tokens
+        max_pos = self.spec.max_positions
+        if max_pos is not None and total > max_pos:
+            raise ValueError(
+                f"request needs {total} positions (prefix + segments + question + max_new_tokens) but the model "
+                f"has {max_pos}; retrieve fewer segments or lower max_new_tokens"
+            )
+        return segs, q
+
+    def check_entry(self, entry: SegmentEntry) -> None:
+        """Refuse an entry built for another model, setting or dtype."""
+        fp = self.fingerprint.to_string()
+        if entry.fingerprint != fp:
+            raise ValueError(
+                f"segment entry was built for {entry.fingerprint}, this executor is {fp}; rebuild the store "
+                "with this model, dtype, seam size and shared prefix"
+            )
+        for layer in entry.attention:
+            if layer.keys.dtype != self.dtype:
+                raise ValueError(f"segment entry holds {layer.keys.dtype} K/V but the model runs in {self.dtype}")
+
+    # ----------------------------------------------------------------------------- caches
+    @torch.no_grad()
+    def _compute_prefix_cache(self) -> DynamicCache | None:
+        if not self.shared_prefix:
+            return None
+        cache = cache_ops.new_cache(self.model)
+        ids = torch.tensor([self.shared_prefix], device=self.device)
+        positions = torch.arange(len(self.shared_prefix), device=self.device)[None]
+        self.model.model(input_ids=ids, past_key_values=cache, position_ids=positions, use_cache=True)
+        return cache
+
+    def _start_cache(self) -> DynamicCache:
+        if self._prefix_cache is None:
+            return cache_ops.new_cache(self.model)
+        return cache_ops.clone_cache(self._prefix_cache)
+
+    def key_of(self, token_ids: Sequence[int]) -> str:
+        return segment_key(self.fingerprint, tuple(token_ids))
+
+    def precompute(self, token_ids: Sequence[int]) -> SegmentEntry:
+        """Build (but do not store) the entry of one segment."""
+        ids = self._validated_ids(token_ids, "segment")
+        return precompute_segment(
+            self.model, self.spec, self.mixers, self.rotary_emb, ids, self._prefix_cache,
+            len(self.shared_prefix), self.config.precompute_seam, self.fingerprint.to_string(),
+        )
+
+    def ensure(self, token_ids: Sequence[int]) -> tuple[SegmentEntry, bool]:
+        """The stored entry of a segment, precomputing and storing it on a miss. Returns (entry, was_hit)."""
+        ids = self._validated_ids(token_ids, "segment")
+        key = self.key_of(ids)
+        entry = self.store.get(key)
+        if entry is not None and entry.token_ids == ids:
+            self.check_entry(entry)
+            return entry, True
+        entry = self.precompute(ids)
+        self.store.put(key, entry)
+        return entry, False
+
+    # ----------------------------------------------------------------------------- request path
+    @torch.no_grad()
+    def _prefill(self, cache: DynamicCache, ids: Sequence[int], start: int, logits: bool) -> torch.Tensor | None:
+        t = torch.tensor([list(ids)], device=self.device)
+        positions = torch.arange(start, start + len(ids), device=self.device)[None]
+        if not logits:
+            self.model.model(input_ids=t, past_key_values=cache, position_ids=positions, use_cache=True)
+            return None
+        out = self.model(input_ids=t, past_key_values=cache, position_ids=positions, use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1]
+
+    def _fill(self, segs: list[tuple[int, ...]], question: tuple[int, ...]):
+        """Steps 2-4: returns (cache, first logits, position after question, stats dict)."""
+        mode = self.config.mode
+        p0 = len(self.shared_prefix)
+        stats = dict(load=0.0, precompute_misses=0.0, compose=0.0, seam=0.0, prefill=0.0, hits=0, misses=0, cached=0)
+        offset = p0 + sum(len(s) for s in segs)
+        if mode is Mode.FULL_RECOMPUTE:
+            t0 = time.perf_counter()
+            cache = self._start_cache()
+            body = [t for s in segs for t in s] + list(question)
+            logits = self._prefill(cache, body, p0, logits=True)
+            stats["prefill"] = time.perf_counter() - t0
+            stats["cached"] = p0
+            return cache, logits, offset + len(question), stats
+        if mode is Mode.PREFIX_CACHE:
+            t0 = time.perf_counter()
+            keys = chain_keys(tokens_digest(self.shared_prefix), segs)
+            covered, cache = self.prefix_snapshots.longest(keys)
+            cache = cache if cache is not None else self._start_cache()
+            stats["load"] = time.perf_counter() - t0
+            stats["hits"], stats["misses"] = covered, len(segs) - covered
+            stats["cached"] = p0 + sum(len(s) for s in segs[:covered])
+            t0 = time.perf_counter()
+            position = p0 + sum(len(s) for s in segs[:covered])
+            for i in range(covered, len(segs)):
+                self._prefill(cache, segs[i], position, logits=False)
+                position += len(segs[i])
+                self.prefix_snapshots.store(keys[i], cache)
+            logits = self._prefill(cache, question, offset, logits=True)
+            stats["prefill"] = time.perf_counter() - t0
+            return cache, logits, offset + len(question), stats
+        entries = []
+        for seg in segs:
+            t0 = time.perf_counter()
+            entry, hit = self.ensure(seg)
+            elapsed = time.perf_counter() - t0
+            stats["load" if hit else "precompute_misses"] += elapsed
+            stats["hits" if hit else "misses"] += 1
+            entries.append(entry)
+        cache = self._start_cache()
+        report = compose_segments(self.model, self.spec, self.rotary_emb, cache, entries, mode, p0)
+        stats["compose"], stats["seam"] = report.compose_seconds, report.seam_seconds
+        stats["cached"] = p0 + sum(len(s) for s in segs) - report.recomputed_tokens
+        t0 = time.perf_counter()
+        logits = self._prefill(cache, question, offset, logits=True)
+        stats["prefill"] = time.perf_counter() - t0
+        return cache, logits, offset + len(question), stats
+
+    def first_token_logits(self, segments: Sequence[Sequence[int]], question: Sequence[int]) -> torch.Tensor:
+        """Next-token logits after the question, [vocab] fp32 (for accuracy measurements)."""
+        segs, q = self._validated_request(segments, question)
+        _, logits, _, _ = self._fill(segs, q)
+        return logits.float()
+
+    def stream(
+        self, segments: Sequence[Sequence[int]], question: Sequence[int], max_new_tokens: int | None = None
+    ) -> Iterator[StreamEvent]:
+        """Yield one StreamEvent per generated token, then a final event with the GenerationResult."""
+        budget = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if not isinstance(budget, int) or budget < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {budget!r}")
+        segs, q = self._validated_request(segments, question)
+        started = time.perf_counter()
+        cache, logits, position, stats = self._fill(segs, q)
+        sampler = Sampler(self.config, self.device)
+        tokens: list[int] = []
+        ttft = 0.0
+        for token in decode(self.model, cache, logits, position, budget, sampler, self.eos_ids):
+            if not tokens:
+                ttft = time.perf_counter() - started
+            tokens.append(token)
+            text = self.tokenizer.decode([token]) if self.tokenizer is not None else None
+            yield StreamEvent(token_id=token, text=text)
+        decode_s = time.perf_counter() - started - ttft
+        finish = "eos" if tokens and tokens[-1] in self.eos_ids else "length"
+        text = None
+        if self.tokenizer is not None:
+            text = self.tokenizer.decode([t for t in tokens if t not in self.eos_ids], skip_special_tokens=True)
+        timings = Timings(
+            load=stats["load"], precompute_misses=stats["precompute_misses"], compose=stats["compose"],
+            seam=stats["seam"], prefill=stats["prefill"], ttft=ttft, decode=decode_s,
+        )
+        result = GenerationResult(
+            token_ids=tuple(tokens), text=text, finish_reason=finish,
+            prompt_tokens=len(self.shared_prefix) + sum(len(s) for s in segs) + len(q),
+            cached_tokens=stats["cached"], segment_hits=stats["hits"], segment_misses=stats["misses"],
+            timings=timings, first_token_logits=logits.float().cpu(),
+        )
+        yield StreamEvent(token_id=None, text=None, result=result)
+
+    def generate(
+        self, segments: Sequence[Sequence[int]], question: Sequence[int], max_new_tokens: int | None = None
+    ) -> GenerationResult:
+        result = None
+        for event in self.stream(segments, question, max_new_tokens):
+            result = event.result or result
+        return result

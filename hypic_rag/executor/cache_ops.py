@@ -1,0 +1,92 @@
+"""Reading and writing the per-layer parts of a transformers DynamicCache (batch size 1)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+
+class LinearOnlyCache(DynamicCache):
+    """DynamicCache for models with no attention layer at all.
+
+    transformers' DynamicCache refuses get_seq_length / get_mask_sizes when no layer is attention,
+    which makes every cached forward of such a model fail. In these models the length only feeds
+    the causal-mask construction, which no linear layer reads; hypic_rag always passes explicit
+    position_ids, so answering an empty attention context is safe.
+    """
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return query_length, 0
+
+
+def new_cache(model: torch.nn.Module) -> DynamicCache:
+    cache = DynamicCache(config=model.config)
+    if not any(isinstance(layer, DynamicLayer) for layer in cache.layers):
+        cache = LinearOnlyCache(config=model.config)
+    return cache
+
+
+def clone_cache(cache: DynamicCache) -> DynamicCache:
+    return copy.deepcopy(cache)
+
+
+def recurrent_state(cache: DynamicCache, layer_idx: int) -> torch.Tensor | None:
+    layer = cache.layers[layer_idx]
+    if not layer.is_recurrent_states_initialized[0]:
+        return None
+    return layer.recurrent_states[0]
+
+
+def conv_state(cache: DynamicCache, layer_idx: int) -> torch.Tensor | None:
+    layer = cache.layers[layer_idx]
+    if not layer.is_conv_states_initialized[0]:
+        return None
+    return layer.conv_states[0]
+
+
+def set_recurrent_state(cache: DynamicCache, layer_idx: int, state: torch.Tensor) -> None:
+    """Write [B, ...] as the layer's recurrent state (initialising the slot if needed)."""
+    layer = cache.layers[layer_idx]
+    current = recurrent_state(cache, layer_idx)
+    if current is not None:
+        state = state.to(dtype=current.dtype, device=current.device)
+    layer.update_recurrent_state(state, state_idx=0)
+
+
+def set_conv_state(cache: DynamicCache, layer_idx: int, tail: torch.Tensor) -> None:
+    """Write [B, C, K] as the layer's conv state, marked so the next forward continues from it."""
+    layer = cache.layers[layer_idx]
+    if not layer.is_conv_states_initialized[0]:
+        layer.lazy_initialization(conv_states=tail, state_idx=0, conv_kernel_size=tail.shape[-1])
+    layer.conv_states[0].copy_(tail.to(layer.conv_states[0].dtype))
+    layer.has_previous_state[0] = True
+
+
+def append_kv(cache: DynamicCache, layer_idx: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Append [B, kv_heads, T, D] keys/values to an attention layer."""
+    cache.layers[layer_idx].update(keys, values)
+
+
+def kv(cache: DynamicCache, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    layer = cache.layers[layer_idx]
+    return layer.keys, layer.values
+
+
+def cache_nbytes(cache: DynamicCache) -> int:
+    total = 0
+    for layer in cache.layers:
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+        for states in (getattr(layer, "conv_states", {}), getattr(layer, "recurrent_states", {})):
+            for t in states.values():
+                if isinstance(t, torch.Tensor):
+                    total += t.numel() * t.element_size()
+    return total

@@ -1,0 +1,115 @@
+"""Splicing cached segments into a request's DynamicCache, for each cached mode of the ladder.
+
+For segment i at offset o (tokens before it), in request order:
+  hypic, i = 0      : the segment's own end state, conv tail and K/V (keys rotated to o): exact,
+                      since it follows the same shared prefix it was computed after.
+  hypic, i > 0      : 1. run its first w tokens through every layer with the true context
+                         (linear layers start from the composed state and the previous conv tail,
+                         attention sees all earlier K/V at real positions);
+                      2. advance each linear state over the interior: S <- M S + E;
+                      3. conv state <- the segment's tail (fresh seam columns where the interior < K);
+                      4. append the interior K/V with keys rotated to their real positions.
+  pic_transition_rope: S <- M S + E over the whole segment, tail, keys rotated to o.
+  pic_transition    : the same with keys left where precompute put them (no RoPE fix).
+  pic_addition      : S <- S + E (no operator), tail, keys left unrotated.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from hypic_rag.config import Mode
+from hypic_rag.executor import cache_ops
+from hypic_rag.models.specs import ModelSpec
+from hypic_rag.ops.compose import compose_state, merge_conv_tail
+from hypic_rag.ops.rope import shift_keys
+from hypic_rag.types import SegmentEntry
+
+
+@dataclass(frozen=True)
+class ComposeReport:
+    compose_seconds: float
+    seam_seconds: float
+    recomputed_tokens: int
+    end_offset: int
+
+
+def _append_segment_kv(
+    cache: DynamicCache, spec: ModelSpec, rotary_emb, entry: SegmentEntry, start: int, shift: int
+) -> None:
+    for layer, cached in zip(spec.attention, entry.attention):
+        keys = cached.keys[None, :, start:]
+        if layer.rope is not None and rotary_emb is not None:
+            keys = shift_keys(keys, rotary_emb, shift)
+        cache_ops.append_kv(cache, layer.layer_idx, keys, cached.values[None, :, start:])
+
+
+def _set_exact_end(cache: DynamicCache, entry: SegmentEntry) -> None:
+    for layer in entry.linear:
+        if layer.end_state is not None:
+            cache_ops.set_recurrent_state(cache, layer.layer_idx, layer.end_state[None])
+        cache_ops.set_conv_state(cache, layer.layer_idx, layer.conv_tail[None])
+
+
+def _advance_interior(cache: DynamicCache, entry: SegmentEntry, use_operator: bool, fresh_seam: bool) -> None:
+    for layer in entry.linear:
+        if layer.interior_state is not None:
+            current = cache_ops.recurrent_state(cache, layer.layer_idx)
+            end = layer.interior_state[None]
+            state = torch.zeros_like(end) if current is None else current
+            operator = layer.interior_operator[None] if use_operator else None
+            cache_ops.set_recurrent_state(cache, layer.layer_idx, compose_state(state, operator, end))
+        tail = layer.conv_tail[None]
+        if fresh_seam:
+            tail = merge_conv_tail(cache_ops.conv_state(cache, layer.layer_idx), tail, entry.interior_length)
+        cache_ops.set_conv_state(cache, layer.layer_idx, tail)
+
+
+@torch.no_grad()
+def compose_segments(
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    rotary_emb,
+    cache: DynamicCache,
+    entries: list[SegmentEntry],
+    mode: Mode,
+    prefix_length: int,
+) -> ComposeReport:
+    """Extend `cache` (holding the shared prefix) with `entries` in order; returns timings and the end offset."""
+    device = next(model.parameters()).device
+    offset = prefix_length
+    seam_seconds = 0.0
+    recomputed = 0
+    started = time.perf_counter()
+    for i, entry in enumerate(entries):
+        if mode is Mode.HYPIC and i == 0:
+            _set_exact_end(cache, entry)
+            _append_segment_kv(cache, spec, rotary_emb, entry, 0, offset)
+        elif mode is Mode.HYPIC:
+            seam = entry.seam_tokens
+            if seam > 0:
+                t0 = time.perf_counter()
+                ids = torch.tensor([entry.token_ids[:seam]], dtype=torch.long, device=device)
+                positions = torch.arange(offset, offset + seam, device=device)[None]
+                model.model(input_ids=ids, past_key_values=cache, position_ids=positions, use_cache=True)
+                seam_seconds += time.perf_counter() - t0
+                recomputed += seam
+            if entry.interior_length > 0:
+                _advance_interior(cache, entry, use_operator=True, fresh_seam=seam > 0)
+                _append_segment_kv(cache, spec, rotary_emb, entry, seam, offset)
+        else:
+            if entry.seam_tokens != 0:
+                raise ValueError(f"{mode.value} composes whole segments; this entry was built with a seam of "
+                                 f"{entry.seam_tokens} tokens. Build entries with seam_tokens=0 for this mode.")
+            _advance_interior(cache, entry, use_operator=mode is not Mode.PIC_ADDITION, fresh_seam=False)
+            shift = offset if mode is Mode.PIC_TRANSITION_ROPE else prefix_length
+            _append_segment_kv(cache, spec, rotary_emb, entry, 0, shift)
+        offset += entry.length
+    total = time.perf_counter() - started
+    return ComposeReport(
+        compose_seconds=total - seam_seconds, seam_seconds=seam_seconds, recomputed_tokens=recomputed, end_offset=offset
+    )

@@ -1,0 +1,59 @@
+"""Token-by-token decoding from a filled cache: greedy, or temperature / top-p sampling."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from transformers import DynamicCache
+
+from hypic_rag.config import ExecutorConfig
+
+
+class Sampler:
+    def __init__(self, config: ExecutorConfig, device: torch.device):
+        self.temperature = config.temperature
+        self.top_p = config.top_p
+        self.generator = None
+        if config.seed is not None:
+            self.generator = torch.Generator(device=device).manual_seed(config.seed)
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        """Pick the next token from logits [vocab]."""
+        if self.temperature == 0:
+            return int(torch.argmax(logits))
+        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < self.top_p
+            sorted_probs = sorted_probs * keep
+            probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+@torch.no_grad()
+def decode(
+    model: torch.nn.Module,
+    cache: DynamicCache,
+    first_logits: torch.Tensor,
+    position: int,
+    max_new_tokens: int,
+    sampler: Sampler,
+    eos_ids: frozenset[int],
+) -> Iterator[int]:
+    """Yield generated token ids; stops after an EOS token (which is yielded) or max_new_tokens."""
+    device = first_logits.device
+    logits = first_logits
+    for step in range(max_new_tokens):
+        token = sampler(logits)
+        yield token
+        if token in eos_ids or step == max_new_tokens - 1:
+            return
+        out = model(
+            input_ids=torch.tensor([[token]], device=device),
+            past_key_values=cache,
+            position_ids=torch.tensor([[position]], device=device),
+            use_cache=True,
+        )
+        position += 1
+        logits = out.logits[0, -1]

@@ -1,0 +1,81 @@
+"""The identity a cache entry belongs to: model (config + weights), dtype, seam size, shared prefix.
+
+Two executors share entries only when their fingerprints are equal, so a different model, dtype,
+seam size or shared prefix can never read another's entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import torch
+
+_SAMPLE = 4096  # elements hashed from each end of every parameter
+
+
+def _config_digest(model: torch.nn.Module) -> str:
+    config = model.config.to_dict()
+    for volatile in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "_attn_implementation_autoset"):
+        config.pop(volatile, None)
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    """Hash of every parameter's name, shape and first/last elements: cheap, and different for
+    different weights of the same architecture (random inits, fine-tunes)."""
+    h = hashlib.sha256()
+    for name, param in model.named_parameters():
+        flat = param.detach().reshape(-1)
+        sample = torch.cat([flat[:_SAMPLE], flat[-_SAMPLE:]]).float().cpu()
+        h.update(name.encode())
+        h.update(str(tuple(param.shape)).encode())
+        h.update(sample.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def tokens_digest(token_ids: tuple[int, ...] | list[int]) -> str:
+    return hashlib.sha256(json.dumps(list(token_ids)).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelFingerprint:
+    model_type: str
+    config_digest: str
+    weights_digest: str
+    dtype: str
+    seam_tokens: int
+    prefix_digest: str
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, seam_tokens: int, shared_prefix: tuple[int, ...]) -> "ModelFingerprint":
+        dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+        return cls(
+            model_type=model.config.get_text_config(decoder=True).model_type,
+            config_digest=_config_digest(model),
+            weights_digest=_weights_digest(model),
+            dtype=dtype,
+            seam_tokens=seam_tokens,
+            prefix_digest=tokens_digest(shared_prefix)[:16],
+        )
+
+    def to_string(self) -> str:
+        return (
+            f"{self.model_type}:{self.config_digest}:{self.weights_digest}:{self.dtype}:"
+            f"w{self.seam_tokens}:p{self.prefix_digest}"
+        )
+
+    @classmethod
+    def from_string(cls, text: str) -> "ModelFingerprint":
+        parts = text.split(":")
+        if len(parts) != 6 or not parts[4].startswith("w") or not parts[5].startswith("p"):
+            raise ValueError(f"not a hypic_rag model fingerprint: {text!r}")
+        return cls(parts[0], parts[1], parts[2], parts[3], int(parts[4][1:]), parts[5][1:])
+
+
+def segment_key(fingerprint: ModelFingerprint | str, token_ids: tuple[int, ...]) -> str:
+    """Content key of a segment entry: hash of its token ids under one fingerprint."""
+    fp = fingerprint if isinstance(fingerprint, str) else fingerprint.to_string()
+    return hashlib.sha256((fp + "|" + tokens_digest(token_ids)).encode()).hexdigest()

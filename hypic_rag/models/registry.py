@@ -1,0 +1,136 @@
+"""Which transformers architectures are supported, and how their layers are read into a ModelSpec."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from hypic_rag.models.specs import (
+    AttentionLayerSpec,
+    LinearLayerSpec,
+    MixerFamily,
+    ModelSpec,
+    RopeSpec,
+    rotary_dim_of,
+)
+
+
+@dataclass(frozen=True)
+class FamilyInfo:
+    family: MixerFamily
+    mixer_attr: str  # attribute of the decoder layer holding the linear mixer
+    chunk_fn: str | None
+    recurrent_fn: str | None
+    nope: bool = False  # attention layers carry no rotary position in their cached keys
+
+
+_GDN = FamilyInfo(MixerFamily.GATED_DELTA, "linear_attn", "torch_chunk_gated_delta_rule", "torch_recurrent_gated_delta_rule")
+_MAMBA2 = FamilyInfo(MixerFamily.MAMBA2, "mamba", "mamba2_chunk_scan", None)
+
+SUPPORTED: dict[str, FamilyInfo] = {
+    "qwen3_5_text": _GDN,
+    "qwen3_next": _GDN,
+    "falcon_h1": _MAMBA2,
+    "bamba": _MAMBA2,
+    "granitemoehybrid": _MAMBA2,
+    "kimi_linear": FamilyInfo(
+        MixerFamily.GATED_DELTA, "self_attn", "chunk_kimi_delta_attention", "recurrent_kimi_delta_attention", nope=True
+    ),
+    "lfm2": FamilyInfo(MixerFamily.CONV_ONLY, "conv", None, None),
+}
+
+
+def supported_model_types() -> list[str]:
+    return sorted(SUPPORTED)
+
+
+def _decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    inner = getattr(model, "model", model)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise ValueError(f"{type(model).__name__} has no decoder layers at .model.layers; is it a causal LM?")
+    return layers
+
+
+def _rotary_emb(model: torch.nn.Module) -> torch.nn.Module | None:
+    inner = getattr(model, "model", model)
+    return getattr(inner, "rotary_emb", None)
+
+
+def _is_linear_mixer(module: torch.nn.Module | None) -> bool:
+    return module is not None and hasattr(module, "layer_idx") and (
+        hasattr(module, "conv1d") or hasattr(module, "conv")
+    )
+
+
+def _conv_width(mixer: torch.nn.Module) -> int:
+    conv = getattr(mixer, "conv1d", None) or getattr(mixer, "conv")
+    return int(conv.kernel_size[0])
+
+
+_ATTENTION_CACHE_TYPES = {"full_attention", "hybrid"}
+_LINEAR_CACHE_TYPES = {"linear_attention", "conv", "hybrid"}
+_UNSUPPORTED_CACHE_TYPES = {"sliding_attention", "chunked_attention", "hybrid_sliding", "indexed_attention"}
+
+
+def _cache_layer_types(config) -> list[str]:
+    """The per-layer cache kinds transformers itself builds a DynamicCache from."""
+    from transformers.cache_utils import get_layer_types_and_kwargs
+
+    return list(get_layer_types_and_kwargs(config)[0])
+
+
+def model_spec(model: torch.nn.Module) -> ModelSpec:
+    """Read a loaded transformers hybrid into a ModelSpec, or raise a ValueError naming what is supported."""
+    config = model.config.get_text_config(decoder=True)
+    model_type = config.model_type
+    info = SUPPORTED.get(model_type)
+    if info is None:
+        raise ValueError(
+            f"model type {model_type!r} is not supported by hypic_rag; supported: {', '.join(supported_model_types())}"
+        )
+    rotary = _rotary_emb(model)
+    rope = None if (info.nope or rotary is None) else RopeSpec(rotary_dim=rotary_dim_of(rotary))
+    linear: list[LinearLayerSpec] = []
+    attention: list[AttentionLayerSpec] = []
+    layers = _decoder_layers(model)
+    cache_types = _cache_layer_types(config)
+    if len(cache_types) != len(layers):
+        raise ValueError(f"{model_type}: {len(cache_types)} cache layer types for {len(layers)} decoder layers")
+    for idx, (layer, cache_type) in enumerate(zip(layers, cache_types)):
+        if cache_type in _UNSUPPORTED_CACHE_TYPES:
+            raise ValueError(
+                f"{model_type} layer {idx} uses {cache_type!r} attention; hypic_rag composes full-attention "
+                "K/V only. Use a model whose attention layers are all full attention."
+            )
+        mixer = getattr(layer, info.mixer_attr, None)
+        if cache_type in _LINEAR_CACHE_TYPES:
+            if not _is_linear_mixer(mixer):
+                raise ValueError(f"{model_type} layer {idx}: no linear mixer at .{info.mixer_attr}")
+            linear.append(
+                LinearLayerSpec(
+                    layer_idx=idx,
+                    family=info.family,
+                    conv_width=_conv_width(mixer),
+                    modeling_module=type(mixer).__module__,
+                    chunk_fn=info.chunk_fn,
+                    recurrent_fn=info.recurrent_fn,
+                )
+            )
+        if cache_type in _ATTENTION_CACHE_TYPES:
+            attention.append(AttentionLayerSpec(layer_idx=idx, rope=rope))
+    if not linear:
+        raise ValueError(f"{model_type} model has no linear-attention layers; hypic_rag needs a hybrid model")
+    return ModelSpec(
+        model_type=model_type,
+        num_layers=len(_decoder_layers(model)),
+        linear=tuple(linear),
+        attention=tuple(attention),
+        max_positions=getattr(config, "max_position_embeddings", None),
+    )
+
+
+def linear_mixer(model: torch.nn.Module, layer_idx: int) -> torch.nn.Module:
+    info = SUPPORTED[model.config.get_text_config(decoder=True).model_type]
+    return getattr(_decoder_layers(model)[layer_idx], info.mixer_attr)

@@ -1,0 +1,127 @@
+"""Tiny random-initialised configs of the real transformers hybrid architectures (tests, benchmarks).
+
+`tiny_model(family)` builds an fp32 model on CPU with a fixed seed; sizes are small enough for a
+full test suite on two cores, but every layer kind of the architecture is present.
+"""
+
+from __future__ import annotations
+
+import torch
+
+VOCAB = 128
+
+
+def _qwen3_5(layers: tuple[str, ...]):
+    from transformers import Qwen3_5TextConfig
+
+    return Qwen3_5TextConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=len(layers),
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, linear_num_key_heads=2,
+        linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16, linear_conv_kernel_dim=4,
+        layer_types=list(layers), max_position_embeddings=4096, eos_token_id=1, bos_token_id=0, pad_token_id=2,
+    )
+
+
+def _qwen3_next(layers: tuple[str, ...]):
+    from transformers import Qwen3NextConfig
+
+    return Qwen3NextConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=len(layers),
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, linear_num_key_heads=2,
+        linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16, linear_conv_kernel_dim=4,
+        layer_types=list(layers), num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+        shared_expert_intermediate_size=32, decoder_sparse_step=1, max_position_embeddings=4096,
+        eos_token_id=1, bos_token_id=0, pad_token_id=2,
+    )
+
+
+def _falcon_h1(num_layers: int):
+    from transformers import FalconH1Config
+
+    return FalconH1Config(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, mamba_d_ssm=64, mamba_n_heads=4,
+        mamba_d_head=16, mamba_d_state=16, mamba_n_groups=1, mamba_d_conv=4, mamba_chunk_size=16,
+        max_position_embeddings=4096, eos_token_id=1, bos_token_id=0, pad_token_id=2,
+    )
+
+
+def _bamba(num_layers: int, attn_layers: tuple[int, ...]):
+    from transformers import BambaConfig
+
+    return BambaConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
+        num_attention_heads=4, num_key_value_heads=2, mamba_n_heads=4, mamba_d_head=32, mamba_d_state=16,
+        mamba_n_groups=1, mamba_d_conv=4, mamba_chunk_size=16, attn_layer_indices=list(attn_layers),
+        max_position_embeddings=4096, eos_token_id=1, bos_token_id=0, pad_token_id=2,
+    )
+
+
+def _kimi_linear():
+    from transformers import KimiLinearConfig
+
+    return KimiLinearConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=4, head_dim=16, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=16,
+        v_head_dim=16, q_lora_rank=None,
+        linear_attn_config={"full_attn_layers": [2], "kda_layers": [1, 3], "num_heads": 4, "head_dim": 16,
+                            "short_conv_kernel_size": 4},
+        max_position_embeddings=4096, eos_token_id=1, bos_token_id=0, pad_token_id=2,
+    )
+
+
+def _lfm2():
+    from transformers import Lfm2Config
+
+    return Lfm2Config(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, conv_L_cache=3, layer_types=["conv", "full_attention", "conv"],
+        max_position_embeddings=4096, eos_token_id=1, bos_token_id=0, pad_token_id=2,
+    )
+
+
+def tiny_config(family: str):
+    """Configs by name: qwen3_5, qwen3_next, falcon_h1, bamba, kimi_linear, lfm2 (hybrids), and
+    qwen3_5_linear_only / bamba_linear_only (one linear layer, no attention)."""
+    gdn3to1 = ("linear_attention", "linear_attention", "linear_attention", "full_attention")
+    builders = {
+        "qwen3_5": lambda: _qwen3_5(gdn3to1),
+        "qwen3_5_linear_only": lambda: _qwen3_5(("linear_attention",)),
+        "qwen3_next": lambda: _qwen3_next(gdn3to1),
+        "falcon_h1": lambda: _falcon_h1(2),
+        "bamba": lambda: _bamba(3, (1,)),
+        "bamba_linear_only": lambda: _bamba(1, ()),
+        "kimi_linear": _kimi_linear,
+        "lfm2": _lfm2,
+    }
+    if family not in builders:
+        raise ValueError(f"unknown tiny family {family!r}; choose one of {sorted(builders)}")
+    return builders[family]()
+
+
+@torch.no_grad()
+def give_long_memory(model: torch.nn.Module, seed: int = 0) -> None:
+    """Set every linear mixer's decay to a slow rate (per-token decay ~exp(-0.003..-0.03)).
+
+    Random initialisation draws decays so fast that a state forgets its context within a few tokens,
+    which would make any caching scheme look exact. Trained models keep long memories; so do these.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        a_log, dt_bias = getattr(module, "A_log", None), getattr(module, "dt_bias", None)
+        if isinstance(a_log, torch.nn.Parameter) and isinstance(dt_bias, torch.nn.Parameter):
+            rates = torch.empty(a_log.shape).uniform_(0.02, 0.2, generator=g)
+            a_log.copy_(rates.log().to(a_log.dtype))
+            dt_bias.fill_(-2.0)  # softplus(-2) = 0.127
+
+
+def tiny_model(
+    family: str, seed: int = 0, dtype: torch.dtype = torch.float32, long_memory: bool = True
+) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family), dtype=dtype, attn_implementation="sdpa")
+    if long_memory:
+        give_long_memory(model, seed)
+    return model.eval()

@@ -1,0 +1,28 @@
+"""What the executor needs from a segment store."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from hypic_rag.types import SegmentEntry
+
+
+class EntryStore(ABC):
+    """Maps content keys to SegmentEntry.
+
+    get returns None on a miss and never returns a damaged entry; put may evict other entries but
+    never fails because the store is full (an entry too large for every tier is simply not kept).
+    Implementations are safe to call from one thread at a time.
+    """
+
+    @abstractmethod
+    def get(self, key: str) -> SegmentEntry | None: ...
+
+    @abstractmethod
+    def put(self, key: str, entry: SegmentEntry) -> None: ...
+
+    @abstractmethod
+    def __contains__(self, key: str) -> bool: ...
+
+    def get_many(self, keys: list[str]) -> list[SegmentEntry | None]:
+        return [self.get(k) for k in keys]

@@ -1,0 +1,25 @@
+import pytest
+import torch
+
+import hypic_rag  # noqa: F401  (blocks fla on CPU before transformers models import)
+from hypic_rag.models.tiny import tiny_model
+
+HYBRIDS = ["qwen3_5", "qwen3_next", "falcon_h1", "bamba", "kimi_linear", "lfm2"]
+
+_MODELS: dict[str, torch.nn.Module] = {}
+
+
+def get_model(family: str) -> torch.nn.Module:
+    if family not in _MODELS:
+        _MODELS[family] = tiny_model(family)
+    return _MODELS[family]
+
+
+@pytest.fixture(params=HYBRIDS)
+def hybrid(request):
+    return request.param, get_model(request.param)
+
+
+def random_ids(lengths, seed=0, vocab=128):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths]

@@ -1,0 +1,47 @@
+"""The ablation ladder orders by accuracy on multi-segment prompts (mean next-token KL to full recompute)."""
+
+import torch
+import torch.nn.functional as F
+
+from conftest import get_model, random_ids
+from hypic_rag import ExecutorConfig, HypicExecutor
+
+LADDER = [("pic_addition", 0), ("pic_transition", 0), ("pic_transition_rope", 0), ("hypic", 8)]
+
+
+def kl(p_logits, q_logits):
+    """KL(full || mode) of next-token distributions."""
+    return F.kl_div(q_logits.log_softmax(-1), p_logits.log_softmax(-1), log_target=True, reduction="sum").item()
+
+
+def mean_kls(family, prompts):
+    model = get_model(family)
+    full = HypicExecutor(model, config=ExecutorConfig(mode="full_recompute"))
+    executors = {m: HypicExecutor(model, config=ExecutorConfig(mode=m, seam_tokens=w)) for m, w in LADDER}
+    totals = {m: 0.0 for m, _ in LADDER}
+    for segs, q in prompts:
+        reference = full.first_token_logits(segs, q)
+        for mode, ex in executors.items():
+            totals[mode] += kl(reference, ex.first_token_logits(segs, q)) / len(prompts)
+    return totals
+
+
+def test_ladder_orders_on_gated_deltanet():
+    prompts = []
+    for seed in range(6):
+        *segs, q = random_ids([48, 37, 52, 41, 8], seed=100 + seed)
+        prompts.append((segs, q))
+    kls = mean_kls("qwen3_5", prompts)
+    print("mean KL to full recompute (qwen3_5 tiny):", {k: f"{v:.3e}" for k, v in kls.items()})
+    assert kls["hypic"] < kls["pic_transition_rope"] < kls["pic_addition"]
+    assert kls["pic_transition_rope"] <= kls["pic_transition"]
+
+
+def test_ladder_orders_on_kda():
+    prompts = []
+    for seed in range(4):
+        *segs, q = random_ids([44, 39, 50, 8], seed=200 + seed)
+        prompts.append((segs, q))
+    kls = mean_kls("kimi_linear", prompts)
+    print("mean KL to full recompute (kimi_linear tiny):", {k: f"{v:.3e}" for k, v in kls.items()})
+    assert kls["hypic"] < kls["pic_transition_rope"] < kls["pic_addition"]
