@@ -70,3 +70,27 @@ class ExecutorConfig:
     def precompute_seam(self) -> int:
         """The seam size segment entries are built with: w for hypic, 0 for the other cached modes."""
         return self.seam_tokens if self.mode is Mode.HYPIC else 0
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """How documents and the question become prompt text.
+
+    system: the shared prefix text (after the tokenizer's BOS, if add_bos); cached once, exactly.
+    segment: format string for one segment, with {title} and {text}.
+    question: format string for the final, never-cached piece, with {question}.
+    """
+
+    system: str = ""
+    segment: str = "Document: {title}\n{text}\n"
+    question: str = "Question: {question}\nAnswer:"
+    add_bos: bool = True
+
+    def __post_init__(self) -> None:
+        for name, fields in (("segment", ("{text}",)), ("question", ("{question}",))):
+            value = getattr(self, name)
+            if any(f not in value for f in fields):
+                raise ValueError(f"template {name!r} must contain {', '.join(fields)}; got {value!r}")
+
+    def to_dict(self) -> dict:
+        return {"system": self.system, "segment": self.segment, "question": self.question, "add_bos": self.add_bos}

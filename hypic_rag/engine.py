@@ -239,12 +239,16 @@ class HypicExecutor:
         sampler = Sampler(self.config, self.device)
         tokens: list[int] = []
         ttft = 0.0
+        shown = ""
         for token in decode(self.model, cache, logits, position, budget, sampler, self.eos_ids):
             if not tokens:
                 ttft = time.perf_counter() - started
             tokens.append(token)
-            text = self.tokenizer.decode([token]) if self.tokenizer is not None else None
-            yield StreamEvent(token_id=token, text=text)
+            delta = None
+            if self.tokenizer is not None:  # decode the whole answer so multi-byte characters come out whole
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                delta, shown = text[len(shown):], text
+            yield StreamEvent(token_id=token, text=delta)
         decode_s = time.perf_counter() - started - ttft
         finish = "eos" if tokens and tokens[-1] in self.eos_ids else "length"
         text = None

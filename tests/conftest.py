@@ -23,3 +23,25 @@ def hybrid(request):
 def random_ids(lengths, seed=0, vocab=128):
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+SHIPPED = None
+
+
+def shipped_model():
+    """The small trained model the package ships (loaded once)."""
+    global SHIPPED
+    if SHIPPED is None:
+        from hypic_rag.api import SHIPPED_MODEL, load_model
+
+        SHIPPED = load_model(SHIPPED_MODEL, device="cpu")
+    return SHIPPED
+
+
+def demo_docs(n=None):
+    import json
+
+    from hypic_rag.cli.demo import DEMO_DIR
+
+    docs = [json.loads(l) for l in (DEMO_DIR / "corpus.jsonl").read_text().splitlines() if l.strip()]
+    return docs if n is None else docs[:n]

@@ -1,0 +1,168 @@
+"""Train the small Qwen3.5-style hybrid that hypic_rag ships (hypic_rag/assets/small_model).
+
+A byte-level BPE tokenizer is trained with `tokenizers` on synthetic documents, then a Gated
+DeltaNet + full attention model (3:1) learns to answer synthetic multi-document questions.
+Each document is tokenized on its own, exactly as segments are at query time. The loss covers the
+answer (weight 1) and the documents (weight `--lm-weight`). Checkpoints are written every
+`--save-every` steps as standard HF checkpoints.
+
+    python bench/train_small_model.py --minutes 45 --out hypic_rag/assets/small_model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import hypic_rag  # noqa: E402,F401
+from hypic_rag.data.synthetic import context_text, make_dataset, question_text  # noqa: E402
+
+SPECIALS = ["<pad>", "<bos>", "<eos>"]
+
+
+def train_tokenizer(vocab_size: int, seed: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = []
+    for r in make_dataset(3000, seed=seed + 7):
+        texts += [context_text(d) for d in r["ctxs"]] + [question_text(r["question"]) + " " + r["answers"][0]]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
+
+
+def build_model(tokenizer, hidden: int, layers: int):
+    from transformers import AutoModelForCausalLM, Qwen3_5TextConfig
+
+    layer_types = ["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers)]
+    config = Qwen3_5TextConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, linear_num_key_heads=2,
+        linear_num_value_heads=4, linear_key_head_dim=hidden // 4, linear_value_head_dim=hidden // 4,
+        linear_conv_kernel_dim=4, layer_types=layer_types, max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+
+
+def encode(record: dict, tokenizer) -> tuple[list[int], list[float]]:
+    """bos + each document tokenized alone + question + answer + eos; per-token loss weights."""
+    ids, weights = [tokenizer.bos_token_id], [0.0]
+    for doc in record["ctxs"]:
+        piece = tokenizer.encode(context_text(doc), add_special_tokens=False)
+        ids += piece
+        weights += [1.0] * len(piece)
+    q = tokenizer.encode(question_text(record["question"]), add_special_tokens=False)
+    ids += q
+    weights += [1.0] * len(q)
+    a = tokenizer.encode(" " + record["answers"][0], add_special_tokens=False) + [tokenizer.eos_token_id]
+    ids += a
+    weights += [-1.0] * len(a)  # marks answer tokens
+    return ids, weights
+
+
+def batch_of(records, tokenizer, lm_weight: float):
+    encoded = [encode(r, tokenizer) for r in records]
+    width = max(len(i) for i, _ in encoded)
+    ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
+    w = torch.zeros(len(encoded), width)
+    for row, (i, ws) in enumerate(encoded):
+        ids[row, : len(i)] = torch.tensor(i)
+        w[row, : len(ws)] = torch.tensor([1.0 if x < 0 else x * lm_weight for x in ws])
+    return ids, w
+
+
+@torch.no_grad()
+def exact_match_rate(model, tokenizer, records) -> float:
+    from hypic_rag.data.scoring import exact_match
+
+    model.eval()
+    hits = 0
+    for r in records:
+        ids, _ = encode(r, tokenizer)
+        answer_len = len(tokenizer.encode(" " + r["answers"][0], add_special_tokens=False)) + 1
+        prompt = torch.tensor([ids[:-answer_len]])
+        out = model.generate(prompt, max_new_tokens=8, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id)
+        hits += exact_match(tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True), r["answers"])
+    model.train()
+    return hits / len(records)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="hypic_rag/assets/small_model")
+    p.add_argument("--minutes", type=float, default=45.0)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--vocab", type=int, default=768)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lm-weight", type=float, default=0.1)
+    p.add_argument("--docs", type=int, default=4)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer(args.vocab, args.seed)
+    model = build_model(tokenizer, args.hidden, args.layers)
+    print(f"params: {sum(p.numel() for p in model.parameters())/1e6:.2f}M vocab {len(tokenizer)}", flush=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.95))
+    rng = random.Random(args.seed)
+    held_out = make_dataset(100, seed=10_000 + args.seed, num_docs=args.docs)
+    deadline = time.time() + args.minutes * 60
+    log = []
+    step = 0
+    model.train()
+    while time.time() < deadline:
+        records = make_dataset(args.batch, seed=rng.randrange(1 << 30), num_docs=rng.randint(2, args.docs + 1))
+        ids, w = batch_of(records, tokenizer, args.lm_weight)
+        logits = model(input_ids=ids).logits[:, :-1]
+        losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                                   reduction="none").view_as(w[:, 1:])
+        loss = (losses * w[:, 1:]).sum() / w[:, 1:].sum()
+        frac = min(1.0, step / 100)
+        for g in opt.param_groups:
+            g["lr"] = args.lr * frac * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, 1 - (deadline - time.time()) / (args.minutes * 60)))))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 20 == 0:
+            print(f"step {step} loss {loss.item():.4f}", flush=True)
+        if step % args.save_every == 0:
+            em = exact_match_rate(model, tokenizer, held_out[:40])
+            log.append({"step": step, "loss": loss.item(), "held_out_em_40": em})
+            print(f"step {step} held-out EM (40) {em:.3f}", flush=True)
+            model.save_pretrained(out)
+            tokenizer.save_pretrained(out)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    em = exact_match_rate(model, tokenizer, held_out)
+    log.append({"step": step, "final_held_out_em_100": em})
+    print(f"final held-out EM (100, full recompute): {em:.3f}", flush=True)
+    (out / "training_log.json").write_text(json.dumps({"args": vars(args), "log": log}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""The Python API: a store directory (entries + index + manifest) with a model to answer from it.
+
+    rag = HypicRAG.create("store/", model="hypic_rag/assets/small_model")
+    rag.ingest(["docs/"])                       # paths, strings or {"id", "text"} dicts
+    result = rag.query("Where was Kamo born?", k=4)
+    print(result.answer, result.segment_ids, result.timings.ttft, result.tier_hits)
+    rag = HypicRAG.from_store("store/")         # later, or in another process
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+
+from hypic_rag.config import ExecutorConfig, Mode, PromptTemplate
+from hypic_rag.engine import HypicExecutor
+from hypic_rag.index.embedder import DEFAULT_EMBEDDER, Embedder
+from hypic_rag.index.segment_index import RetrievedSegment, SegmentIndex
+from hypic_rag.precompute.pipeline import IngestReport, ingest_segments
+from hypic_rag.precompute.segmenter import Document, Segmenter, as_documents, load_corpus
+from hypic_rag.store.manifest import Manifest
+from hypic_rag.store.tiered import StoreConfig, TieredStore
+from hypic_rag.types import GenerationResult, Timings
+
+SHIPPED_MODEL = Path(__file__).resolve().parent / "assets" / "small_model"
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    answer: str
+    segments: list[RetrievedSegment]
+    generation: GenerationResult
+    retrieval_seconds: float
+    tier_hits: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def segment_ids(self) -> list[str]:
+        return [s.record.segment_id for s in self.segments]
+
+    @property
+    def timings(self) -> Timings:
+        return self.generation.timings
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    directory: str
+    fingerprint: str
+    model_path: str | None
+    segments: int
+    documents: int
+    tiers: list
+
+
+def load_model(path: str | Path, dtype: torch.dtype | None = None, device: str | None = None):
+    """Load a local HF checkpoint and its tokenizer (no hub access)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"no model checkpoint at {path} (expected config.json there)")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa").to(device)
+    return model.eval(), AutoTokenizer.from_pretrained(path)
+
+
+def first_line(text: str) -> str:
+    return text.strip().split("\n", 1)[0].strip()
+
+
+class HypicRAG:
+    def __init__(self, directory, model, tokenizer, model_path, config, template, store_config, embedder,
+                 max_segment_tokens, read_only=False):
+        self.directory = Path(directory)
+        self.model, self.tokenizer, self.model_path = model, tokenizer, model_path
+        self.template = template
+        self.max_segment_tokens = max_segment_tokens
+        prefix = ([tokenizer.bos_token_id] if template.add_bos and tokenizer.bos_token_id is not None else [])
+        prefix += tokenizer.encode(template.system, add_special_tokens=False) if template.system else []
+        self.shared_prefix = tuple(prefix)
+        self.executor = HypicExecutor(model, tokenizer, config, self.shared_prefix)
+        fingerprint = self.executor.fingerprint.to_string()
+        existing = (self.directory / "manifest.json").exists()
+        if existing:
+            Manifest.read(self.directory).check_compatible(fingerprint, self.directory)
+        self.embedder = Embedder(embedder)
+        self.store = TieredStore(self.directory, store_config)
+        self.executor.store = self.store
+        self.index = SegmentIndex(self.directory / "index", self.embedder.dim)
+        if not read_only and not existing:
+            Manifest(
+                fingerprint=fingerprint, model_path=None if model_path is None else str(model_path),
+                seam_tokens=config.precompute_seam, template=template.to_dict(), embedder=embedder,
+                embedding_dim=self.embedder.dim, max_segment_tokens=max_segment_tokens, store=dataclasses.asdict(store_config),
+            ).write(self.directory)
+        self._executors = {config.mode: self.executor}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def create(cls, directory, model=SHIPPED_MODEL, tokenizer=None, config: ExecutorConfig | None = None,
+               template: PromptTemplate | None = None, store_config: StoreConfig | None = None,
+               embedder: str = DEFAULT_EMBEDDER, max_segment_tokens: int = 512) -> "HypicRAG":
+        """Open or start a store at `directory` for `model` (a checkpoint path, or a loaded model with its tokenizer)."""
+        model_path = None
+        if isinstance(model, (str, Path)):
+            model_path = Path(model).resolve()
+            model, loaded_tokenizer = load_model(model_path)
+            tokenizer = tokenizer or loaded_tokenizer
+        if tokenizer is None:
+            raise ValueError("pass the tokenizer together with a loaded model")
+        return cls(directory, model, tokenizer, model_path, config or ExecutorConfig(), template or PromptTemplate(),
+                   store_config or StoreConfig(), embedder, max_segment_tokens)
+
+    @classmethod
+    def from_store(cls, directory, model=None, tokenizer=None, config: ExecutorConfig | None = None,
+                   store_config: StoreConfig | None = None, read_only: bool = False) -> "HypicRAG":
+        """Reopen a store with the model recorded in its manifest (or the one given, which must match)."""
+        manifest = Manifest.read(directory)
+        config = config or ExecutorConfig(seam_tokens=manifest.seam_tokens)
+        model_path = None
+        if model is None or isinstance(model, (str, Path)):
+            model_path = Path(model or manifest.model_path or "")
+            if not model_path.name:
+                raise ValueError(f"store {directory} records no model path; pass model= and tokenizer=")
+            model, loaded_tokenizer = load_model(model_path)
+            tokenizer = tokenizer or loaded_tokenizer
+        store_config = store_config or StoreConfig(**manifest.store)
+        return cls(directory, model, tokenizer, model_path, config, PromptTemplate(**manifest.template), store_config,
+                   manifest.embedder, manifest.max_segment_tokens, read_only=read_only)
+
+    def executor_for(self, mode: Mode | str) -> HypicExecutor:
+        """An executor for another rung of the ladder over the same model and store."""
+        mode = Mode.parse(mode)
+        if mode not in self._executors:
+            config = replace(self.executor.config, mode=mode)
+            self._executors[mode] = HypicExecutor(self.model, self.tokenizer, config, self.shared_prefix, self.store)
+        return self._executors[mode]
+
+    # ------------------------------------------------------------------ ingest
+    def ingest(self, items: Iterable[str | Path | dict | Document], batch_size: int = 16, workers: int = 1,
+               progress=None) -> IngestReport:
+        """Add documents: paths (files or directories), strings, or {"id", "text"[, "title"]} dicts."""
+        items = list(items)
+        if not items:
+            raise ValueError("nothing to ingest")
+        if all(isinstance(i, (str, Path)) and Path(i).exists() for i in items):
+            corpus = load_corpus(items)
+            docs, skipped = corpus.documents, corpus.skipped
+        else:
+            docs, skipped = as_documents(items), []
+        segmenter = Segmenter(self.tokenizer, self.template, self.max_segment_tokens)
+        segments = [s for d in docs for s in segmenter.split(d)]
+        return ingest_segments(self, segments, len(docs), tuple(skipped), batch_size, workers, progress)
+
+    # ------------------------------------------------------------------ query
+    def retrieve(self, question: str, k: int = 4) -> list[RetrievedSegment]:
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("question must be a non-empty string")
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        if len(self.index) == 0:
+            raise ValueError(f"store {self.directory} has no segments yet; ingest documents first")
+        return self.index.search(self.embedder.embed([question]), k)[0]
+
+    def question_ids(self, question: str) -> list[int]:
+        return self.tokenizer.encode(self.template.question.format(question=question), add_special_tokens=False)
+
+    def stream(self, question: str, k: int = 4, mode: Mode | str | None = None,
+               max_new_tokens: int | None = None, segment_ids: list[str] | None = None) -> Iterator:
+        """Yield text pieces as they are generated, then the QueryResult as the last item."""
+        t0 = time.perf_counter()
+        segments = self._segments(question, k, segment_ids)
+        retrieval = time.perf_counter() - t0
+        executor = self.executor if mode is None else self.executor_for(mode)
+        before = {s.name: s.hits for s in self.store.stats()}
+        result = None
+        for event in executor.stream([s.record.token_ids for s in segments], self.question_ids(question), max_new_tokens):
+            if event.result is None:
+                yield event.text
+            else:
+                result = event.result
+        after = {s.name: s.hits for s in self.store.stats()}
+        tiers = {name: after[name] - before[name] for name in after}
+        yield QueryResult(first_line(result.text or ""), segments, result, retrieval, tiers)
+
+    def query(self, question: str, k: int = 4, mode: Mode | str | None = None, max_new_tokens: int | None = None,
+              segment_ids: list[str] | None = None) -> QueryResult:
+        *_, result = self.stream(question, k, mode, max_new_tokens, segment_ids)
+        return result
+
+    def _segments(self, question: str, k: int, segment_ids: list[str] | None) -> list[RetrievedSegment]:
+        if segment_ids is None:
+            return self.retrieve(question, k)
+        out = []
+        for rank, sid in enumerate(segment_ids):
+            record = self.index.get(sid)
+            if record is None:
+                raise ValueError(f"unknown segment id {sid!r}; ids look like 'doc-id#0' (see `hypic-rag inspect`)")
+            out.append(RetrievedSegment(record, float("nan"), rank))
+        return out
+
+    # ------------------------------------------------------------------ inspect
+    def info(self) -> StoreInfo:
+        records = self.index.records()
+        return StoreInfo(str(self.directory), self.executor.fingerprint.to_string(),
+                         None if self.model_path is None else str(self.model_path), len(records),
+                         len({r.doc_id for r in records}), self.store.stats())
+
+    def close(self) -> None:
+        self.store.close()
+        self.index.close()

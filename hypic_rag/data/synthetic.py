@@ -1,0 +1,128 @@
+"""Synthetic multi-document QA in the common RAG record format.
+
+Records: {"question": str, "ctxs": [{"title": str, "text": str}], "answers": [str], "hops": 1|2}.
+Every document describes one invented person in several paragraphs; distractor documents describe
+other people with the same kinds of facts. Single-hop questions ask one fact of one person;
+two-hop questions go through the person's mentor, whose document holds the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+_SYLLABLES = ("ka ri to ve la mo zu ne shi ra po li ta ge da bo ru fe mi sa no ki lu ze ha vo ni ju ce ro "
+              "mar tel dor vin sol bri kan fal gor lem").split()
+CITIES = ("Ostrava Velmora Karden Lisport Tamsk Quendal Rivona Marrow Eskel Doloth Brena Fenwick Sarvo Iltheim "
+          "Coravel Nimbra Yarrow Halcyra Pellis Vostok").split()
+COLORS = "red blue green amber violet silver golden crimson teal ochre indigo ivory".split()
+JOBS = ("baker pilot sculptor chemist weaver archivist surveyor glassblower cartographer beekeeper "
+        "luthier astronomer").split()
+FOODS = "plums lentils figs chestnuts oysters barley saffron quinces walnuts apricots".split()
+
+FACTS = {
+    "city": ("{n} was born in {v}.", "Where was {n} born?"),
+    "job": ("{n} works as a {v}.", "What is the job of {n}?"),
+    "color": ("The favorite color of {n} is {v}.", "What is the favorite color of {n}?"),
+    "food": ("{n} likes to eat {v}.", "What does {n} like to eat?"),
+}
+_VALUES = {"city": CITIES, "job": JOBS, "color": COLORS, "food": FOODS}
+_FILLER = (
+    "{n} spends quiet mornings reading old letters.",
+    "Friends say that {n} is patient and kind.",
+    "Every winter {n} travels to the coast.",
+    "{n} once wrote a short book about rivers.",
+    "In the evenings {n} plays chess with neighbors.",
+    "{n} keeps a small garden behind the house.",
+)
+
+
+@dataclass(frozen=True)
+class Person:
+    name: str
+    facts: dict
+    mentor: str | None
+
+
+def _name(rng: random.Random, taken: set[str]) -> str:
+    while True:
+        name = "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+        if name not in taken:
+            taken.add(name)
+            return name
+
+
+def _document(person: Person, rng: random.Random) -> dict:
+    sentences = [FACTS[k][0].format(n=person.name, v=v) for k, v in person.facts.items()]
+    if person.mentor:
+        sentences.append(f"The mentor of {person.name} is {person.mentor}.")
+    sentences += [f.format(n=person.name) for f in rng.sample(_FILLER, 3)]
+    rng.shuffle(sentences)
+    half = len(sentences) // 2
+    return {"title": person.name, "text": " ".join(sentences[:half]) + "\n\n" + " ".join(sentences[half:])}
+
+
+def make_record(rng: random.Random, num_docs: int = 4, two_hop: bool = False) -> dict:
+    taken: set[str] = set()
+    people = [Person(_name(rng, taken), {k: rng.choice(v) for k, v in _VALUES.items()}, None) for _ in range(num_docs)]
+    target = people[0]
+    if two_hop:
+        mentor = people[1]
+        people[0] = Person(target.name, target.facts, mentor.name)
+        kind = rng.choice(list(FACTS))
+        question = FACTS[kind][1].format(n=f"the mentor of {target.name}")
+        answer = mentor.facts[kind]
+    else:
+        kind = rng.choice(list(FACTS))
+        question = FACTS[kind][1].format(n=target.name)
+        answer = target.facts[kind]
+    docs = [_document(p, rng) for p in people]
+    rng.shuffle(docs)
+    return {"question": question, "ctxs": docs, "answers": [answer], "hops": 2 if two_hop else 1}
+
+
+def make_dataset(n: int, seed: int, num_docs: int = 4, two_hop_fraction: float = 0.25) -> list[dict]:
+    rng = random.Random(seed)
+    return [make_record(rng, num_docs, rng.random() < two_hop_fraction) for _ in range(n)]
+
+
+def load_records(path: str | Path) -> list[dict]:
+    """Load a .json list or a .jsonl file of {"question", "ctxs": [{"title","text"}], "answers"} records."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no such dataset file: {path}")
+    text = path.read_text(encoding="utf-8")
+    records = json.loads(text) if path.suffix == ".json" else [json.loads(l) for l in text.splitlines() if l.strip()]
+    for i, r in enumerate(records):
+        if not isinstance(r, dict) or not {"question", "ctxs", "answers"} <= r.keys():
+            raise ValueError(f"{path} record {i} lacks question/ctxs/answers")
+    return records
+
+
+def context_text(doc: dict) -> str:
+    return f"Document: {doc['title']}\n{doc['text']}\n"
+
+
+def question_text(question: str) -> str:
+    return f"Question: {question}\nAnswer:"
+
+
+def make_corpus(num_records: int, seed: int, num_docs: int = 4) -> tuple[list[dict], list[dict]]:
+    """A flat corpus of uniquely titled documents plus the questions asked of it.
+
+    Returns (documents as {"id", "title", "text"}, questions as {"question", "answers", "hops", "gold"}).
+    Records whose names collide with an earlier record are dropped.
+    """
+    docs: dict[str, dict] = {}
+    questions = []
+    for record in make_dataset(num_records, seed, num_docs):
+        titles = [c["title"] for c in record["ctxs"]]
+        if any(t in docs for t in titles):
+            continue
+        for c in record["ctxs"]:
+            docs[c["title"]] = {"id": c["title"], "title": c["title"], "text": c["text"]}
+        questions.append({"question": record["question"], "answers": record["answers"], "hops": record["hops"],
+                          "gold": titles})
+    return list(docs.values()), questions

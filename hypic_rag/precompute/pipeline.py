@@ -1,0 +1,100 @@
+"""Corpus ingest: segment, precompute entries (store), embed and index, in committed batches.
+
+Per batch: entries first (each disk write is atomic), then the index rows in one transaction. A
+run killed at any point loses nothing committed, and a rerun skips segments already indexed and
+entries already stored (resume by content key).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+from hypic_rag.index.segment_index import SegmentRecord
+from hypic_rag.precompute.segmenter import Segment
+from hypic_rag.store.serde import entry_from_bytes, entry_to_bytes
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    documents: int
+    segments: int
+    new_segments: int
+    entries_computed: int
+    entries_reused: int
+    skipped_files: tuple[str, ...]
+    seconds: float
+
+
+# ----------------------------------------------------------------------------- worker processes
+_WORKER = None
+
+
+def _init_worker(store_dir: str) -> None:
+    global _WORKER
+    import torch
+
+    from hypic_rag.api import HypicRAG
+
+    torch.set_num_threads(1)
+    _WORKER = HypicRAG.from_store(store_dir, read_only=True)
+
+
+def _precompute_in_worker(token_ids: tuple[int, ...]) -> bytes:
+    return entry_to_bytes(_WORKER.executor.precompute(token_ids))
+
+
+# ----------------------------------------------------------------------------- ingest
+def ingest_segments(
+    rag,
+    segments: list[Segment],
+    documents: int,
+    skipped_files: tuple[str, ...] = (),
+    batch_size: int = 16,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> IngestReport:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    started = time.perf_counter()
+    executor, store, index = rag.executor, rag.store, rag.index
+    pending = [s for s in segments if s.segment_id not in index]
+    done = len(segments) - len(pending)
+    computed = reused = 0
+    pool = None
+    if workers > 1 and pending:
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(str(rag.directory),))
+    try:
+        if progress:
+            progress(done, len(segments))
+        for start in range(0, len(pending), batch_size):
+            batch = pending[start : start + batch_size]
+            keys = [executor.key_of(s.token_ids) for s in batch]
+            todo = [(k, s) for k, s in zip(keys, batch) if k not in store]
+            reused += len(batch) - len(todo)
+            if pool is not None:
+                blobs = pool.map(_precompute_in_worker, [s.token_ids for _, s in todo])
+                entries = [entry_from_bytes(b) for b in blobs]
+            else:
+                entries = [executor.precompute(s.token_ids) for _, s in todo]
+            for (key, _), entry in zip(todo, entries):
+                store.put(key, entry)
+            computed += len(todo)
+            vectors = rag.embedder.embed([s.text for s in batch])
+            records = [
+                SegmentRecord(s.segment_id, k, s.doc_id, s.title, s.text, s.token_ids, s.metadata)
+                for s, k in zip(batch, keys)
+            ]
+            index.add(records, vectors)
+            done += len(batch)
+            if progress:
+                progress(done, len(segments))
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return IngestReport(documents, len(segments), len(pending), computed, reused, tuple(skipped_files),
+                        time.perf_counter() - started)

@@ -1,0 +1,98 @@
+"""Tiers composed into one read-through store: device LRU -> host LRU -> disk.
+
+Reads look top-down and promote a hit into the top tier; entries evicted from a tier are demoted to
+the next one down (the disk tier evicts by itself). Writes go to the top tier and, write-through,
+to disk, so a precompute run's work survives the process. Counters are monotonic per tier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hypic_rag.store.base import EntryStore
+from hypic_rag.store.disk import DiskTier
+from hypic_rag.store.memory import MemoryTier
+from hypic_rag.types import SegmentEntry
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Byte budgets per tier. device_bytes lives on CUDA when present, otherwise on the CPU."""
+
+    device_bytes: int = 512 * 2**20
+    host_bytes: int = 2 * 2**30
+    disk_bytes: int = 32 * 2**30
+
+    def __post_init__(self) -> None:
+        for name in ("device_bytes", "host_bytes", "disk_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer number of bytes >= 0, got {value!r}")
+        if self.disk_bytes == 0:
+            raise ValueError("disk_bytes must be > 0: the disk tier is the store of record")
+
+
+@dataclass(frozen=True)
+class TierStats:
+    name: str
+    entries: int
+    used_bytes: int
+    hits: int
+    misses: int
+
+
+class TieredStore(EntryStore):
+    def __init__(self, directory: str | Path, config: StoreConfig | None = None, device: str | None = None):
+        self.config = config or StoreConfig()
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.memory_tiers = [
+            MemoryTier(self.config.device_bytes, device=device, name=f"device:{device}"),
+            MemoryTier(self.config.host_bytes, device="cpu", name="host"),
+        ]
+        self.disk = DiskTier(Path(directory) / "entries", self.config.disk_bytes)
+        self.last_hit_tier: str | None = None
+
+    def __contains__(self, key: str) -> bool:
+        return any(key in t for t in self.memory_tiers) or key in self.disk
+
+    def _insert(self, level: int, key: str, entry: SegmentEntry) -> None:
+        """Put into memory tier `level`, cascading evictions downwards (the last memory tier drops
+        its evictions: they are already on disk)."""
+        pending = [(key, entry)]
+        for tier in self.memory_tiers[level:]:
+            demoted = []
+            for k, e in pending:
+                demoted += tier.put(k, e)
+            pending = demoted
+            if not pending:
+                return
+
+    def get(self, key: str) -> SegmentEntry | None:
+        for level, tier in enumerate(self.memory_tiers):
+            entry = tier.get(key)
+            if entry is not None:
+                self.last_hit_tier = tier.name
+                if level > 0:
+                    tier.pop(key)
+                    self._insert(0, key, entry)
+                return entry
+        entry = self.disk.get(key)
+        self.last_hit_tier = "disk" if entry is not None else None
+        if entry is not None:
+            self._insert(0, key, entry)
+        return entry
+
+    def put(self, key: str, entry: SegmentEntry) -> None:
+        self.disk.put(key, entry)
+        self._insert(0, key, entry)
+
+    def stats(self) -> list[TierStats]:
+        rows = [TierStats(t.name, len(t), t.used_bytes, t.hits, t.misses) for t in self.memory_tiers]
+        rows.append(TierStats("disk", len(self.disk), self.disk.used_bytes, self.disk.hits, self.disk.misses))
+        return rows
+
+    def close(self) -> None:
+        self.disk.close()

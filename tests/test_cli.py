@@ -1,0 +1,98 @@
+"""The hypic-rag CLI as a user runs it, in real subprocesses."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+from conftest import demo_docs
+
+CLI = [sys.executable, "-m", "hypic_rag.cli.main"]
+
+
+def run(*args, timeout=300):
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=timeout)
+
+
+def write_corpus(path, docs):
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    return path
+
+
+def indexed(store):
+    db = store / "index" / "segments.sqlite"
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=1) as con:
+            return con.execute("SELECT COUNT(*) FROM segments").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_precompute_query_inspect(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", demo_docs(8))
+    store = tmp_path / "store"
+    out = run("precompute", str(corpus), "--store", str(store), "--batch-size", "4")
+    assert out.returncode == 0, out.stderr
+    assert "8 documents, 8 segments (8 new): 8 entries computed" in out.stderr
+    name = demo_docs(8)[2]["title"]
+    out = run("query", f"Where was {name} born?", "--store", str(store), "--k", "2", "--max-new-tokens", "4")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("answer:") and f"[0] {name}#0" in out.stdout and "TTFT" in out.stdout
+    out = run("inspect", "--store", str(store))
+    assert out.returncode == 0, out.stderr
+    assert "segments     8" in out.stdout and "fingerprint  qwen3_5_text:" in out.stdout and "tier disk" in out.stdout
+
+
+def test_config_file_is_read_and_flags_win(tmp_path):
+    corpus = write_corpus(tmp_path / "c.jsonl", demo_docs(2))
+    (tmp_path / "cfg.toml").write_text('seam = 4\nmax-segment-tokens = 48\n')
+    out = run("precompute", str(corpus), "--store", str(tmp_path / "s"), "--config", str(tmp_path / "cfg.toml"),
+              "--seam", "6")
+    assert out.returncode == 0, out.stderr
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["seam_tokens"] == 6 and manifest["max_segment_tokens"] == 48
+
+
+def test_clear_errors(tmp_path):
+    out = run("precompute", str(tmp_path / "missing.jsonl"), "--store", str(tmp_path / "s"))
+    assert out.returncode == 2 and "corpus path does not exist" in out.stderr
+    (tmp_path / "empty.txt").write_text("")
+    out = run("precompute", str(tmp_path / "empty.txt"), "--store", str(tmp_path / "s2"))
+    assert out.returncode == 2 and "corpus file is empty" in out.stderr
+    out = run("query", "q", "--store", str(tmp_path))
+    assert out.returncode == 2 and "is not a hypic_rag store" in out.stderr
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "manifest.json").write_text("{oops")
+    out = run("inspect", "--store", str(tmp_path / "bad"))
+    assert out.returncode == 2 and "unreadable" in out.stderr
+
+
+def test_sigkill_mid_precompute_loses_nothing_committed(tmp_path):
+    docs = demo_docs()
+    corpus = write_corpus(tmp_path / "corpus.jsonl", docs)
+    store = tmp_path / "store"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(CLI + ["precompute", str(corpus), "--store", str(store), "--batch-size", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 240
+    while indexed(store) < 6 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    committed = indexed(store)
+    assert 6 <= committed < len(docs), "the run must be killed part-way"
+    out = run("precompute", str(corpus), "--store", str(store), "--batch-size", "8")
+    assert out.returncode == 0, out.stderr
+    assert f"{len(docs)} segments ({len(docs) - committed} new)" in out.stderr
+    assert indexed(store) == len(docs)
+    reused = int(out.stderr.split(" entries computed, ")[1].split(" reused")[0])
+    computed = int(out.stderr.split(" new): ")[1].split(" entries computed")[0])
+    assert computed + reused == len(docs) - committed
+    name = docs[-1]["title"]
+    out = run("query", f"Where was {name} born?", "--store", str(store), "--k", "1", "--max-new-tokens", "2")
+    assert out.returncode == 0 and f"[0] {name}#0" in out.stdout
