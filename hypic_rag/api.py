@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from hypic_rag.engine import HypicExecutor
 from hypic_rag.index.embedder import DEFAULT_EMBEDDER, Embedder
 from hypic_rag.index.segment_index import RetrievedSegment, SegmentIndex
 from hypic_rag.precompute.pipeline import IngestReport, ingest_segments
+from hypic_rag.prompt_match import plan_prompt
 from hypic_rag.precompute.segmenter import Document, Segmenter, as_documents, load_corpus
 from hypic_rag.store.manifest import Manifest
 from hypic_rag.store.tiered import StoreConfig, TieredStore
@@ -78,6 +80,7 @@ class HypicRAG:
     def __init__(self, directory, model, tokenizer, model_path, config, template, store_config, embedder,
                  max_segment_tokens, read_only=False):
         self.directory = Path(directory)
+        self._lock = threading.RLock()  # one request or ingest at a time on this model and store
         self.model, self.tokenizer, self.model_path = model, tokenizer, model_path
         self.template = template
         self.max_segment_tokens = max_segment_tokens
@@ -99,7 +102,7 @@ class HypicRAG:
                 seam_tokens=config.precompute_seam, template=template.to_dict(), embedder=embedder,
                 embedding_dim=self.embedder.dim, max_segment_tokens=max_segment_tokens, store=dataclasses.asdict(store_config),
             ).write(self.directory)
-        self._executors = {config.mode: self.executor}
+        self._executors: dict[ExecutorConfig, HypicExecutor] = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -134,13 +137,20 @@ class HypicRAG:
         return cls(directory, model, tokenizer, model_path, config, PromptTemplate(**manifest.template), store_config,
                    manifest.embedder, manifest.max_segment_tokens, read_only=read_only)
 
-    def executor_for(self, mode: Mode | str) -> HypicExecutor:
-        """An executor for another rung of the ladder over the same model and store."""
-        mode = Mode.parse(mode)
-        if mode not in self._executors:
-            config = replace(self.executor.config, mode=mode)
-            self._executors[mode] = HypicExecutor(self.model, self.tokenizer, config, self.shared_prefix, self.store)
-        return self._executors[mode]
+    def executor_for(self, mode: Mode | str | None = None, temperature: float | None = None,
+                     top_p: float | None = None, seed: int | None = None) -> HypicExecutor:
+        """An executor over the same model and store with another mode or sampling setting (cached)."""
+        base = self.executor.config
+        config = replace(
+            base, mode=Mode.parse(mode) if mode is not None else base.mode,
+            temperature=base.temperature if temperature is None else temperature,
+            top_p=base.top_p if top_p is None else top_p, seed=base.seed if seed is None else seed,
+        )
+        if config == base:
+            return self.executor
+        if config not in self._executors:
+            self._executors[config] = HypicExecutor(self.model, self.tokenizer, config, self.shared_prefix, self.store)
+        return self._executors[config]
 
     # ------------------------------------------------------------------ ingest
     def ingest(self, items: Iterable[str | Path | dict | Document], batch_size: int = 16, workers: int = 1,
@@ -156,7 +166,8 @@ class HypicRAG:
             docs, skipped = as_documents(items), []
         segmenter = Segmenter(self.tokenizer, self.template, self.max_segment_tokens)
         segments = [s for d in docs for s in segmenter.split(d)]
-        return ingest_segments(self, segments, len(docs), tuple(skipped), batch_size, workers, progress)
+        with self._lock:
+            return ingest_segments(self, segments, len(docs), tuple(skipped), batch_size, workers, progress)
 
     # ------------------------------------------------------------------ query
     def retrieve(self, question: str, k: int = 4) -> list[RetrievedSegment]:
@@ -172,27 +183,60 @@ class HypicRAG:
         return self.tokenizer.encode(self.template.question.format(question=question), add_special_tokens=False)
 
     def stream(self, question: str, k: int = 4, mode: Mode | str | None = None,
-               max_new_tokens: int | None = None, segment_ids: list[str] | None = None) -> Iterator:
-        """Yield text pieces as they are generated, then the QueryResult as the last item."""
+               max_new_tokens: int | None = None, segment_ids: list[str] | None = None,
+               temperature: float | None = None) -> Iterator:
+        """Yield text pieces as they are generated, then the QueryResult as the last item.
+
+        The question is formatted with the store's template; segments are retrieved (top k) unless
+        segment_ids names them."""
         t0 = time.perf_counter()
         segments = self._segments(question, k, segment_ids)
         retrieval = time.perf_counter() - t0
-        executor = self.executor if mode is None else self.executor_for(mode)
-        before = {s.name: s.hits for s in self.store.stats()}
-        result = None
-        for event in executor.stream([s.record.token_ids for s in segments], self.question_ids(question), max_new_tokens):
-            if event.result is None:
-                yield event.text
-            else:
-                result = event.result
-        after = {s.name: s.hits for s in self.store.stats()}
-        tiers = {name: after[name] - before[name] for name in after}
-        yield QueryResult(first_line(result.text or ""), segments, result, retrieval, tiers)
+        token_lists = [s.record.token_ids for s in segments]
+        yield from self._run(token_lists, self.question_ids(question), segments, retrieval, mode, max_new_tokens,
+                             temperature)
 
     def query(self, question: str, k: int = 4, mode: Mode | str | None = None, max_new_tokens: int | None = None,
               segment_ids: list[str] | None = None) -> QueryResult:
         *_, result = self.stream(question, k, mode, max_new_tokens, segment_ids)
         return result
+
+    def stream_prompt(self, prompt: str, mode: Mode | str | None = None,
+                      max_new_tokens: int | None = None, temperature: float | None = None) -> Iterator:
+        """Like stream, for a finished prompt with documents stuffed in as text: stored segments
+        found in it are reused from the cache, other text is computed as uncached segments, and the
+        text after the last segment is the question (used verbatim)."""
+        t0 = time.perf_counter()
+        plan = plan_prompt(prompt, self.index)
+        retrieval = time.perf_counter() - t0
+        token_lists, segments = [], []
+        for piece in plan.pieces:
+            if piece.record is not None:
+                token_lists.append(piece.record.token_ids)
+                segments.append(RetrievedSegment(piece.record, float("nan"), len(segments)))
+            else:
+                token_lists.append(tuple(self.tokenizer.encode(piece.text, add_special_tokens=False)))
+        question_ids = self.tokenizer.encode(plan.question, add_special_tokens=False)
+        yield from self._run(token_lists, question_ids, segments, retrieval, mode, max_new_tokens, temperature)
+
+    def query_prompt(self, prompt: str, mode: Mode | str | None = None,
+                     max_new_tokens: int | None = None) -> QueryResult:
+        *_, result = self.stream_prompt(prompt, mode, max_new_tokens)
+        return result
+
+    def _run(self, token_lists, question_ids, segments, retrieval, mode, max_new_tokens, temperature=None) -> Iterator:
+        with self._lock:
+            executor = self.executor_for(mode, temperature)
+            before = {s.name: s.hits for s in self.store.stats()}
+            result = None
+            for event in executor.stream(token_lists, question_ids, max_new_tokens):
+                if event.result is None:
+                    yield event.text
+                else:
+                    result = event.result
+            after = {s.name: s.hits for s in self.store.stats()}
+        tiers = {name: after[name] - before[name] for name in after}
+        yield QueryResult(first_line(result.text or ""), segments, result, retrieval, tiers)
 
     def _segments(self, question: str, k: int, segment_ids: list[str] | None) -> list[RetrievedSegment]:
         if segment_ids is None:

@@ -45,3 +45,20 @@ def demo_docs(n=None):
 
     docs = [json.loads(l) for l in (DEMO_DIR / "corpus.jsonl").read_text().splitlines() if l.strip()]
     return docs if n is None else docs[:n]
+
+
+_DEMO_RAG = {}
+
+
+def demo_rag(n_docs=12):
+    """A HypicRAG over the first n demo documents in a temporary store, built once per session."""
+    if n_docs not in _DEMO_RAG:
+        import tempfile
+
+        from hypic_rag.api import SHIPPED_MODEL, HypicRAG
+
+        directory = tempfile.mkdtemp(prefix="hypic-test-store-")
+        rag = HypicRAG.create(directory, model=SHIPPED_MODEL)  # records the path: reopenable by store_dir
+        rag.ingest(demo_docs(n_docs))
+        _DEMO_RAG[n_docs] = rag
+    return _DEMO_RAG[n_docs]

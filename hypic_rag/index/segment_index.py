@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,14 @@ class RetrievedSegment:
     rank: int
 
 
+def head_of(text: str) -> str:
+    """The first non-empty line of a segment's text, stripped."""
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
 def _faiss():
     import faiss
 
@@ -45,11 +54,14 @@ class SegmentIndex:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.dim = dim
-        self._db = sqlite3.connect(str(self.directory / "segments.sqlite"))
+        self._lock = threading.RLock()  # callers may come from worker threads (LangChain, LlamaIndex)
+        self._db = sqlite3.connect(str(self.directory / "segments.sqlite"), check_same_thread=False)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS segments (row INTEGER PRIMARY KEY, segment_id TEXT UNIQUE, key TEXT,"
-            " doc_id TEXT, title TEXT, text TEXT, token_ids TEXT, metadata TEXT, embedding BLOB)"
+            " doc_id TEXT, title TEXT, text TEXT, token_ids TEXT, metadata TEXT, embedding BLOB, head TEXT)"
         )
+        self._db.execute("CREATE INDEX IF NOT EXISTS segments_head ON segments(head)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS segments_text ON segments(text)")
         self._db.commit()
         self._index = self._load_or_rebuild()
         self._gpu = None
@@ -82,26 +94,32 @@ class SegmentIndex:
 
     # ------------------------------------------------------------------ writes
     def __contains__(self, segment_id: str) -> bool:
-        return self._db.execute("SELECT 1 FROM segments WHERE segment_id = ?", (segment_id,)).fetchone() is not None
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM segments WHERE segment_id = ?", (segment_id,)).fetchone() is not None
 
     def __len__(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM segments").fetchone()[0])
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM segments").fetchone()[0])
 
     def add(self, records: list[SegmentRecord], vectors: np.ndarray) -> None:
         """Add records with their embeddings in one transaction (existing segment ids are skipped)."""
         if len(records) != len(vectors):
             raise ValueError(f"{len(records)} records but {len(vectors)} embeddings")
+        with self._lock:
+            self._add(records, vectors)
+
+    def _add(self, records: list[SegmentRecord], vectors: np.ndarray) -> None:
         new_rows, new_vecs = [], []
         with self._db:
             for record, vec in zip(records, vectors):
                 if record.segment_id in self:
                     continue
                 cur = self._db.execute(
-                    "INSERT INTO segments (segment_id, key, doc_id, title, text, token_ids, metadata, embedding)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO segments (segment_id, key, doc_id, title, text, token_ids, metadata, embedding, head)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (record.segment_id, record.key, record.doc_id, record.title, record.text,
                      json.dumps(list(record.token_ids)), json.dumps(record.metadata),
-                     np.asarray(vec, dtype=np.float32).tobytes()),
+                     np.asarray(vec, dtype=np.float32).tobytes(), head_of(record.text)),
                 )
                 new_rows.append(cur.lastrowid)
                 new_vecs.append(vec)
@@ -112,9 +130,10 @@ class SegmentIndex:
 
     # ------------------------------------------------------------------ reads
     def _row(self, sql: str, args) -> SegmentRecord | None:
-        r = self._db.execute(
-            "SELECT segment_id, key, doc_id, title, text, token_ids, metadata FROM segments " + sql, args
-        ).fetchone()
+        with self._lock:
+            r = self._db.execute(
+                "SELECT segment_id, key, doc_id, title, text, token_ids, metadata FROM segments " + sql, args
+            ).fetchone()
         if r is None:
             return None
         return SegmentRecord(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), json.loads(r[6]))
@@ -125,8 +144,15 @@ class SegmentIndex:
     def find_by_text(self, text: str) -> SegmentRecord | None:
         return self._row("WHERE text = ?", (text,))
 
+    def starting_with_line(self, line: str) -> list[SegmentRecord]:
+        """Segments whose first line is `line` (candidates for matching stuffed prompt text)."""
+        with self._lock:
+            ids = [r[0] for r in self._db.execute("SELECT segment_id FROM segments WHERE head = ?", (line.strip(),))]
+        return [self.get(i) for i in ids]
+
     def records(self) -> list[SegmentRecord]:
-        ids = [r[0] for r in self._db.execute("SELECT segment_id FROM segments ORDER BY row")]
+        with self._lock:
+            ids = [r[0] for r in self._db.execute("SELECT segment_id FROM segments ORDER BY row")]
         return [self.get(i) for i in ids]
 
     def _searcher(self):
@@ -139,9 +165,10 @@ class SegmentIndex:
         """Top-k per query vector, best first."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        if self._index.ntotal == 0:
-            return [[] for _ in range(len(vectors))]
-        scores, rows = self._searcher().search(np.asarray(vectors, dtype=np.float32), min(k, self._index.ntotal))
+        with self._lock:
+            if self._index.ntotal == 0:
+                return [[] for _ in range(len(vectors))]
+            scores, rows = self._searcher().search(np.asarray(vectors, dtype=np.float32), min(k, self._index.ntotal))
         out = []
         for score_row, id_row in zip(scores, rows):
             hits = []

@@ -1,0 +1,7 @@
+"""LangChain integration for hypic_rag."""
+
+from langchain_hypic_rag.chat_models import ChatHypicRAG
+from langchain_hypic_rag.llms import HypicRAGLLM
+from langchain_hypic_rag.retrievers import HypicRAGRetriever
+
+__all__ = ["ChatHypicRAG", "HypicRAGLLM", "HypicRAGRetriever"]

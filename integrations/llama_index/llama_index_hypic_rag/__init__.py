@@ -1,0 +1,7 @@
+"""LlamaIndex integration for hypic_rag."""
+
+from llama_index_hypic_rag.llm import HypicRAGLLM
+from llama_index_hypic_rag.query_engine import HypicQueryEngine
+from llama_index_hypic_rag.retriever import HypicRAGRetriever
+
+__all__ = ["HypicQueryEngine", "HypicRAGLLM", "HypicRAGRetriever"]

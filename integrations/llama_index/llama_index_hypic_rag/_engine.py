@@ -1,0 +1,20 @@
+"""Open a HypicRAG from an injected instance or a store directory."""
+
+from __future__ import annotations
+
+
+def open_engine(rag, store_dir: str | None):
+    if rag is not None:
+        return rag
+    if not store_dir:
+        raise ValueError("pass rag=HypicRAG(...) or store_dir= (a directory built by `hypic-rag precompute`)")
+    from hypic_rag.api import HypicRAG
+
+    return HypicRAG.from_store(store_dir)
+
+
+def result_metadata(result) -> dict:
+    t = result.timings
+    return {"segment_ids": result.segment_ids, "cached_tokens": result.generation.cached_tokens,
+            "segment_hits": result.generation.segment_hits, "segment_misses": result.generation.segment_misses,
+            "tier_hits": dict(result.tier_hits), "ttft": t.ttft, "seam": t.seam, "prefill": t.prefill}

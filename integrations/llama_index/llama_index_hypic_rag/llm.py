@@ -1,0 +1,53 @@
+"""HypicRAGLLM: a LlamaIndex CustomLLM. Prompts with stuffed segment text are served from the cache."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llama_index.core.llms import CompletionResponse, CompletionResponseGen, CustomLLM, LLMMetadata
+from llama_index.core.llms.callbacks import llm_completion_callback
+from pydantic import Field, PrivateAttr
+
+from llama_index_hypic_rag._engine import open_engine, result_metadata
+
+
+class HypicRAGLLM(CustomLLM):
+    store_dir: str | None = Field(default=None, description="store built by `hypic-rag precompute`")
+    max_new_tokens: int = Field(default=64)
+    mode: str | None = Field(default=None, description="rung of the ablation ladder (default: the store's)")
+    model_name: str = Field(default="hypic-rag")
+    _rag: Any = PrivateAttr(default=None)
+
+    def __init__(self, rag: Any = None, **data: Any) -> None:
+        super().__init__(**data)
+        self._rag = rag
+
+    def engine(self):
+        self._rag = open_engine(self._rag, self.store_dir)
+        return self._rag
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        positions = self._rag.executor.spec.max_positions if self._rag is not None else 4096
+        return LLMMetadata(context_window=positions or 4096, num_output=self.max_new_tokens,
+                           model_name=self.model_name, is_chat_model=False)
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        response = None
+        for response in self.stream_complete(prompt, formatted=formatted, **kwargs):
+            pass
+        return response
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        items = self.engine().stream_prompt(prompt, mode=kwargs.get("mode", self.mode),
+                                            max_new_tokens=kwargs.get("max_new_tokens", self.max_new_tokens))
+        text = ""
+        for item in items:
+            if isinstance(item, str):
+                text += item
+                yield CompletionResponse(text=text, delta=item)
+            else:
+                yield CompletionResponse(text=text, delta="", raw=result_metadata(item),
+                                         additional_kwargs=result_metadata(item))

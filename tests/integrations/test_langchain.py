@@ -1,0 +1,98 @@
+"""LangChain integration: the standard langchain-tests suites plus cache reuse through LCEL chains."""
+
+from typing import Any
+
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import HumanMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import RunnablePassthrough
+from langchain_tests.integration_tests import RetrieversIntegrationTests
+from langchain_tests.unit_tests import ChatModelUnitTests
+
+from conftest import demo_docs, demo_rag
+from langchain_hypic_rag import ChatHypicRAG, HypicRAGLLM, HypicRAGRetriever
+
+
+class TestChatHypicRAGUnit(ChatModelUnitTests):
+    @property
+    def chat_model_class(self) -> type[BaseChatModel]:
+        return ChatHypicRAG
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {"store_dir": "/lazily/opened/store", "model": "hypic-rag-small"}
+
+
+class TestHypicRAGRetriever(RetrieversIntegrationTests):
+    @property
+    def retriever_constructor(self) -> type[BaseRetriever]:
+        return HypicRAGRetriever
+
+    @property
+    def retriever_constructor_params(self) -> dict:
+        return {"rag": demo_rag(), "k": 2}
+
+    @property
+    def retriever_query_example(self) -> str:
+        return f"Where was {demo_docs(12)[0]['title']} born?"
+
+
+def stuffing_chain(llm, retriever):
+    prompt = ChatPromptTemplate.from_template("{context}Question: {question}\nAnswer:")
+
+    def join(docs):
+        return "".join(d.page_content for d in docs)
+
+    return {"context": retriever | join, "question": RunnablePassthrough()} | prompt | llm | StrOutputParser()
+
+
+def test_lcel_stuffing_chain_is_served_from_the_cache():
+    rag = demo_rag()
+    name = demo_docs(12)[4]["title"]
+    chat = ChatHypicRAG(rag=rag, max_tokens=6)
+    retriever = HypicRAGRetriever(rag=rag, k=3)
+    answer = stuffing_chain(chat, retriever).invoke(f"Where was {name} born?")
+    assert isinstance(answer, str)
+    docs = retriever.invoke(f"Where was {name} born?")
+    prompt = "".join(d.page_content for d in docs) + f"Question: Where was {name} born?\nAnswer:"
+    message = chat.invoke([HumanMessage(prompt)])
+    meta = message.response_metadata
+    assert meta["segment_ids"] == [d.id for d in docs] and meta["segment_hits"] == 3
+    assert meta["segment_misses"] == 0 and message.usage_metadata["input_token_details"]["cache_read"] > 0
+    expected = rag.query(f"Where was {name} born?", segment_ids=[d.id for d in docs], max_new_tokens=6)
+    assert message.content.split("\n")[0].strip() == expected.answer  # same tokens as the direct path
+
+
+def test_explicit_segment_ids_via_bind_and_streaming():
+    rag = demo_rag()
+    ids = [f"{d['title']}#0" for d in demo_docs(12)[:2]]
+    chat = ChatHypicRAG(rag=rag, max_tokens=5).bind(segment_ids=ids)
+    chunks = list(chat.stream("What is the job of Kamo?"))
+    assert len(chunks) >= 2 and chunks[-1].response_metadata["segment_ids"] == ids
+    assert chunks[-1].usage_metadata["output_tokens"] >= 1
+    with pytest.raises(ValueError, match="segment_ids must be a list"):
+        ChatHypicRAG(rag=rag).invoke("q", segment_ids="Kamo#0")
+
+
+def test_uncached_text_falls_back_to_prefill_and_stop_sequences():
+    rag = demo_rag()
+    chat = ChatHypicRAG(rag=rag, max_tokens=8)
+    message = chat.invoke("Some text that is in no store.\nQuestion: what?\nAnswer:")
+    assert message.response_metadata["segment_ids"] == []
+    full = chat.invoke("Question: where?\nAnswer:").content
+    if len(full) > 2:
+        stopped = chat.invoke("Question: where?\nAnswer:", stop=[full[1:3]]).content
+        assert stopped == full[: full.index(full[1:3])]
+
+
+def test_plain_llm_wrapper_and_lazy_store_dir():
+    rag = demo_rag()
+    llm = HypicRAGLLM(store_dir=str(rag.directory), max_tokens=4)
+    name = demo_docs(12)[1]["title"]
+    text = stuffing_chain(llm, HypicRAGRetriever(rag=rag, k=2)).invoke(f"What does {name} like to eat?")
+    assert isinstance(text, str)
+    with pytest.raises(ValueError, match="pass rag="):
+        HypicRAGLLM().invoke("x")

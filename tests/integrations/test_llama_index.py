@@ -1,0 +1,60 @@
+"""LlamaIndex integration with real llama-index-core components."""
+
+import pytest
+from llama_index.core import Settings
+from llama_index.core.query_engine import RetrieverQueryEngine
+
+from conftest import demo_docs, demo_rag
+from llama_index_hypic_rag import HypicQueryEngine, HypicRAGLLM, HypicRAGRetriever
+
+
+@pytest.fixture(autouse=True)
+def local_tokenizer():
+    """LlamaIndex's default tokenizer (tiktoken) downloads its vocabulary; use the model's own."""
+    previous = Settings._tokenizer
+    Settings.tokenizer = demo_rag().tokenizer.encode
+    yield
+    Settings._tokenizer = previous
+
+
+def test_retriever_returns_segment_nodes():
+    rag = demo_rag()
+    name = demo_docs(12)[6]["title"]
+    nodes = HypicRAGRetriever(rag=rag, k=3).retrieve(f"What does {name} like to eat?")
+    assert len(nodes) == 3 and nodes[0].node.node_id == f"{name}#0" and nodes[0].score >= nodes[1].score
+    assert nodes[0].node.get_content(metadata_mode="llm") == rag.index.get(f"{name}#0").text
+    with pytest.raises(ValueError, match="k must be"):
+        HypicRAGRetriever(rag=rag, k=0)
+
+
+def test_custom_query_engine_passes_segment_ids():
+    rag = demo_rag()
+    name = demo_docs(12)[7]["title"]
+    engine = HypicQueryEngine(retriever=HypicRAGRetriever(rag=rag, k=2), max_new_tokens=6)
+    response = engine.query(f"Where was {name} born?")
+    direct = rag.query(f"Where was {name} born?", k=2, max_new_tokens=6)
+    assert response.response == direct.answer
+    assert [n.node.node_id for n in response.source_nodes] == direct.segment_ids
+    assert response.metadata["segment_hits"] == 2 and response.metadata["segment_misses"] == 0
+
+
+def test_retriever_query_engine_with_stuffed_text_hits_the_cache():
+    rag = demo_rag()
+    name = demo_docs(12)[8]["title"]
+    llm = HypicRAGLLM(rag=rag, max_new_tokens=4)
+    engine = RetrieverQueryEngine.from_args(HypicRAGRetriever(rag=rag, k=3), llm=llm)
+    before = {s.name: s.hits for s in rag.store.stats()}
+    response = engine.query(f"Where was {name} born?")
+    after = {s.name: s.hits for s in rag.store.stats()}
+    assert isinstance(response.response, str)
+    assert sum(after.values()) - sum(before.values()) >= 3  # the three stuffed segments came from the cache
+    streamed = list(llm.stream_complete("Question: where?\nAnswer:"))
+    assert streamed[-1].additional_kwargs["segment_ids"] == [] and streamed[-1].text == streamed[-2].text
+
+
+def test_lazy_store_dir():
+    rag = demo_rag()
+    llm = HypicRAGLLM(store_dir=str(rag.directory), max_new_tokens=2)
+    assert isinstance(llm.complete("Question: where?\nAnswer:").text, str)
+    with pytest.raises(ValueError, match="pass rag="):
+        HypicRAGLLM().complete("x")
