@@ -112,19 +112,27 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=768)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--lm-weight", type=float, default=0.1)
+    p.add_argument("--lm-weight", type=float, default=0.05)
     p.add_argument("--docs", type=int, default=4)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", help="continue from this checkpoint (its tokenizer and weights)")
+    p.add_argument("--min-docs", type=int, default=1)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(args.vocab, args.seed)
-    model = build_model(tokenizer, args.hidden, args.layers)
+    if args.init:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.init)
+        model = AutoModelForCausalLM.from_pretrained(args.init, dtype=torch.float32, attn_implementation="sdpa")
+    else:
+        tokenizer = train_tokenizer(args.vocab, args.seed)
+        model = build_model(tokenizer, args.hidden, args.layers)
     print(f"params: {sum(p.numel() for p in model.parameters())/1e6:.2f}M vocab {len(tokenizer)}", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.95))
     rng = random.Random(args.seed)
@@ -134,7 +142,7 @@ def main() -> None:
     step = 0
     model.train()
     while time.time() < deadline:
-        records = make_dataset(args.batch, seed=rng.randrange(1 << 30), num_docs=rng.randint(2, args.docs + 1))
+        records = make_dataset(args.batch, seed=rng.randrange(1 << 30), num_docs=rng.randint(args.min_docs, args.docs + 1))
         ids, w = batch_of(records, tokenizer, args.lm_weight)
         logits = model(input_ids=ids).logits[:, :-1]
         losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),

@@ -68,6 +68,7 @@ def make_record(rng: random.Random, num_docs: int = 4, two_hop: bool = False) ->
     taken: set[str] = set()
     people = [Person(_name(rng, taken), {k: rng.choice(v) for k, v in _VALUES.items()}, None) for _ in range(num_docs)]
     target = people[0]
+    two_hop = two_hop and num_docs >= 2  # the mentor needs a document of their own
     if two_hop:
         mentor = people[1]
         people[0] = Person(target.name, target.facts, mentor.name)

@@ -1,0 +1,229 @@
+"""Time to first token: plain transformers generate vs prefix caching vs hypic, side by side.
+
+Workload: requests of N retrieved segments (~512 tokens each) plus a question, segments drawn from a
+pool with Zipf(1.1) popularity, so requests share segments but rarely in the same order. Per model
+and N, in one process and interleaved request by request:
+  - hf_generate: model.generate(max_new_tokens=1) on the whole prompt (full prefill);
+  - prefix_cache: exact reuse of the longest previously seen segment prefix (warmed by the same
+    warm-up requests as the others);
+  - hypic at segment hit rates 100% / 50% / 0% (the fraction of the pool precomputed offline).
+TTFT is request start to first token. Throughput is requests/s at concurrency 1 with
+--decode-tokens new tokens (1 / mean end-to-end latency). p99 over few samples is close to the max.
+
+    python bench/ttft.py --out bench/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import hypic_rag  # noqa: E402,F401
+from hypic_rag import ExecutorConfig, HypicExecutor  # noqa: E402
+
+
+def qwen35_style(hidden: int, vocab: int):
+    from transformers import Qwen3_5TextConfig
+
+    return Qwen3_5TextConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=8,
+        num_attention_heads=8, num_key_value_heads=2, head_dim=hidden // 8, linear_num_key_heads=4,
+        linear_num_value_heads=8, linear_key_head_dim=hidden // 8, linear_value_head_dim=hidden // 8,
+        linear_conv_kernel_dim=4, layer_types=["linear_attention"] * 3 + ["full_attention"] + ["linear_attention"] * 3
+        + ["full_attention"], max_position_embeddings=32768, eos_token_id=1, bos_token_id=0, pad_token_id=2,
+    )
+
+
+def falcon_h1_style(hidden: int, vocab: int):
+    from transformers import FalconH1Config
+
+    return FalconH1Config(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=6,
+        num_attention_heads=8, num_key_value_heads=2, head_dim=hidden // 8, mamba_d_ssm=hidden, mamba_n_heads=8,
+        mamba_d_head=hidden // 8, mamba_d_state=32, mamba_n_groups=1, mamba_d_conv=4, mamba_chunk_size=128,
+        max_position_embeddings=32768, eos_token_id=1, bos_token_id=0, pad_token_id=2,
+    )
+
+
+MODELS = {"qwen3_5-style": qwen35_style, "falcon_h1-style": falcon_h1_style}
+
+
+def zipf_requests(rng, pool: int, n: int, count: int, s: float = 1.1) -> list[list[int]]:
+    weights = 1.0 / np.arange(1, pool + 1) ** s
+    weights /= weights.sum()
+    return [list(rng.choice(pool, size=n, replace=False, p=weights)) for _ in range(count)]
+
+
+def hf_generate_ttft(model, ids: list[int]) -> float:
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        model.generate(torch.tensor([ids]), max_new_tokens=1, do_sample=False, pad_token_id=2)
+    return time.perf_counter() - t0
+
+
+def pct(values, q):
+    return float(np.percentile(values, q))
+
+
+def run_model(name, config, args, rng) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa").eval()
+    pool = [rng.integers(3, config.vocab_size, size=args.segment_tokens).tolist() for _ in range(args.pool)]
+    question = rng.integers(3, config.vocab_size, size=24).tolist()
+    prefix = [0]
+    out = {"model": name, "params_millions": round(sum(p.numel() for p in model.parameters()) / 1e6, 1), "runs": []}
+    for n in args.segments:
+        warm = zipf_requests(rng, args.pool, n, args.warmup)
+        measured = zipf_requests(rng, args.pool, n, args.requests)
+        prefix_ex = HypicExecutor(model, config=ExecutorConfig(mode="prefix_cache", max_new_tokens=1), shared_prefix=prefix)
+        hypic = {}
+        for rate in args.hit_rates:
+            ex = HypicExecutor(model, config=ExecutorConfig(mode="hypic", seam_tokens=args.seam, max_new_tokens=1),
+                               shared_prefix=prefix)
+            for idx in range(int(round(rate * args.pool))):  # offline precompute of part of the pool
+                ex.ensure(pool[idx])
+            hypic[rate] = ex
+        bytes_per_segment = hypic[max(args.hit_rates)].store.get(hypic[max(args.hit_rates)].key_of(pool[0])).nbytes \
+            if max(args.hit_rates) > 0 else None
+        for req in warm:
+            prefix_ex.generate([pool[i] for i in req], question)
+        samples = {"hf_generate": [], "prefix_cache": [], **{f"hypic@{int(r * 100)}%": [] for r in args.hit_rates}}
+        splits = {k: [] for k in samples}
+        for req in measured:
+            segs = [pool[i] for i in req]
+            flat = prefix + [t for s in segs for t in s] + question
+            samples["hf_generate"].append(hf_generate_ttft(model, flat))
+            r = prefix_ex.generate(segs, question)
+            samples["prefix_cache"].append(r.timings.ttft)
+            for rate, ex in hypic.items():
+                r = ex.generate(segs, question)
+                samples[f"hypic@{int(rate * 100)}%"].append(r.timings.ttft)
+                splits[f"hypic@{int(rate * 100)}%"].append(
+                    {"load": r.timings.load, "precompute_misses": r.timings.precompute_misses,
+                     "compose": r.timings.compose, "seam": r.timings.seam, "prefill": r.timings.prefill,
+                     "segment_hits": r.segment_hits, "segment_misses": r.segment_misses})
+                if rate < 1.0:  # keep the hit rate: forget the entries this request computed
+                    for idx in req:
+                        if idx >= int(round(rate * args.pool)):
+                            ex.store.pop(ex.key_of(pool[idx]))
+        # end-to-end throughput at concurrency 1 with decode
+        thr = {}
+        for label, runner in (("hf_generate", None), ("prefix_cache", prefix_ex), ("hypic@100%", hypic.get(1.0))):
+            if label != "hf_generate" and runner is None:
+                continue
+            t0 = time.perf_counter()
+            for req in measured[: args.throughput_requests]:
+                segs = [pool[i] for i in req]
+                if runner is None:
+                    with torch.no_grad():
+                        model.generate(torch.tensor([prefix + [t for s in segs for t in s] + question]),
+                                       max_new_tokens=args.decode_tokens, min_new_tokens=args.decode_tokens,
+                                       do_sample=False, pad_token_id=2)
+                else:
+                    runner.eos_ids = frozenset()
+                    runner.generate(segs, question, max_new_tokens=args.decode_tokens)
+            thr[label] = args.throughput_requests / (time.perf_counter() - t0)
+        row = {"segments": n, "prompt_tokens": 1 + n * args.segment_tokens + len(question),
+               "bytes_per_segment": bytes_per_segment,
+               "prefix_cache_segment_hit_rate": prefix_ex.prefix_snapshots.hits
+               / max(1, prefix_ex.prefix_snapshots.hits + prefix_ex.prefix_snapshots.misses),
+               "ttft": {k: {"p50": pct(v, 50), "p99": pct(v, 99), "mean": statistics.mean(v)} for k, v in samples.items()},
+               "split_mean": {k: {f: statistics.mean(s[f] for s in v) for f in v[0]} for k, v in splits.items() if v},
+               "throughput_rps": thr}
+        full, pref = row["ttft"]["hf_generate"]["p50"], row["ttft"]["prefix_cache"]["p50"]
+        row["speedup_p50"] = {k: {"vs_full": full / v["p50"], "vs_prefix_cache": pref / v["p50"]}
+                              for k, v in row["ttft"].items() if k.startswith("hypic")}
+        out["runs"].append(row)
+        print(json.dumps({"model": name, "segments": n, "p50": {k: round(v["p50"], 4) for k, v in row["ttft"].items()},
+                          "speedup": row["speedup_p50"]}), flush=True)
+    return out
+
+
+def write_report(results: list[dict], args, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"segment_tokens": args.segment_tokens, "pool": args.pool, "zipf_s": 1.1, "requests": args.requests,
+            "warmup": args.warmup, "seam": args.seam, "device": "cpu", "threads": torch.get_num_threads(),
+            "dtype": "float32", "decode_tokens": args.decode_tokens}
+    (out / "ttft.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    lines = ["# TTFT: hf generate (full prefill) vs prefix caching vs hypic", "",
+             f"CPU, fp32, {meta['threads']} threads; segments of {args.segment_tokens} tokens from a pool of "
+             f"{args.pool} with Zipf(1.1) popularity; {args.requests} measured requests per cell after {args.warmup} "
+             f"warm-up requests; seam w={args.seam}. All modes run interleaved in one process. Speedup = "
+             "TTFT p50 of the baseline / TTFT p50 of hypic. Throughput = requests / wall time at concurrency 1 with "
+             f"{args.decode_tokens} generated tokens.", ""]
+    for model in results:
+        lines += [f"## {model['model']} ({model['params_millions']}M parameters)", "",
+                  "| segments | mode | TTFT p50 (ms) | TTFT p99 (ms) | x vs full | x vs prefix cache |",
+                  "|---|---|---|---|---|---|"]
+        for run in model["runs"]:
+            for mode, t in run["ttft"].items():
+                sp = run["speedup_p50"].get(mode, {})
+                lines.append(f"| {run['segments']} | {mode} | {t['p50'] * 1000:.1f} | {t['p99'] * 1000:.1f} | "
+                             f"{sp.get('vs_full', float('nan')):.2f} | {sp.get('vs_prefix_cache', float('nan')):.2f} |")
+        lines += ["", "| segments | bytes / segment | prefix-cache segment hit rate | throughput req/s (full / prefix / hypic@100%) | hypic@100% split ms (load / compose / seam / prefill) |",
+                  "|---|---|---|---|---|"]
+        for run in model["runs"]:
+            thr = run["throughput_rps"]
+            s = run["split_mean"].get("hypic@100%", {})
+            lines.append(
+                f"| {run['segments']} | {run['bytes_per_segment']} | {run['prefix_cache_segment_hit_rate']:.2f} | "
+                f"{thr.get('hf_generate', 0):.2f} / {thr.get('prefix_cache', 0):.2f} / {thr.get('hypic@100%', 0):.2f} | "
+                f"{s.get('load', 0) * 1000:.1f} / {s.get('compose', 0) * 1000:.1f} / {s.get('seam', 0) * 1000:.1f} / "
+                f"{s.get('prefill', 0) * 1000:.1f} |")
+        lines.append("")
+    (out / "ttft.md").write_text("\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
+    for ax, model in zip(axes[0], results):
+        modes = list(model["runs"][0]["ttft"])
+        xs = [r["segments"] for r in model["runs"]]
+        for mode in modes:
+            ax.plot(xs, [r["ttft"][mode]["p50"] * 1000 for r in model["runs"]], marker="o", label=mode)
+        ax.set_xlabel("retrieved segments")
+        ax.set_ylabel("TTFT p50 (ms)")
+        ax.set_yscale("log")
+        ax.set_title(model["model"])
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "ttft.png", dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--hidden", type=int, default=384)
+    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--segments", type=int, nargs="+", default=[8, 16, 32])
+    p.add_argument("--segment-tokens", type=int, default=512)
+    p.add_argument("--pool", type=int, default=48)
+    p.add_argument("--hit-rates", type=float, nargs="+", default=[1.0, 0.5, 0.0])
+    p.add_argument("--requests", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=4)
+    p.add_argument("--throughput-requests", type=int, default=2)
+    p.add_argument("--decode-tokens", type=int, default=16)
+    p.add_argument("--seam", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="bench/results")
+    args = p.parse_args()
+    rng = np.random.default_rng(args.seed)
+    results = [run_model(name, MODELS[name](args.hidden, args.vocab), args, rng) for name in args.models]
+    write_report(results, args, Path(args.out))
+    print((Path(args.out) / "ttft.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""The examples run as a user runs them, on the shipped model."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run_script(name):
+    out = subprocess.run([sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_langchain_lcel_example():
+    out = run_script("langchain_lcel_rag.py")
+    assert out.count("cached segments [") == 2 and "streamed:" in out
+
+
+def test_llama_index_example():
+    out = run_script("llama_index_query.py")
+    assert "A (segment ids passed):" in out and "A (stock RetrieverQueryEngine" in out
+
+
+def test_notebook_executes_and_keeps_outputs(tmp_path):
+    nb = nbformat.read(EXAMPLES / "quickstart.ipynb", as_version=4)
+    assert all(c.outputs for c in nb.cells if c.cell_type == "code"), "the committed notebook keeps its outputs"
+    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
+               for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    assert "median TTFT" in "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_demo_command_runs():
+    out = subprocess.run([sys.executable, "-m", "hypic_rag.cli.main", "demo", "--questions", "2"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "full recompute vs hypic" in out.stdout and "median TTFT" in out.stdout
