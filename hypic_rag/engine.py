@@ -32,6 +32,28 @@ from hypic_rag.store.memory import MemoryTier
 from hypic_rag.types import GenerationResult, SegmentEntry, Timings
 
 
+@dataclass
+class _Stats:
+    """Per-request counters filled in while the cache is built (seconds and counts)."""
+
+    load: float = 0.0
+    precompute_misses: float = 0.0
+    compose: float = 0.0
+    seam: float = 0.0
+    prefill: float = 0.0
+    hits: int = 0
+    misses: int = 0
+    cached: int = 0
+
+
+@dataclass(frozen=True)
+class _Filled:
+    cache: DynamicCache
+    logits: torch.Tensor
+    position: int  # the position the first generated token takes
+    stats: _Stats
+
+
 @dataclass(frozen=True)
 class StreamEvent:
     """One streamed item: a generated token (result None), or the final result (token_id None)."""
@@ -172,59 +194,67 @@ class HypicExecutor:
         out = self.model(input_ids=t, past_key_values=cache, position_ids=positions, use_cache=True, logits_to_keep=1)
         return out.logits[0, -1]
 
-    def _fill(self, segs: list[tuple[int, ...]], question: tuple[int, ...]):
-        """Steps 2-4: returns (cache, first logits, position after question, stats dict)."""
-        mode = self.config.mode
+    def _fill(self, segs: list[tuple[int, ...]], question: tuple[int, ...]) -> "_Filled":
+        """Steps 2-4 of the lifecycle, by mode."""
+        if self.config.mode is Mode.FULL_RECOMPUTE:
+            return self._fill_full(segs, question)
+        if self.config.mode is Mode.PREFIX_CACHE:
+            return self._fill_prefix_cache(segs, question)
+        return self._fill_composed(segs, question)
+
+    def _fill_full(self, segs, question) -> "_Filled":
         p0 = len(self.shared_prefix)
-        stats = dict(load=0.0, precompute_misses=0.0, compose=0.0, seam=0.0, prefill=0.0, hits=0, misses=0, cached=0)
-        offset = p0 + sum(len(s) for s in segs)
-        if mode is Mode.FULL_RECOMPUTE:
-            t0 = time.perf_counter()
-            cache = self._start_cache()
-            body = [t for s in segs for t in s] + list(question)
-            logits = self._prefill(cache, body, p0, logits=True)
-            stats["prefill"] = time.perf_counter() - t0
-            stats["cached"] = p0
-            return cache, logits, offset + len(question), stats
-        if mode is Mode.PREFIX_CACHE:
-            t0 = time.perf_counter()
-            keys = chain_keys(tokens_digest(self.shared_prefix), segs)
-            covered, cache = self.prefix_snapshots.longest(keys)
-            cache = cache if cache is not None else self._start_cache()
-            stats["load"] = time.perf_counter() - t0
-            stats["hits"], stats["misses"] = covered, len(segs) - covered
-            stats["cached"] = p0 + sum(len(s) for s in segs[:covered])
-            t0 = time.perf_counter()
-            position = p0 + sum(len(s) for s in segs[:covered])
-            for i in range(covered, len(segs)):
-                self._prefill(cache, segs[i], position, logits=False)
-                position += len(segs[i])
-                self.prefix_snapshots.store(keys[i], cache)
-            logits = self._prefill(cache, question, offset, logits=True)
-            stats["prefill"] = time.perf_counter() - t0
-            return cache, logits, offset + len(question), stats
+        t0 = time.perf_counter()
+        cache = self._start_cache()
+        body = [t for s in segs for t in s] + list(question)
+        logits = self._prefill(cache, body, p0, logits=True)
+        return _Filled(cache, logits, p0 + len(body), _Stats(prefill=time.perf_counter() - t0, cached=p0))
+
+    def _fill_prefix_cache(self, segs, question) -> "_Filled":
+        p0 = len(self.shared_prefix)
+        t0 = time.perf_counter()
+        keys = chain_keys(tokens_digest(self.shared_prefix), segs)
+        covered, cache = self.prefix_snapshots.longest(keys)
+        cache = cache if cache is not None else self._start_cache()
+        load = time.perf_counter() - t0
+        position = p0 + sum(len(s) for s in segs[:covered])
+        stats = _Stats(load=load, hits=covered, misses=len(segs) - covered, cached=position)
+        t0 = time.perf_counter()
+        for i in range(covered, len(segs)):
+            self._prefill(cache, segs[i], position, logits=False)
+            position += len(segs[i])
+            self.prefix_snapshots.store(keys[i], cache)
+        logits = self._prefill(cache, question, position, logits=True)
+        stats.prefill = time.perf_counter() - t0
+        return _Filled(cache, logits, position + len(question), stats)
+
+    def _fill_composed(self, segs, question) -> "_Filled":
+        p0 = len(self.shared_prefix)
+        stats = _Stats()
         entries = []
         for seg in segs:
             t0 = time.perf_counter()
             entry, hit = self.ensure(seg)
-            elapsed = time.perf_counter() - t0
-            stats["load" if hit else "precompute_misses"] += elapsed
-            stats["hits" if hit else "misses"] += 1
+            if hit:
+                stats.load += time.perf_counter() - t0
+                stats.hits += 1
+            else:
+                stats.precompute_misses += time.perf_counter() - t0
+                stats.misses += 1
             entries.append(entry)
         cache = self._start_cache()
-        report = compose_segments(self.model, self.spec, self.rotary_emb, cache, entries, mode, p0)
-        stats["compose"], stats["seam"] = report.compose_seconds, report.seam_seconds
-        stats["cached"] = p0 + sum(len(s) for s in segs) - report.recomputed_tokens
+        report = compose_segments(self.model, self.spec, self.rotary_emb, cache, entries, self.config.mode, p0)
+        stats.compose, stats.seam = report.compose_seconds, report.seam_seconds
+        stats.cached = report.end_offset - report.recomputed_tokens
         t0 = time.perf_counter()
-        logits = self._prefill(cache, question, offset, logits=True)
-        stats["prefill"] = time.perf_counter() - t0
-        return cache, logits, offset + len(question), stats
+        logits = self._prefill(cache, question, report.end_offset, logits=True)
+        stats.prefill = time.perf_counter() - t0
+        return _Filled(cache, logits, report.end_offset + len(question), stats)
 
     def first_token_logits(self, segments: Sequence[Sequence[int]], question: Sequence[int]) -> torch.Tensor:
         """Next-token logits after the question, [vocab] fp32 (for accuracy measurements)."""
         segs, q = self._validated_request(segments, question)
-        _, logits, _, _ = self._fill(segs, q)
-        return logits.float()
+        return self._fill(segs, q).logits.float()
 
     def stream(
         self, segments: Sequence[Sequence[int]], question: Sequence[int], max_new_tokens: int | None = None
@@ -235,12 +265,13 @@ class HypicExecutor:
             raise ValueError(f"max_new_tokens must be an integer >= 1, got {budget!r}")
         segs, q = self._validated_request(segments, question)
         started = time.perf_counter()
-        cache, logits, position, stats = self._fill(segs, q)
+        filled = self._fill(segs, q)
+        stats = filled.stats
         sampler = Sampler(self.config, self.device)
         tokens: list[int] = []
         ttft = 0.0
         shown = ""
-        for token in decode(self.model, cache, logits, position, budget, sampler, self.eos_ids):
+        for token in decode(self.model, filled.cache, filled.logits, filled.position, budget, sampler, self.eos_ids):
             if not tokens:
                 ttft = time.perf_counter() - started
             tokens.append(token)
@@ -255,14 +286,14 @@ class HypicExecutor:
         if self.tokenizer is not None:
             text = self.tokenizer.decode([t for t in tokens if t not in self.eos_ids], skip_special_tokens=True)
         timings = Timings(
-            load=stats["load"], precompute_misses=stats["precompute_misses"], compose=stats["compose"],
-            seam=stats["seam"], prefill=stats["prefill"], ttft=ttft, decode=decode_s,
+            load=stats.load, precompute_misses=stats.precompute_misses, compose=stats.compose,
+            seam=stats.seam, prefill=stats.prefill, ttft=ttft, decode=decode_s,
         )
         result = GenerationResult(
             token_ids=tuple(tokens), text=text, finish_reason=finish,
             prompt_tokens=len(self.shared_prefix) + sum(len(s) for s in segs) + len(q),
-            cached_tokens=stats["cached"], segment_hits=stats["hits"], segment_misses=stats["misses"],
-            timings=timings, first_token_logits=logits.float().cpu(),
+            cached_tokens=stats.cached, segment_hits=stats.hits, segment_misses=stats.misses,
+            timings=timings, first_token_logits=filled.logits.float().cpu(),
         )
         yield StreamEvent(token_id=None, text=None, result=result)
 
