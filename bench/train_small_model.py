@@ -59,8 +59,9 @@ def build_model(tokenizer, hidden: int, layers: int):
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
 
 
-def encode(record: dict, tokenizer) -> tuple[list[int], list[float]]:
-    """bos + each document tokenized alone + question + answer + eos; per-token loss weights."""
+def encode(record: dict, tokenizer, extra_questions: int = 0) -> tuple[list[int], list[float]]:
+    """bos + each document tokenized alone + question + answer + eos (+ extra question/answer pairs
+    from record["more_qa"], each after the previous answer's eos); per-token loss weights."""
     ids, weights = [tokenizer.bos_token_id], [0.0]
     for doc in record["ctxs"]:
         piece = tokenizer.encode(context_text(doc), add_special_tokens=False)
@@ -72,11 +73,16 @@ def encode(record: dict, tokenizer) -> tuple[list[int], list[float]]:
     a = tokenizer.encode(" " + record["answers"][0], add_special_tokens=False) + [tokenizer.eos_token_id]
     ids += a
     weights += [-1.0] * len(a)  # marks answer tokens
+    for qa in record.get("more_qa", [])[:extra_questions]:
+        q = tokenizer.encode("\n" + question_text(qa["question"]), add_special_tokens=False)
+        a = tokenizer.encode(" " + qa["answer"], add_special_tokens=False) + [tokenizer.eos_token_id]
+        ids += q + a
+        weights += [0.0] * len(q) + [-1.0] * len(a)
     return ids, weights
 
 
-def batch_of(records, tokenizer, lm_weight: float):
-    encoded = [encode(r, tokenizer) for r in records]
+def batch_of(records, tokenizer, lm_weight: float, extra_questions: int = 0):
+    encoded = [encode(r, tokenizer, extra_questions) for r in records]
     width = max(len(i) for i, _ in encoded)
     ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
     w = torch.zeros(len(encoded), width)
@@ -119,6 +125,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", help="continue from this checkpoint (its tokenizer and weights)")
     p.add_argument("--min-docs", type=int, default=1)
+    p.add_argument("--extra-questions", type=int, default=3, help="further QA pairs per training sequence")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -143,7 +150,7 @@ def main() -> None:
     model.train()
     while time.time() < deadline:
         records = make_dataset(args.batch, seed=rng.randrange(1 << 30), num_docs=rng.randint(args.min_docs, args.docs + 1))
-        ids, w = batch_of(records, tokenizer, args.lm_weight)
+        ids, w = batch_of(records, tokenizer, args.lm_weight, args.extra_questions)
         logits = model(input_ids=ids).logits[:, :-1]
         losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
                                                    reduction="none").view_as(w[:, 1:])

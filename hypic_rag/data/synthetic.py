@@ -81,7 +81,11 @@ def make_record(rng: random.Random, num_docs: int = 4, two_hop: bool = False) ->
         answer = target.facts[kind]
     docs = [_document(p, rng) for p in people]
     rng.shuffle(docs)
-    return {"question": question, "ctxs": docs, "answers": [answer], "hops": 2 if two_hop else 1}
+    more = []
+    for person in rng.sample(people, len(people)):  # further single-hop questions (extra training signal)
+        kind = rng.choice(list(FACTS))
+        more.append({"question": FACTS[kind][1].format(n=person.name), "answer": person.facts[kind]})
+    return {"question": question, "ctxs": docs, "answers": [answer], "hops": 2 if two_hop else 1, "more_qa": more}
 
 
 def make_dataset(n: int, seed: int, num_docs: int = 4, two_hop_fraction: float = 0.25) -> list[dict]:
