@@ -96,3 +96,24 @@ def test_sigkill_mid_precompute_loses_nothing_committed(tmp_path):
     name = docs[-1]["title"]
     out = run("query", f"Where was {name} born?", "--store", str(store), "--k", "1", "--max-new-tokens", "2")
     assert out.returncode == 0 and f"[0] {name}#0" in out.stdout
+
+
+def test_parallel_workers_give_the_same_entries(tmp_path):
+    from hypic_rag.api import HypicRAG
+    from hypic_rag.store.serde import entry_to_bytes
+
+    corpus = write_corpus(tmp_path / "c.jsonl", demo_docs(6))
+    for name, workers in (("serial", "1"), ("parallel", "2")):
+        out = run("precompute", str(corpus), "--store", str(tmp_path / name), "--workers", workers, "--batch-size", "3")
+        assert out.returncode == 0, out.stderr
+        assert "6 entries computed" in out.stderr
+    serial = HypicRAG.from_store(tmp_path / "serial", read_only=True)
+    parallel = HypicRAG.from_store(tmp_path / "parallel", read_only=True)
+    for record in serial.index.records():
+        a, b = serial.store.disk.raw(record.key), parallel.store.disk.raw(record.key)
+        assert a is not None and b is not None
+        assert entry_to_bytes(serial.store.get(record.key)) == a
+        assert serial.store.get(record.key).token_ids == parallel.store.get(record.key).token_ids
+        sa, pa = serial.store.get(record.key), parallel.store.get(record.key)
+        for x, y in zip(sa.linear, pa.linear):
+            assert (x.end_state - y.end_state).abs().max() < 1e-5

@@ -124,3 +124,9 @@ def test_store_config_validation():
         StoreConfig(disk_bytes=0)
     with pytest.raises(ValueError, match="host_bytes"):
         StoreConfig(host_bytes=-5)
+
+
+def test_serialisation_is_deterministic():
+    _, [(_, entry)] = entries(n=1)
+    blob = entry_to_bytes(entry)
+    assert entry_to_bytes(entry) == blob == entry_to_bytes(entry_from_bytes(blob))

@@ -7,6 +7,7 @@ entries already stored (resume by content key).
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -67,7 +68,10 @@ def ingest_segments(
     computed = reused = 0
     pool = None
     if workers > 1 and pending:
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(str(rag.directory),))
+        pool = ProcessPoolExecutor(  # spawn: forking a process that already runs torch threads can deadlock
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+            initargs=(str(rag.directory),),
+        )
     try:
         if progress:
             progress(done, len(segments))

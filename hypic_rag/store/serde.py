@@ -36,14 +36,16 @@ def entry_to_bytes(entry: SegmentEntry) -> bytes:
     for layer in entry.attention:
         tensors[f"A{layer.layer_idx}.k"] = layer.keys.detach().cpu().contiguous().clone()
         tensors[f"A{layer.layer_idx}.v"] = layer.values.detach().cpu().contiguous().clone()
-    metadata = {
-        "token_ids": json.dumps(list(entry.token_ids)),
-        "seam_tokens": str(entry.seam_tokens),
+    fields = {
+        "token_ids": list(entry.token_ids),
+        "seam_tokens": entry.seam_tokens,
         "fingerprint": entry.fingerprint,
-        "linear_layers": json.dumps([l.layer_idx for l in entry.linear]),
-        "attention_layers": json.dumps([a.layer_idx for a in entry.attention]),
+        "linear_layers": [l.layer_idx for l in entry.linear],
+        "attention_layers": [a.layer_idx for a in entry.attention],
     }
-    payload = st_save(tensors, metadata=metadata)
+    # one metadata key: safetensors writes several keys in hash order, which would make equal
+    # entries serialise to different bytes
+    payload = st_save(tensors, metadata={"hypic_rag": json.dumps(fields, sort_keys=True)})
     return MAGIC + hashlib.sha256(payload).digest() + payload
 
 
@@ -62,22 +64,22 @@ def entry_from_bytes(blob: bytes) -> SegmentEntry:
     if hashlib.sha256(payload).digest() != blob[len(MAGIC) : _HEADER]:
         raise CorruptEntryError("stored entry failed its checksum (truncated or altered)")
     try:
-        meta = _metadata(payload)
+        meta = json.loads(_metadata(payload)["hypic_rag"])
         tensors = st_load(payload)
         linear = tuple(
             LinearLayerEntry(idx, *(tensors.get(f"L{idx}.{short}") for short in _LINEAR_FIELDS))
-            for idx in json.loads(meta["linear_layers"])
+            for idx in meta["linear_layers"]
         )
         attention = tuple(
             AttentionLayerEntry(idx, tensors[f"A{idx}.k"], tensors[f"A{idx}.v"])
-            for idx in json.loads(meta["attention_layers"])
+            for idx in meta["attention_layers"]
         )
         return SegmentEntry(
-            token_ids=tuple(json.loads(meta["token_ids"])),
+            token_ids=tuple(meta["token_ids"]),
             seam_tokens=int(meta["seam_tokens"]),
             fingerprint=meta["fingerprint"],
             linear=linear,
             attention=attention,
         )
-    except (KeyError, ValueError, json.JSONDecodeError) as exc:
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
         raise CorruptEntryError(f"stored entry is malformed: {exc}") from exc
