@@ -118,11 +118,12 @@ def run_model(name, config, args, rng) -> dict:
                             ex.store.pop(ex.key_of(pool[idx]))
         # end-to-end throughput at concurrency 1 with decode
         thr = {}
+        fresh = zipf_requests(rng, args.pool, n, args.throughput_requests)  # not seen by any cache yet
         for label, runner in (("hf_generate", None), ("prefix_cache", prefix_ex), ("hypic@100%", hypic.get(1.0))):
             if label != "hf_generate" and runner is None:
                 continue
             t0 = time.perf_counter()
-            for req in measured[: args.throughput_requests]:
+            for req in fresh:
                 segs = [pool[i] for i in req]
                 if runner is None:
                     with torch.no_grad():
