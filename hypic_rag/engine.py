@@ -165,21 +165,26 @@ class HypicExecutor:
 
     def precompute(self, token_ids: Sequence[int]) -> SegmentEntry:
         """Build (but do not store) the entry of one segment."""
-        ids = self._validated_ids(token_ids, "segment")
+        return self._precompute(self._validated_ids(token_ids, "segment"))
+
+    def ensure(self, token_ids: Sequence[int]) -> tuple[SegmentEntry, bool]:
+        """The stored entry of a segment, precomputing and storing it on a miss. Returns (entry, was_hit)."""
+        return self._ensure(self._validated_ids(token_ids, "segment"))
+
+    def _precompute(self, ids: tuple[int, ...]) -> SegmentEntry:
         return precompute_segment(
             self.model, self.spec, self.mixers, self.rotary_emb, ids, self._prefix_cache,
             len(self.shared_prefix), self.config.precompute_seam, self.fingerprint.to_string(),
         )
 
-    def ensure(self, token_ids: Sequence[int]) -> tuple[SegmentEntry, bool]:
-        """The stored entry of a segment, precomputing and storing it on a miss. Returns (entry, was_hit)."""
-        ids = self._validated_ids(token_ids, "segment")
+    def _ensure(self, ids: tuple[int, ...]) -> tuple[SegmentEntry, bool]:
+        """ensure() for ids the request path has already validated (no second per-token check)."""
         key = self.key_of(ids)
         entry = self.store.get(key)
         if entry is not None and entry.token_ids == ids:
             self.check_entry(entry)
             return entry, True
-        entry = self.precompute(ids)
+        entry = self._precompute(ids)
         self.store.put(key, entry)
         return entry, False
 
@@ -234,7 +239,7 @@ class HypicExecutor:
         entries = []
         for seg in segs:
             t0 = time.perf_counter()
-            entry, hit = self.ensure(seg)
+            entry, hit = self._ensure(seg)
             if hit:
                 stats.load += time.perf_counter() - t0
                 stats.hits += 1
