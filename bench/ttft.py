@@ -19,7 +19,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,25 +27,28 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hypic_rag  # noqa: E402,F401
 from hypic_rag import ExecutorConfig, HypicExecutor  # noqa: E402
+from hypic_rag.executor.clock import clock  # noqa: E402
+
+from roofline import measure_peaks, request_floors  # noqa: E402  (bench/roofline.py)
 
 
-def qwen35_style(hidden: int, vocab: int):
+def qwen35_style(hidden: int, vocab: int, layers: int = 8):
     from transformers import Qwen3_5TextConfig
 
     return Qwen3_5TextConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=8,
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
         num_attention_heads=8, num_key_value_heads=2, head_dim=hidden // 8, linear_num_key_heads=4,
         linear_num_value_heads=8, linear_key_head_dim=hidden // 8, linear_value_head_dim=hidden // 8,
-        linear_conv_kernel_dim=4, layer_types=["linear_attention"] * 3 + ["full_attention"] + ["linear_attention"] * 3
-        + ["full_attention"], max_position_embeddings=32768, eos_token_id=1, bos_token_id=0, pad_token_id=2,
+        linear_conv_kernel_dim=4, max_position_embeddings=32768,
+        layer_types=["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers)], eos_token_id=1, bos_token_id=0, pad_token_id=2,
     )
 
 
-def falcon_h1_style(hidden: int, vocab: int):
+def falcon_h1_style(hidden: int, vocab: int, layers: int = 6):
     from transformers import FalconH1Config
 
     return FalconH1Config(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=6,
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
         num_attention_heads=8, num_key_value_heads=2, head_dim=hidden // 8, mamba_d_ssm=hidden, mamba_n_heads=8,
         mamba_d_head=hidden // 8, mamba_d_state=32, mamba_n_groups=1, mamba_d_conv=4, mamba_chunk_size=128,
         max_position_embeddings=32768, eos_token_id=1, bos_token_id=0, pad_token_id=2,
@@ -63,21 +65,26 @@ def zipf_requests(rng, pool: int, n: int, count: int, s: float = 1.1) -> list[li
 
 
 def hf_generate_ttft(model, ids: list[int]) -> float:
-    t0 = time.perf_counter()
+    device = model.device
+    t0 = clock(device)
     with torch.no_grad():
-        model.generate(torch.tensor([ids]), max_new_tokens=1, do_sample=False, pad_token_id=2)
-    return time.perf_counter() - t0
+        model.generate(torch.tensor([ids], device=device), max_new_tokens=1, do_sample=False, pad_token_id=2)
+    return clock(device) - t0
 
 
 def pct(values, q):
     return float(np.percentile(values, q))
 
 
-def run_model(name, config, args, rng) -> dict:
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def run_model(name, config, args, rng, peaks=None, on_row=None) -> dict:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa").eval()
+    model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[args.dtype], attn_implementation="sdpa")
+    model = model.to(args.device).eval()
     pool = [rng.integers(3, config.vocab_size, size=args.segment_tokens).tolist() for _ in range(args.pool)]
     question = rng.integers(3, config.vocab_size, size=24).tolist()
     prefix = [0]
@@ -122,18 +129,18 @@ def run_model(name, config, args, rng) -> dict:
         for label, runner in (("hf_generate", None), ("prefix_cache", prefix_ex), ("hypic@100%", hypic.get(1.0))):
             if label != "hf_generate" and runner is None:
                 continue
-            t0 = time.perf_counter()
+            t0 = clock(model.device)
             for req in fresh:
                 segs = [pool[i] for i in req]
                 if runner is None:
                     with torch.no_grad():
-                        model.generate(torch.tensor([prefix + [t for s in segs for t in s] + question]),
+                        model.generate(torch.tensor([prefix + [t for s in segs for t in s] + question], device=model.device),
                                        max_new_tokens=args.decode_tokens, min_new_tokens=args.decode_tokens,
                                        do_sample=False, pad_token_id=2)
                 else:
                     runner.eos_ids = frozenset()
                     runner.generate(segs, question, max_new_tokens=args.decode_tokens)
-            thr[label] = args.throughput_requests / (time.perf_counter() - t0)
+            thr[label] = args.throughput_requests / (clock(model.device) - t0)
         row = {"segments": n, "prompt_tokens": 1 + n * args.segment_tokens + len(question),
                "bytes_per_segment": bytes_per_segment,
                "prefix_cache_segment_hit_rate": prefix_ex.prefix_snapshots.hits
@@ -144,20 +151,27 @@ def run_model(name, config, args, rng) -> dict:
         full, pref = row["ttft"]["hf_generate"]["p50"], row["ttft"]["prefix_cache"]["p50"]
         row["speedup_p50"] = {k: {"vs_full": full / v["p50"], "vs_prefix_cache": pref / v["p50"]}
                               for k, v in row["ttft"].items() if k.startswith("hypic")}
+        if peaks is not None:
+            row["roofline"] = request_floors(model, n, args.segment_tokens, len(question), args.seam,
+                                             bytes_per_segment, peaks)
         out["runs"].append(row)
+        if on_row is not None:  # rewrite the report after every cell: a run cut short keeps what it measured
+            on_row(out)
         print(json.dumps({"model": name, "segments": n, "p50": {k: round(v["p50"], 4) for k, v in row["ttft"].items()},
                           "speedup": row["speedup_p50"]}), flush=True)
     return out
 
 
-def write_report(results: list[dict], args, out: Path) -> None:
+def write_report(results: list[dict], args, out: Path, peaks: dict | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     meta = {"segment_tokens": args.segment_tokens, "pool": args.pool, "zipf_s": 1.1, "requests": args.requests,
-            "warmup": args.warmup, "seam": args.seam, "device": "cpu", "threads": torch.get_num_threads(),
-            "dtype": "float32", "decode_tokens": args.decode_tokens}
-    (out / "ttft.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+            "warmup": args.warmup, "seam": args.seam, "device": device, "threads": torch.get_num_threads(),
+            "dtype": args.dtype, "decode_tokens": args.decode_tokens, "peaks": peaks,
+            "kernels": "fla (Triton)" if "fla" in sys.modules and sys.modules["fla"] is not None else "pure torch"}
+    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     lines = ["# TTFT: hf generate (full prefill) vs prefix caching vs hypic", "",
-             f"CPU, fp32, {meta['threads']} threads; segments of {args.segment_tokens} tokens from a pool of "
+             f"{device}, {args.dtype}, linear-attention kernels: {meta['kernels']}; segments of {args.segment_tokens} tokens from a pool of "
              f"{args.pool} with Zipf(1.1) popularity; {args.requests} measured requests per cell after {args.warmup} "
              f"warm-up requests; seam w={args.seam}. All modes run interleaved in one process. Speedup = "
              "TTFT p50 of the baseline / TTFT p50 of hypic. Throughput = requests / wall time at concurrency 1 with "
@@ -181,8 +195,19 @@ def write_report(results: list[dict], args, out: Path) -> None:
                 f"{thr.get('hf_generate', 0):.2f} / {thr.get('prefix_cache', 0):.2f} / {thr.get('hypic@100%', 0):.2f} | "
                 f"{s.get('load', 0) * 1000:.1f} / {s.get('compose', 0) * 1000:.1f} / {s.get('seam', 0) * 1000:.1f} / "
                 f"{s.get('prefill', 0) * 1000:.1f} |")
+        if peaks is not None:
+            lines += ["", f"Roofline (measured ceilings: {peaks['bf16_flops_per_s'] / 1e12:.0f} TFLOP/s bf16, "
+                      f"{peaks['copy_bytes_per_s'] / 1e12:.2f} TB/s copy; floor = bytes / bandwidth + FLOPs / peak; "
+                      "hypic reads all weights once per seam forward):", "",
+                      "| segments | full floor (ms) | full measured / floor | hypic@100% floor (ms) | hypic measured / floor |",
+                      "|---|---|---|---|---|"]
+            for run in model["runs"]:
+                r = run["roofline"]
+                lines.append(f"| {run['segments']} | {r['full_floor_s'] * 1000:.2f} | "
+                             f"{run['ttft']['hf_generate']['p50'] / r['full_floor_s']:.1f} | {r['hypic_floor_s'] * 1000:.2f} | "
+                             f"{run['ttft'].get('hypic@100%', {}).get('p50', float('nan')) / r['hypic_floor_s']:.1f} |")
         lines.append("")
-    (out / "ttft.md").write_text("\n".join(lines) + "\n")
+    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -200,7 +225,7 @@ def write_report(results: list[dict], args, out: Path) -> None:
         ax.set_title(model["model"])
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "ttft.png", dpi=110)
+    fig.savefig(out / f"{args.name}.png", dpi=110)
 
 
 def main() -> None:
@@ -219,11 +244,25 @@ def main() -> None:
     p.add_argument("--seam", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench/results")
+    p.add_argument("--name", default="ttft", help="results file stem (ttft_gpu for the GPU run)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    p.add_argument("--layers", type=int, default=0, help="decoder layers (0: 8 for qwen3_5-style, 6 for falcon_h1-style)")
     args = p.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda needs a CUDA device")
     rng = np.random.default_rng(args.seed)
-    results = [run_model(name, MODELS[name](args.hidden, args.vocab), args, rng) for name in args.models]
-    write_report(results, args, Path(args.out))
-    print((Path(args.out) / "ttft.md").read_text())
+    peaks = measure_peaks() if args.device == "cuda" else None
+    layers = {"qwen3_5-style": 8, "falcon_h1-style": 6}
+    results: list[dict] = []
+    for name in args.models:
+        def partial(model_result, done=tuple(results)):
+            write_report([*done, model_result], args, Path(args.out), peaks)
+
+        results.append(run_model(name, MODELS[name](args.hidden, args.vocab, args.layers or layers[name]), args, rng,
+                                 peaks, on_row=partial))
+    write_report(results, args, Path(args.out), peaks)
+    print((Path(args.out) / f"{args.name}.md").read_text())
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Request lifecycle (HypicExecutor.stream):
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -21,6 +20,7 @@ from transformers import DynamicCache
 
 from hypic_rag.config import ExecutorConfig, Mode
 from hypic_rag.executor import cache_ops
+from hypic_rag.executor.clock import clock
 from hypic_rag.executor.compose import compose_segments
 from hypic_rag.executor.generate import Sampler, decode
 from hypic_rag.executor.precompute import precompute_segment
@@ -28,7 +28,7 @@ from hypic_rag.executor.prefix_cache import PrefixSnapshotCache, chain_keys
 from hypic_rag.models.fingerprint import ModelFingerprint, segment_key, tokens_digest
 from hypic_rag.models.registry import linear_mixer, model_spec
 from hypic_rag.store.base import EntryStore
-from hypic_rag.store.memory import MemoryTier
+from hypic_rag.store.memory import MemoryTier, on_device
 from hypic_rag.types import GenerationResult, SegmentEntry, Timings
 
 
@@ -97,7 +97,9 @@ class HypicExecutor:
         self.eos_ids = _eos_ids(model, tokenizer)
         self.shared_prefix = self._validated_ids(shared_prefix, "shared_prefix", allow_empty=True)
         self.fingerprint = ModelFingerprint.of(model, self.config.precompute_seam, self.shared_prefix)
-        self.store: EntryStore = store if store is not None else MemoryTier(capacity_bytes=2**62, name="memory")
+        self.store: EntryStore = (
+            store if store is not None else MemoryTier(capacity_bytes=2**62, device=self.device, name="memory")
+        )
         self.prefix_snapshots = PrefixSnapshotCache(self.config.prefix_cache_entries)
         self._prefix_cache = self._compute_prefix_cache()
 
@@ -183,7 +185,7 @@ class HypicExecutor:
         entry = self.store.get(key)
         if entry is not None and entry.token_ids == ids:
             self.check_entry(entry)
-            return entry, True
+            return on_device(entry, self.device), True
         entry = self._precompute(ids)
         self.store.put(key, entry)
         return entry, False
@@ -209,28 +211,28 @@ class HypicExecutor:
 
     def _fill_full(self, segs, question) -> "_Filled":
         p0 = len(self.shared_prefix)
-        t0 = time.perf_counter()
+        t0 = clock(self.device)
         cache = self._start_cache()
         body = [t for s in segs for t in s] + list(question)
         logits = self._prefill(cache, body, p0, logits=True)
-        return _Filled(cache, logits, p0 + len(body), _Stats(prefill=time.perf_counter() - t0, cached=p0))
+        return _Filled(cache, logits, p0 + len(body), _Stats(prefill=clock(self.device) - t0, cached=p0))
 
     def _fill_prefix_cache(self, segs, question) -> "_Filled":
         p0 = len(self.shared_prefix)
-        t0 = time.perf_counter()
+        t0 = clock(self.device)
         keys = chain_keys(tokens_digest(self.shared_prefix), segs)
         covered, cache = self.prefix_snapshots.longest(keys)
         cache = cache if cache is not None else self._start_cache()
-        load = time.perf_counter() - t0
+        load = clock(self.device) - t0
         position = p0 + sum(len(s) for s in segs[:covered])
         stats = _Stats(load=load, hits=covered, misses=len(segs) - covered, cached=position)
-        t0 = time.perf_counter()
+        t0 = clock(self.device)
         for i in range(covered, len(segs)):
             self._prefill(cache, segs[i], position, logits=False)
             position += len(segs[i])
             self.prefix_snapshots.store(keys[i], cache)
         logits = self._prefill(cache, question, position, logits=True)
-        stats.prefill = time.perf_counter() - t0
+        stats.prefill = clock(self.device) - t0
         return _Filled(cache, logits, position + len(question), stats)
 
     def _fill_composed(self, segs, question) -> "_Filled":
@@ -238,22 +240,22 @@ class HypicExecutor:
         stats = _Stats()
         entries = []
         for seg in segs:
-            t0 = time.perf_counter()
+            t0 = clock(self.device)
             entry, hit = self._ensure(seg)
             if hit:
-                stats.load += time.perf_counter() - t0
+                stats.load += clock(self.device) - t0
                 stats.hits += 1
             else:
-                stats.precompute_misses += time.perf_counter() - t0
+                stats.precompute_misses += clock(self.device) - t0
                 stats.misses += 1
             entries.append(entry)
         cache = self._start_cache()
         report = compose_segments(self.model, self.spec, self.rotary_emb, cache, entries, self.config.mode, p0)
         stats.compose, stats.seam = report.compose_seconds, report.seam_seconds
         stats.cached = report.end_offset - report.recomputed_tokens
-        t0 = time.perf_counter()
+        t0 = clock(self.device)
         logits = self._prefill(cache, question, report.end_offset, logits=True)
-        stats.prefill = time.perf_counter() - t0
+        stats.prefill = clock(self.device) - t0
         return _Filled(cache, logits, report.end_offset + len(question), stats)
 
     def first_token_logits(self, segments: Sequence[Sequence[int]], question: Sequence[int]) -> torch.Tensor:
@@ -269,7 +271,7 @@ class HypicExecutor:
         if not isinstance(budget, int) or budget < 1:
             raise ValueError(f"max_new_tokens must be an integer >= 1, got {budget!r}")
         segs, q = self._validated_request(segments, question)
-        started = time.perf_counter()
+        started = clock(self.device)
         filled = self._fill(segs, q)
         stats = filled.stats
         sampler = Sampler(self.config, self.device)
@@ -278,14 +280,14 @@ class HypicExecutor:
         shown = ""
         for token in decode(self.model, filled.cache, filled.logits, filled.position, budget, sampler, self.eos_ids):
             if not tokens:
-                ttft = time.perf_counter() - started
+                ttft = clock(self.device) - started
             tokens.append(token)
             delta = None
             if self.tokenizer is not None:  # decode the whole answer so multi-byte characters come out whole
                 text = self.tokenizer.decode(tokens, skip_special_tokens=True)
                 delta, shown = text[len(shown):], text
             yield StreamEvent(token_id=token, text=delta)
-        decode_s = time.perf_counter() - started - ttft
+        decode_s = clock(self.device) - started - ttft
         finish = "eos" if tokens and tokens[-1] in self.eos_ids else "length"
         text = None
         if self.tokenizer is not None:

@@ -16,7 +16,6 @@ For segment i at offset o (tokens before it), in request order:
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +23,7 @@ from transformers import DynamicCache
 
 from hypic_rag.config import Mode
 from hypic_rag.executor import cache_ops
+from hypic_rag.executor.clock import clock
 from hypic_rag.models.specs import ModelSpec
 from hypic_rag.ops.compose import compose_state, merge_conv_tail
 from hypic_rag.ops.rope import shift_keys
@@ -84,7 +84,7 @@ def compose_segments(
     offset = prefix_length
     seam_seconds = 0.0
     recomputed = 0
-    started = time.perf_counter()
+    started = clock(device)
     for i, entry in enumerate(entries):
         if mode is Mode.HYPIC and i == 0:
             _set_exact_end(cache, entry)
@@ -92,11 +92,11 @@ def compose_segments(
         elif mode is Mode.HYPIC:
             seam = entry.seam_tokens
             if seam > 0:
-                t0 = time.perf_counter()
+                t0 = clock(device)
                 ids = torch.tensor([entry.token_ids[:seam]], dtype=torch.long, device=device)
                 positions = torch.arange(offset, offset + seam, device=device)[None]
                 model.model(input_ids=ids, past_key_values=cache, position_ids=positions, use_cache=True)
-                seam_seconds += time.perf_counter() - t0
+                seam_seconds += clock(device) - t0
                 recomputed += seam
             if entry.interior_length > 0:
                 _advance_interior(cache, entry, use_operator=True, fresh_seam=seam > 0)
@@ -109,7 +109,7 @@ def compose_segments(
             shift = offset if mode is Mode.PIC_TRANSITION_ROPE else prefix_length
             _append_segment_kv(cache, spec, rotary_emb, entry, 0, shift)
         offset += entry.length
-    total = time.perf_counter() - started
+    total = clock(device) - started
     return ComposeReport(
         compose_seconds=total - seam_seconds, seam_seconds=seam_seconds, recomputed_tokens=recomputed, end_offset=offset
     )

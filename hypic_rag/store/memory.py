@@ -28,6 +28,15 @@ def entry_to(entry: SegmentEntry, device: torch.device | str) -> SegmentEntry:
     )
 
 
+def on_device(entry: SegmentEntry, device: torch.device | str) -> SegmentEntry:
+    """`entry` itself when its tensors already live on `device`, else a copy moved there (a store
+    tier on another device, e.g. host memory feeding a CUDA model)."""
+    probe = (entry.attention[0].keys if entry.attention else entry.linear[0].conv_tail).device
+    want = torch.device(device)
+    same = probe.type == want.type and (want.index is None or probe.index in (None, want.index))
+    return entry if same else entry_to(entry, device)
+
+
 class MemoryTier(EntryStore):
     """LRU over whole entries, holding at most `capacity_bytes` of tensors on `device`.
 

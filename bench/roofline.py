@@ -1,0 +1,80 @@
+"""Lower bounds on a request's time on a GPU: bytes over bandwidth plus FLOPs over peak.
+
+The two ceilings are measured on the machine (a bf16 matrix product and a device-to-device copy),
+not taken from a datasheet. The counts are per request and approximate the dominant terms:
+  - every forward reads all weights once (a seam forward is one forward per segment after the first);
+  - dense FLOPs 2 * params * tokens, attention 4 * tokens * context * heads * head_dim per layer,
+    the chunked linear recurrences ~8 * tokens * heads * d_k * d_v per layer;
+  - hypic reads each cached entry once and writes its K/V into the request cache.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+
+def measure_peaks(device: str = "cuda") -> dict:
+    """Measured bf16 matmul FLOP/s and copy bandwidth (bytes read + written per second)."""
+    n = 8192
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    src = torch.randn(2**28, device=device)  # 1 GiB fp32
+    dst = torch.empty_like(src)
+
+    def timed(fn, reps):
+        for _ in range(3):
+            fn()
+        times = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        return statistics.median(times)
+
+    flops = 2 * n**3 / timed(lambda: a @ b, 10)
+    bandwidth = 2 * src.numel() * 4 / timed(lambda: dst.copy_(src), 10)
+    del a, b, src, dst
+    torch.cuda.empty_cache()
+    return {"bf16_flops_per_s": flops, "copy_bytes_per_s": bandwidth}
+
+
+def _shape(config) -> dict:
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    types = list(getattr(text, "layer_types", None) or [])
+    n_attn = sum(t in ("full_attention", "attention") for t in types)
+    heads, head_dim = text.num_attention_heads, getattr(text, "head_dim", text.hidden_size // text.num_attention_heads)
+    h_v = getattr(text, "linear_num_value_heads", 0)
+    return {"layers": text.num_hidden_layers, "attn_layers": n_attn, "attn_width": heads * head_dim,
+            "lin_layers": len(types) - n_attn, "lin_state": h_v * getattr(text, "linear_key_head_dim", 0)
+            * getattr(text, "linear_value_head_dim", 0)}
+
+
+def request_floors(model, segments: int, segment_tokens: int, question_tokens: int, seam: int,
+                   entry_bytes: int | None, peaks: dict) -> dict:
+    """Seconds: the floor of a full prefill and of a hypic request at 100% hits (bytes/BW + FLOPs/peak)."""
+    shape = _shape(model.config)
+    embed = model.get_input_embeddings().weight.numel()
+    dense = sum(p.numel() for p in model.parameters()) - embed
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) - embed * model.dtype.itemsize
+    total = segments * segment_tokens + question_tokens
+    kv_bytes_per_token = 2 * shape["attn_layers"] * model.config.num_key_value_heads * model.config.head_dim \
+        * model.dtype.itemsize
+
+    def flops(tokens: int, context_mean: float) -> float:
+        attn = 4 * tokens * context_mean * shape["attn_width"] * shape["attn_layers"]
+        lin = 8 * tokens * shape["lin_state"] * shape["lin_layers"]
+        return 2 * dense * tokens + attn + lin
+
+    full_flops = flops(total, total / 2)
+    full_bytes = weight_bytes + total * kv_bytes_per_token
+    seam_tokens = seam * (segments - 1)
+    hypic_flops = flops(seam_tokens, total / 2) + flops(question_tokens, total)
+    hypic_bytes = segments * weight_bytes + segments * (entry_bytes or 0) + total * kv_bytes_per_token
+    f, bw = peaks["bf16_flops_per_s"], peaks["copy_bytes_per_s"]
+    return {"full_floor_s": full_bytes / bw + full_flops / f, "hypic_floor_s": hypic_bytes / bw + hypic_flops / f,
+            "full_flops": full_flops, "full_bytes": full_bytes, "hypic_flops": hypic_flops, "hypic_bytes": hypic_bytes,
+            "hypic_forwards": segments}

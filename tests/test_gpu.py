@@ -1,0 +1,155 @@
+"""The CUDA path: fla's Triton kernels against the plain-torch recurrences, bf16 end to end, the GPU tier.
+
+Skipped without a CUDA device (CI is CPU-only). On a CUDA machine with flash-linear-attention
+installed, transformers routes the Gated DeltaNet / KDA recurrences to fla, and so does hypic's
+operator extraction (it calls the function the model calls). These tests check that fla is really
+the kernel in use, then compare what it produces with the pure-torch functions on the same inputs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import tempfile
+
+import pytest
+import torch
+
+from conftest import random_ids
+from hypic_rag import ExecutorConfig, HypicExecutor
+from hypic_rag.executor import cache_ops
+from hypic_rag.models.registry import model_spec
+from hypic_rag.models.tiny import tiny_model
+from hypic_rag.ops import transition
+from hypic_rag.ops.capture import RecurrenceCall, capture_recurrences
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+FLA_FAMILIES = ["qwen3_5", "qwen3_next", "kimi_linear"]
+ALL_FAMILIES = FLA_FAMILIES + ["falcon_h1", "bamba"]
+_MODELS: dict[tuple[str, torch.dtype], torch.nn.Module] = {}
+
+
+def cuda_model(family: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    if (family, dtype) not in _MODELS:
+        _MODELS[(family, dtype)] = tiny_model(family).to("cuda", dtype)
+    return _MODELS[(family, dtype)]
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12)).item()
+
+
+def implementation_of(fn):
+    """The callable a transformers hub-kernel wrapper routes to (fla's, or the torch function)."""
+    while fn is not None:
+        cells = inspect.getclosurevars(fn).nonlocals
+        if "implementation" in cells:
+            return cells["implementation"]
+        fn = getattr(fn, "__wrapped__", None)
+    return None
+
+
+def chunk_fn(model):
+    layer = model_spec(model).linear[0]
+    return getattr(sys.modules[layer.modeling_module], layer.chunk_fn)
+
+
+def captured(model, ids):
+    spec = model_spec(model)
+    ex = HypicExecutor(model)
+    cache = cache_ops.new_cache(model)
+    with capture_recurrences(model, spec.linear, ex.mixers) as calls:
+        model.model(input_ids=torch.tensor([ids], device="cuda"), past_key_values=cache,
+                    position_ids=torch.arange(len(ids), device="cuda")[None])
+    return spec, calls
+
+
+@pytest.mark.parametrize("family", FLA_FAMILIES)
+def test_fla_kernel_is_in_use(family):
+    pytest.importorskip("fla")
+    impl = implementation_of(chunk_fn(cuda_model(family)))
+    assert impl is not None and impl.__module__.startswith("fla."), impl
+
+
+@pytest.mark.parametrize("family", FLA_FAMILIES)
+@pytest.mark.parametrize("length,start", [(64, 0), (130, 8), (300, 17)])
+def test_fla_interior_matches_torch_chunk_and_token_product(family, length, start):
+    model = cuda_model(family)
+    (ids,) = random_ids([length], seed=length)
+    spec, calls = captured(model, ids)
+    for layer in spec.linear:
+        call = calls[layer.layer_idx]
+        fast = transition.gated_delta_interior(call, start)
+        plain = transition.gated_delta_interior(RecurrenceCall(inspect.unwrap(call.fn), call.arguments), start)
+        recurrent = inspect.unwrap(getattr(sys.modules[layer.modeling_module], layer.recurrent_fn))
+        product = transition.gated_delta_operator_ref(call, start, recurrent)
+        assert torch.isfinite(fast.state).all() and torch.isfinite(fast.operator).all()
+        assert rel_err(fast.state, plain.state) < 5e-3
+        assert rel_err(fast.operator, plain.operator) < 5e-3
+        assert rel_err(fast.operator, product) < 5e-3
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_hypic_on_cuda_matches_full_recompute(family):
+    model = cuda_model(family)
+    *segs, q = random_ids([70, 45, 90, 6], seed=3)
+    full = HypicExecutor(model, config=ExecutorConfig(mode="full_recompute")).first_token_logits(segs, q)
+    wide = HypicExecutor(model, config=ExecutorConfig(mode="hypic", seam_tokens=90)).first_token_logits(segs, q)
+    narrow = HypicExecutor(model, config=ExecutorConfig(mode="hypic", seam_tokens=8)).first_token_logits(segs, q)
+    other = HypicExecutor(model, config=ExecutorConfig(mode="full_recompute")).first_token_logits(segs[1:], q)
+    assert full.is_cuda
+    assert rel_err(wide, full) < 2e-3  # the seam covers every segment: exact up to tf32 kernels
+    assert rel_err(narrow, full) < 5e-2
+    assert rel_err(other, full) > 10 * rel_err(narrow, full)  # context matters more than the seam's error
+
+
+@pytest.mark.parametrize("family", FLA_FAMILIES)
+def test_fla_executor_matches_pure_torch_executor(family, monkeypatch):
+    model = cuda_model(family)
+    *segs, q = random_ids([70, 45, 90, 6], seed=4)
+    config = ExecutorConfig(mode="hypic", seam_tokens=8)
+    fast = HypicExecutor(model, config=config)
+    fast_logits = fast.first_token_logits(segs, q)
+    fast_entry = fast.store.get(fast.key_of(segs[1]))
+    layer = model_spec(model).linear[0]
+    module = sys.modules[layer.modeling_module]
+    for name in (layer.chunk_fn, layer.recurrent_fn):
+        monkeypatch.setattr(module, name, inspect.unwrap(getattr(module, name)))
+    plain = HypicExecutor(model, config=config)
+    assert rel_err(plain.first_token_logits(segs, q), fast_logits) < 5e-3
+    plain_entry = plain.store.get(plain.key_of(segs[1]))
+    for a, b in zip(fast_entry.linear, plain_entry.linear):
+        assert rel_err(a.end_state, b.end_state) < 5e-3
+        assert rel_err(a.interior_operator, b.interior_operator) < 5e-3
+
+
+@pytest.mark.parametrize("family", ["qwen3_5", "falcon_h1"])
+def test_bf16_hypic_agrees_with_bf16_full_recompute(family):
+    model = cuda_model(family, torch.bfloat16)
+    hypic = HypicExecutor(model, config=ExecutorConfig(mode="hypic", seam_tokens=8))
+    full = HypicExecutor(model, config=ExecutorConfig(mode="full_recompute"))
+    for seed in range(4):
+        *segs, q = random_ids([64, 64, 64, 5], seed=10 + seed)
+        a, b = hypic.first_token_logits(segs, q), full.first_token_logits(segs, q)
+        kl = torch.nn.functional.kl_div(a.log_softmax(-1), b.log_softmax(-1), log_target=True, reduction="sum")
+        assert kl.item() < 2e-2
+    entry = hypic.store.get(hypic.key_of(segs[0]))
+    assert all(layer.keys.dtype == torch.bfloat16 and layer.keys.is_cuda for layer in entry.attention)
+
+
+def test_gpu_tier_keeps_hot_entries_on_the_device_and_promotes_from_host():
+    from hypic_rag.store.tiered import StoreConfig, TieredStore
+
+    model = cuda_model("qwen3_5")
+    ex = HypicExecutor(model, config=ExecutorConfig(mode="hypic", seam_tokens=8))
+    a, b = random_ids([80, 80], seed=5)
+    entry_a, entry_b = ex.precompute(a), ex.precompute(b)
+    with tempfile.TemporaryDirectory() as directory:
+        store = TieredStore(directory, StoreConfig(device_bytes=int(entry_a.nbytes * 1.5), host_bytes=2**30))
+        store.put(ex.key_of(a), entry_a)
+        assert store.get(ex.key_of(a)).attention[0].keys.is_cuda
+        store.put(ex.key_of(b), entry_b)  # a is demoted to the host tier
+        got = store.get(ex.key_of(a))  # read from host, promoted back to the device
+        assert got.attention[0].keys.is_cuda
+        assert torch.equal(got.attention[0].keys, entry_a.attention[0].keys)
