@@ -43,6 +43,8 @@ class ExecutorConfig:
     top_p: nucleus sampling mass (only with temperature > 0).
     seed: sampling seed (None: nondeterministic).
     prefix_cache_entries: how many segment-boundary snapshots the prefix_cache mode keeps.
+    miss_batch_size: a request's cache misses of equal length are precomputed together, this many
+        per batched forward (1: one forward per miss).
     """
 
     mode: Mode = Mode.HYPIC
@@ -52,6 +54,7 @@ class ExecutorConfig:
     top_p: float = 1.0
     seed: int | None = None
     prefix_cache_entries: int = 256
+    miss_batch_size: int = 8
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode.parse(self.mode))
@@ -65,6 +68,8 @@ class ExecutorConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not isinstance(self.prefix_cache_entries, int) or self.prefix_cache_entries < 1:
             raise ValueError(f"prefix_cache_entries must be an integer >= 1, got {self.prefix_cache_entries!r}")
+        if not isinstance(self.miss_batch_size, int) or self.miss_batch_size < 1:
+            raise ValueError(f"miss_batch_size must be an integer >= 1, got {self.miss_batch_size!r}")
 
     @property
     def precompute_seam(self) -> int:

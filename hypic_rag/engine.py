@@ -22,8 +22,10 @@ from hypic_rag.config import ExecutorConfig, Mode
 from hypic_rag.executor import cache_ops
 from hypic_rag.executor.clock import clock
 from hypic_rag.executor.compose import compose_segments
-from hypic_rag.executor.generate import Sampler, decode
+from hypic_rag.executor.generate import Sampler, decode, eos_ids_of
+from hypic_rag.executor.miss_prefill import MissPrefill, batched_precompute
 from hypic_rag.executor.precompute import precompute_segment
+from hypic_rag.executor.validation import validated_ids, validated_request
 from hypic_rag.executor.prefix_cache import PrefixSnapshotCache, chain_keys
 from hypic_rag.models.fingerprint import ModelFingerprint, segment_key, tokens_digest
 from hypic_rag.models.registry import linear_mixer, model_spec
@@ -63,17 +65,6 @@ class StreamEvent:
     result: GenerationResult | None = None
 
 
-def _eos_ids(model: torch.nn.Module, tokenizer) -> frozenset[int]:
-    ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
-        eos = getattr(source, "eos_token_id", None)
-        if isinstance(eos, int):
-            ids.add(eos)
-        elif isinstance(eos, (list, tuple)):
-            ids.update(int(e) for e in eos)
-    return frozenset(ids)
-
-
 class HypicExecutor:
     """Runs requests made of cached segments plus a question on one transformers hybrid model."""
 
@@ -84,6 +75,7 @@ class HypicExecutor:
         config: ExecutorConfig | None = None,
         shared_prefix: Sequence[int] = (),
         store: EntryStore | None = None,
+        miss_prefill: MissPrefill | None = None,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -94,45 +86,23 @@ class HypicExecutor:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.vocab_size = model.config.get_text_config(decoder=True).vocab_size
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_ids_of(model, tokenizer)
         self.shared_prefix = self._validated_ids(shared_prefix, "shared_prefix", allow_empty=True)
         self.fingerprint = ModelFingerprint.of(model, self.config.precompute_seam, self.shared_prefix)
         self.store: EntryStore = (
             store if store is not None else MemoryTier(capacity_bytes=2**62, device=self.device, name="memory")
         )
         self.prefix_snapshots = PrefixSnapshotCache(self.config.prefix_cache_entries)
+        self.miss_prefill: MissPrefill = miss_prefill or batched_precompute
         self._prefix_cache = self._compute_prefix_cache()
 
     # ----------------------------------------------------------------------------- validation
     def _validated_ids(self, ids: Sequence[int], what: str, allow_empty: bool = False) -> tuple[int, ...]:
-        if isinstance(ids, torch.Tensor):
-            ids = ids.reshape(-1).tolist()
-        if isinstance(ids, (str, bytes)):
-            raise ValueError(f"{what} must be a sequence of token ids, not text; tokenize it first")
-        out = tuple(ids)
-        if not out and not allow_empty:
-            raise ValueError(f"{what} is empty; every segment and the question need at least one token")
-        for t in out:
-            if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.vocab_size:
-                raise ValueError(f"{what} holds {t!r}, not a token id in [0, {self.vocab_size})")
-        max_pos = self.spec.max_positions
-        if max_pos is not None and len(out) > max_pos:
-            raise ValueError(f"{what} has {len(out)} tokens, more than the model's {max_pos} positions; split it")
-        return out
+        return validated_ids(ids, what, self.vocab_size, self.spec.max_positions, allow_empty)
 
     def _validated_request(self, segments, question) -> tuple[list[tuple[int, ...]], tuple[int, ...]]:
-        if isinstance(segments, (str, bytes)) or not isinstance(segments, Sequence):
-            raise ValueError("segments must be a list of token-id sequences")
-        segs = [self._validated_ids(s, f"segment {i}") for i, s in enumerate(segments)]
-        q = self._validated_ids(question, "question")
-        total = len(self.shared_prefix) + sum(len(s) for s in segs) + len(q) + self.config.max_new_tokens
-        max_pos = self.spec.max_positions
-        if max_pos is not None and total > max_pos:
-            raise ValueError(
-                f"request needs {total} positions (prefix + segments + question + max_new_tokens) but the model "
-                f"has {max_pos}; retrieve fewer segments or lower max_new_tokens"
-            )
-        return segs, q
+        return validated_request(segments, question, self.vocab_size, self.spec.max_positions,
+                                 len(self.shared_prefix), self.config.max_new_tokens)
 
     def check_entry(self, entry: SegmentEntry) -> None:
         """Refuse an entry built for another model, setting or dtype."""
@@ -179,15 +149,30 @@ class HypicExecutor:
             len(self.shared_prefix), self.config.precompute_seam, self.fingerprint.to_string(),
         )
 
+    def precompute_many(self, segments: Sequence[Sequence[int]]) -> list[SegmentEntry]:
+        """Build (but do not store) the entries of several segments on this executor's device; segments
+        of equal length share one batched forward (config.miss_batch_size at a time)."""
+        return batched_precompute(self, [self._validated_ids(s, f"segment {i}") for i, s in enumerate(segments)])
+
+    @property
+    def prefix_cache(self) -> DynamicCache | None:
+        """The cache after the shared prefix (None without one); read-only: copy before extending."""
+        return self._prefix_cache
+
+    def _lookup(self, ids: tuple[int, ...]) -> SegmentEntry | None:
+        entry = self.store.get(self.key_of(ids))
+        if entry is None or entry.token_ids != ids:
+            return None
+        self.check_entry(entry)
+        return on_device(entry, self.device)
+
     def _ensure(self, ids: tuple[int, ...]) -> tuple[SegmentEntry, bool]:
-        """ensure() for ids the request path has already validated (no second per-token check)."""
-        key = self.key_of(ids)
-        entry = self.store.get(key)
-        if entry is not None and entry.token_ids == ids:
-            self.check_entry(entry)
-            return on_device(entry, self.device), True
+        """ensure() for ids already validated (no second per-token check)."""
+        entry = self._lookup(ids)
+        if entry is not None:
+            return entry, True
         entry = self._precompute(ids)
-        self.store.put(key, entry)
+        self.store.put(self.key_of(ids), entry)
         return entry, False
 
     # ----------------------------------------------------------------------------- request path
@@ -238,17 +223,24 @@ class HypicExecutor:
     def _fill_composed(self, segs, question) -> "_Filled":
         p0 = len(self.shared_prefix)
         stats = _Stats()
-        entries = []
-        for seg in segs:
+        t0 = clock(self.device)
+        entries: list[SegmentEntry | None] = [self._lookup(seg) for seg in segs]
+        stats.load = clock(self.device) - t0
+        missing: dict[tuple[int, ...], list[int]] = {}
+        for i, (seg, entry) in enumerate(zip(segs, entries)):
+            if entry is None:
+                missing.setdefault(seg, []).append(i)
+        stats.misses = sum(len(where) for where in missing.values())
+        stats.hits = len(segs) - stats.misses
+        if missing:
             t0 = clock(self.device)
-            entry, hit = self._ensure(seg)
-            if hit:
-                stats.load += clock(self.device) - t0
-                stats.hits += 1
-            else:
-                stats.precompute_misses += clock(self.device) - t0
-                stats.misses += 1
-            entries.append(entry)
+            for seg, entry in zip(missing, self.miss_prefill(self, list(missing))):
+                self.check_entry(entry)  # entries from another process must match this model and setting
+                entry = on_device(entry, self.device)
+                self.store.put(self.key_of(seg), entry)
+                for i in missing[seg]:
+                    entries[i] = entry
+            stats.precompute_misses = clock(self.device) - t0
         cache = self._start_cache()
         report = compose_segments(self.model, self.spec, self.rotary_emb, cache, entries, self.config.mode, p0)
         stats.compose, stats.seam = report.compose_seconds, report.seam_seconds

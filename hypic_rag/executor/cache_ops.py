@@ -36,6 +36,22 @@ def clone_cache(cache: DynamicCache) -> DynamicCache:
     return copy.deepcopy(cache)
 
 
+def repeat_batch(cache: DynamicCache, rows: int) -> DynamicCache:
+    """A copy of a batch-1 cache with every tensor repeated to `rows` rows (for batched precompute)."""
+    out = clone_cache(cache)
+    for layer in out.layers:
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if isinstance(t, torch.Tensor) and t.dim() > 0:
+                setattr(layer, name, t.repeat(rows, *([1] * (t.dim() - 1))))
+        for states in (getattr(layer, "conv_states", None), getattr(layer, "recurrent_states", None)):
+            if isinstance(states, dict):
+                for idx, t in list(states.items()):
+                    if isinstance(t, torch.Tensor) and t.dim() > 0:
+                        states[idx] = t.repeat(rows, *([1] * (t.dim() - 1)))
+    return out
+
+
 def recurrent_state(cache: DynamicCache, layer_idx: int) -> torch.Tensor | None:
     layer = cache.layers[layer_idx]
     if not layer.is_recurrent_states_initialized[0]:

@@ -23,8 +23,8 @@ from hypic_rag.types import AttentionLayerEntry, LinearLayerEntry, SegmentEntry
 _INTERIOR = {MixerFamily.GATED_DELTA: gated_delta_interior, MixerFamily.MAMBA2: mamba2_interior}
 
 
-def _detach(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t[0].detach().clone().contiguous()
+def _row(t: torch.Tensor | None, row: int) -> torch.Tensor | None:
+    return None if t is None else t[row].detach().clone().contiguous()
 
 
 @torch.no_grad()
@@ -39,40 +39,71 @@ def precompute_segment(
     seam_tokens: int,
     fingerprint: str,
 ) -> SegmentEntry:
+    return precompute_segments(model, spec, mixers, rotary_emb, [token_ids], prefix_cache, prefix_length,
+                               seam_tokens, fingerprint)[0]
+
+
+@torch.no_grad()
+def precompute_segments(
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    mixers: dict[int, torch.nn.Module],
+    rotary_emb: torch.nn.Module | None,
+    batch: list[tuple[int, ...]],
+    prefix_cache: DynamicCache | None,
+    prefix_length: int,
+    seam_tokens: int,
+    fingerprint: str,
+) -> list[SegmentEntry]:
+    """Entries of segments of one length, computed in one batched forward (row i -> entry i).
+
+    Equal lengths need no padding, so every row sees exactly what a forward of its own would
+    (left padding would decay the shared prefix's linear state over the pad tokens)."""
+    lengths = {len(ids) for ids in batch}
+    if len(lengths) != 1:
+        raise ValueError(f"a precompute batch needs segments of one length, got lengths {sorted(lengths)}")
     device = next(model.parameters()).device
-    length = len(token_ids)
-    cache = cache_ops.clone_cache(prefix_cache) if prefix_cache is not None else cache_ops.new_cache(model)
-    ids = torch.tensor([token_ids], dtype=torch.long, device=device)
-    positions = torch.arange(prefix_length, prefix_length + length, device=device)[None]
+    (length,) = lengths
+    rows = len(batch)
+    if prefix_cache is not None:
+        cache = cache_ops.repeat_batch(prefix_cache, rows)
+    else:
+        cache = cache_ops.new_cache(model)
+    ids = torch.tensor([list(t) for t in batch], dtype=torch.long, device=device)
+    positions = torch.arange(prefix_length, prefix_length + length, device=device)[None].expand(rows, -1)
     with capture_recurrences(model, spec.linear, mixers) as calls:
         model.model(input_ids=ids, past_key_values=cache, position_ids=positions, use_cache=True)
 
     seam = min(seam_tokens, length)
-    linear = []
+    interiors: dict[int, InteriorTransition] = {}
     for layer in spec.linear:
-        interior: InteriorTransition | None = None
         if layer.family in _INTERIOR and seam < length:
-            interior = _INTERIOR[layer.family](calls[layer.layer_idx], seam)
-        linear.append(
-            LinearLayerEntry(
-                layer_idx=layer.layer_idx,
-                end_state=_detach(cache_ops.recurrent_state(cache, layer.layer_idx)),
-                interior_state=None if interior is None else _detach(interior.state),
-                interior_operator=None if interior is None else _detach(interior.operator),
-                conv_tail=_detach(cache_ops.conv_state(cache, layer.layer_idx)),
-            )
-        )
-    attention = []
+            interiors[layer.layer_idx] = _INTERIOR[layer.family](calls[layer.layer_idx], seam)
+    kv = {}
     for layer in spec.attention:
         keys, values = cache_ops.kv(cache, layer.layer_idx)
         keys = keys[:, :, prefix_length:]
         if layer.rope is not None and rotary_emb is not None:
             keys = shift_keys(keys, rotary_emb, -prefix_length)
-        attention.append(AttentionLayerEntry(layer.layer_idx, _detach(keys), _detach(values[:, :, prefix_length:])))
-    return SegmentEntry(
-        token_ids=tuple(int(t) for t in token_ids),
-        seam_tokens=seam,
-        fingerprint=fingerprint,
-        linear=tuple(linear),
-        attention=tuple(attention),
-    )
+        kv[layer.layer_idx] = (keys, values[:, :, prefix_length:])
+    entries = []
+    for row, token_ids in enumerate(batch):
+        linear = []
+        for layer in spec.linear:
+            interior = interiors.get(layer.layer_idx)
+            linear.append(
+                LinearLayerEntry(
+                    layer_idx=layer.layer_idx,
+                    end_state=_row(cache_ops.recurrent_state(cache, layer.layer_idx), row),
+                    interior_state=None if interior is None else _row(interior.state, row),
+                    interior_operator=None if interior is None else _row(interior.operator, row),
+                    conv_tail=_row(cache_ops.conv_state(cache, layer.layer_idx), row),
+                )
+            )
+        attention = tuple(
+            AttentionLayerEntry(layer.layer_idx, _row(kv[layer.layer_idx][0], row), _row(kv[layer.layer_idx][1], row))
+            for layer in spec.attention
+        )
+        entries.append(SegmentEntry(token_ids=tuple(int(t) for t in token_ids), seam_tokens=seam,
+                                    fingerprint=fingerprint, linear=tuple(linear), attention=attention))
+    return entries

@@ -1,0 +1,46 @@
+"""Who computes a request's cache misses: the executor's own device in batches, or Ray workers.
+
+A miss prefill takes the executor and the missing segments (validated token-id tuples, no
+duplicates) and returns their entries in the same order. The executor stores them and composes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from hypic_rag.executor.precompute import precompute_segments
+from hypic_rag.types import SegmentEntry
+
+if TYPE_CHECKING:
+    from hypic_rag.engine import HypicExecutor
+
+
+class MissPrefill(Protocol):
+    def __call__(self, executor: "HypicExecutor", segments: list[tuple[int, ...]]) -> list[SegmentEntry]: ...
+
+
+def length_batches(segments: list[tuple[int, ...]], max_batch: int) -> list[list[int]]:
+    """Indices of `segments` grouped by length, at most `max_batch` per group, longest groups first."""
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(segments):
+        by_length.setdefault(len(ids), []).append(i)
+    groups = []
+    for members in sorted(by_length.values(), key=len, reverse=True):
+        groups += [members[j : j + max_batch] for j in range(0, len(members), max_batch)]
+    return groups
+
+
+def batched_precompute(executor: "HypicExecutor", segments: list[tuple[int, ...]],
+                       max_batch: int | None = None) -> list[SegmentEntry]:
+    """Entries of `segments` computed on the executor's device, equal lengths in one forward."""
+    max_batch = max_batch or executor.config.miss_batch_size
+    out: list[SegmentEntry | None] = [None] * len(segments)
+    for group in length_batches(segments, max_batch):
+        entries = precompute_segments(
+            executor.model, executor.spec, executor.mixers, executor.rotary_emb, [segments[i] for i in group],
+            executor.prefix_cache, len(executor.shared_prefix), executor.config.precompute_seam,
+            executor.fingerprint.to_string(),
+        )
+        for i, entry in zip(group, entries):
+            out[i] = entry
+    return out  # type: ignore[return-value]
