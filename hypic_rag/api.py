@@ -103,6 +103,7 @@ class HypicRAG:
                 embedding_dim=self.embedder.dim, max_segment_tokens=max_segment_tokens, store=dataclasses.asdict(store_config),
             ).write(self.directory)
         self._executors: dict[ExecutorConfig, HypicExecutor] = {}
+        self.ray_prefill = None  # set by use_ray()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -149,8 +150,27 @@ class HypicRAG:
         if config == base:
             return self.executor
         if config not in self._executors:
-            self._executors[config] = HypicExecutor(self.model, self.tokenizer, config, self.shared_prefix, self.store)
+            same_entries = config.precompute_seam == base.precompute_seam  # the Ray workers build base's entries
+            self._executors[config] = HypicExecutor(self.model, self.tokenizer, config, self.shared_prefix, self.store,
+                                                    miss_prefill=self.ray_prefill if same_entries else None)
         return self._executors[config]
+
+    def use_ray(self, ray_config=None):
+        """Compute cache misses (at query time and in ingest) on Ray actors, each loading this store's
+        checkpoint. `ray_config` is a hypic_rag.distributed.ray_prefill.RayConfig (default: 2 local
+        workers). Returns the RayPrefill; close() stops it."""
+        from hypic_rag.distributed.ray_prefill import RayPrefill
+
+        if self.model_path is None:
+            raise ValueError("Ray workers load the model from a checkpoint path: create this HypicRAG with "
+                             "model='path/to/checkpoint' instead of a loaded model")
+        with self._lock:
+            if self.ray_prefill is not None:
+                self.ray_prefill.close()
+            self.ray_prefill = RayPrefill.for_executor(self.executor, self.model_path, ray_config)
+            self.executor.miss_prefill = self.ray_prefill
+            self._executors.clear()
+        return self.ray_prefill
 
     # ------------------------------------------------------------------ ingest
     def ingest(self, items: Iterable[str | Path | dict | Document], batch_size: int = 16, workers: int = 1,
@@ -257,5 +277,8 @@ class HypicRAG:
                          len({r.doc_id for r in records}), self.store.stats())
 
     def close(self) -> None:
+        if self.ray_prefill is not None:
+            self.ray_prefill.close()
+            self.ray_prefill = None
         self.store.close()
         self.index.close()

@@ -100,15 +100,23 @@ def test_sigkill_mid_precompute_loses_nothing_committed(tmp_path):
 
 def test_parallel_workers_give_the_same_entries(tmp_path):
     from hypic_rag.api import HypicRAG
-    from hypic_rag.store.serde import entry_to_bytes
 
     corpus = write_corpus(tmp_path / "c.jsonl", demo_docs(6))
-    for name, workers in (("serial", "1"), ("parallel", "2")):
-        out = run("precompute", str(corpus), "--store", str(tmp_path / name), "--workers", workers, "--batch-size", "3")
+    runs = [("serial", ["--workers", "1"]), ("parallel", ["--workers", "2"]), ("ray", ["--workers", "2", "--ray"])]
+    for name, flags in runs:
+        out = run("precompute", str(corpus), "--store", str(tmp_path / name), *flags, "--batch-size", "3")
         assert out.returncode == 0, out.stderr
         assert "6 entries computed" in out.stderr
     serial = HypicRAG.from_store(tmp_path / "serial", read_only=True)
-    parallel = HypicRAG.from_store(tmp_path / "parallel", read_only=True)
+    for other in ("parallel", "ray"):
+        _same_entries(serial, HypicRAG.from_store(tmp_path / other, read_only=True))
+    answer = run("query", "Where was the first person born?", "--store", str(tmp_path / "ray"), "--max-new-tokens", "4")
+    assert answer.returncode == 0, answer.stderr
+
+
+def _same_entries(serial, parallel):
+    from hypic_rag.store.serde import entry_to_bytes
+
     for record in serial.index.records():
         a, b = serial.store.disk.raw(record.key), parallel.store.disk.raw(record.key)
         assert a is not None and b is not None

@@ -67,6 +67,10 @@ def cmd_precompute(s: dict) -> int:
             template=PromptTemplate(system=s["system"]), store_config=_store_config(s),
             max_segment_tokens=int(s["max_segment_tokens"]),
         )
+    if s.get("ray") is not None:  # "local" starts a cluster in this process; otherwise an address to join
+        from hypic_rag.distributed.ray_prefill import RayConfig
+
+        rag.use_ray(RayConfig(workers=int(s["workers"]), address=None if s["ray"] == "local" else s["ray"]))
     with Progress(TextColumn("[bold]precompute"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as bar:
         task = bar.add_task("segments", total=None)
@@ -132,7 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--seam", type=int)
     pre.add_argument("--max-segment-tokens", type=int)
     pre.add_argument("--batch-size", type=int)
-    pre.add_argument("--workers", type=int, help="processes precomputing entries in parallel")
+    pre.add_argument("--workers", type=int, help="processes (or, with --ray, Ray actors) precomputing entries in parallel")
+    pre.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                     help="precompute on Ray actors: a local cluster (no address) or a cluster address "
+                          "('auto', 'ray://head:10001')")
     pre.add_argument("--system", help="system prompt cached once as the shared prefix")
     for tier in ("device", "host", "disk"):
         pre.add_argument(f"--{tier}-bytes", type=int)

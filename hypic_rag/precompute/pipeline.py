@@ -67,7 +67,7 @@ def ingest_segments(
     done = len(segments) - len(pending)
     computed = reused = 0
     pool = None
-    if workers > 1 and pending:
+    if workers > 1 and pending and getattr(rag, "ray_prefill", None) is None:
         pool = ProcessPoolExecutor(  # spawn: forking a process that already runs torch threads can deadlock
             max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
             initargs=(str(rag.directory),),
@@ -80,7 +80,11 @@ def ingest_segments(
             keys = [executor.key_of(s.token_ids) for s in batch]
             todo = [(k, s) for k, s in zip(keys, batch) if k not in store]
             reused += len(batch) - len(todo)
-            if pool is not None:
+            if getattr(rag, "ray_prefill", None) is not None and todo:
+                entries = rag.ray_prefill(executor, [tuple(s.token_ids) for _, s in todo])
+                for entry in entries:
+                    executor.check_entry(entry)
+            elif pool is not None:
                 blobs = pool.map(_precompute_in_worker, [s.token_ids for _, s in todo])
                 entries = [entry_from_bytes(b) for b in blobs]
             else:
