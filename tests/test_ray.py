@@ -41,6 +41,8 @@ def test_shares_spread_work_over_both_actors(executor_and_prefill):
     segs = [(1,) * 50, (1,) * 50, (1,) * 40, (1,) * 30, (1,) * 30]
     shares = prefill.shares(segs, max_batch=8)
     assert sorted(i for s in shares for i in s) == list(range(5)) and all(shares)
+    same = prefill.shares([(1,) * 50] * 8, max_batch=8)  # one length: still split over both actors
+    assert sorted(len(s) for s in same) == [4, 4]
 
 
 def test_query_time_misses_on_ray_answer_like_local(executor_and_prefill):

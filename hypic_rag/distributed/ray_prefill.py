@@ -152,10 +152,13 @@ class RayPrefill:
                    expected_fingerprint=executor.fingerprint.to_string())
 
     def shares(self, segments: list[tuple[int, ...]], max_batch: int) -> list[list[int]]:
-        """Indices per actor: length groups handed out largest first to the least-loaded actor."""
+        """Indices per actor: length groups (no larger than an even split over the actors, so one long
+        group still uses every actor) handed out largest first to the least-loaded actor."""
         loads = [0] * len(self.actors)
         shares: list[list[int]] = [[] for _ in self.actors]
-        groups = sorted(length_batches(segments, max_batch), key=lambda g: -sum(len(segments[i]) for i in g))
+        even = max(1, math.ceil(len(segments) / len(self.actors)))
+        groups = length_batches(segments, min(max_batch, even))
+        groups = sorted(groups, key=lambda g: -sum(len(segments[i]) for i in g))
         for group in groups:
             target = loads.index(min(loads))
             shares[target] += group
@@ -174,8 +177,9 @@ class RayPrefill:
 
     def close(self) -> None:
         ray = _ray()
-        for actor in getattr(self, "actors", []):
-            ray.kill(actor)
+        if ray.is_initialized():  # after a shutdown elsewhere the actors are gone already
+            for actor in getattr(self, "actors", []):
+                ray.kill(actor)
         self.actors = []
         if self._owns_cluster and ray.is_initialized():
             ray.shutdown()
