@@ -24,7 +24,6 @@ from hypic_rag.executor.clock import clock
 from hypic_rag.executor.compose import compose_segments
 from hypic_rag.executor.generate import Sampler, decode, eos_ids_of
 from hypic_rag.executor.miss_prefill import MissPrefill, batched_precompute
-from hypic_rag.executor.precompute import precompute_segment
 from hypic_rag.executor.validation import validated_ids, validated_request
 from hypic_rag.executor.prefix_cache import PrefixSnapshotCache, chain_keys
 from hypic_rag.models.fingerprint import ModelFingerprint, segment_key, tokens_digest
@@ -144,10 +143,7 @@ class HypicExecutor:
         return self._ensure(self._validated_ids(token_ids, "segment"))
 
     def _precompute(self, ids: tuple[int, ...]) -> SegmentEntry:
-        return precompute_segment(
-            self.model, self.spec, self.mixers, self.rotary_emb, ids, self._prefix_cache,
-            len(self.shared_prefix), self.config.precompute_seam, self.fingerprint.to_string(),
-        )
+        return batched_precompute(self, [ids])[0]
 
     def precompute_many(self, segments: Sequence[Sequence[int]]) -> list[SegmentEntry]:
         """Build (but do not store) the entries of several segments on this executor's device; segments

@@ -17,11 +17,11 @@ import torch
 
 from conftest import random_ids
 from hypic_rag import ExecutorConfig, HypicExecutor
-from hypic_rag.executor import cache_ops
 from hypic_rag.models.registry import model_spec
 from hypic_rag.models.tiny import tiny_model
 from hypic_rag.ops import transition
-from hypic_rag.ops.capture import RecurrenceCall, capture_recurrences
+from hypic_rag.ops.capture import RecurrenceCall
+from test_transition import captured_calls
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -55,16 +55,6 @@ def chunk_fn(model):
     return getattr(sys.modules[layer.modeling_module], layer.chunk_fn)
 
 
-def captured(model, ids):
-    spec = model_spec(model)
-    ex = HypicExecutor(model)
-    cache = cache_ops.new_cache(model)
-    with capture_recurrences(model, spec.linear, ex.mixers) as calls:
-        model.model(input_ids=torch.tensor([ids], device="cuda"), past_key_values=cache,
-                    position_ids=torch.arange(len(ids), device="cuda")[None])
-    return spec, calls
-
-
 @pytest.mark.parametrize("family", FLA_FAMILIES)
 def test_fla_kernel_is_in_use(family):
     pytest.importorskip("fla")
@@ -77,7 +67,7 @@ def test_fla_kernel_is_in_use(family):
 def test_fla_interior_matches_torch_chunk_and_token_product(family, length, start):
     model = cuda_model(family)
     (ids,) = random_ids([length], seed=length)
-    spec, calls = captured(model, ids)
+    spec, calls = captured_calls(model, ids, device="cuda")
     for layer in spec.linear:
         call = calls[layer.layer_idx]
         fast = transition.gated_delta_interior(call, start)

@@ -18,12 +18,13 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
-def captured_calls(model, ids):
+def captured_calls(model, ids, device="cpu"):
     spec = model_spec(model)
     ex = HypicExecutor(model)
     cache = cache_ops.new_cache(model)
     with capture_recurrences(model, spec.linear, ex.mixers) as calls:
-        model.model(input_ids=torch.tensor([ids]), past_key_values=cache, position_ids=torch.arange(len(ids))[None])
+        model.model(input_ids=torch.tensor([ids], device=device), past_key_values=cache,
+                    position_ids=torch.arange(len(ids), device=device)[None])
     return spec, calls
 
 

@@ -28,22 +28,6 @@ def _row(t: torch.Tensor | None, row: int) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def precompute_segment(
-    model: torch.nn.Module,
-    spec: ModelSpec,
-    mixers: dict[int, torch.nn.Module],
-    rotary_emb: torch.nn.Module | None,
-    token_ids: tuple[int, ...],
-    prefix_cache: DynamicCache | None,
-    prefix_length: int,
-    seam_tokens: int,
-    fingerprint: str,
-) -> SegmentEntry:
-    return precompute_segments(model, spec, mixers, rotary_emb, [token_ids], prefix_cache, prefix_length,
-                               seam_tokens, fingerprint)[0]
-
-
-@torch.no_grad()
 def precompute_segments(
     model: torch.nn.Module,
     spec: ModelSpec,
