@@ -100,3 +100,14 @@ def test_pic_modes_refuse_entries_built_with_a_seam():
     with pytest.raises(ValueError, match="seam_tokens=0"):
         compose_segments(model, ex.spec, ex.rotary_emb, cache_ops.new_cache(model), [seam_entry, seam_entry],
                          Mode.PIC_TRANSITION, 0)
+
+
+def test_weights_digest_is_remembered_until_the_weights_change():
+    from hypic_rag.models.tiny import tiny_model
+
+    model = tiny_model("qwen3_5", seed=3)
+    first = ModelFingerprint.of(model, 8, ()).weights_digest
+    assert ModelFingerprint.of(model, 4, (1,)).weights_digest == first
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)  # an in-place update bumps the tensor's version
+    assert ModelFingerprint.of(model, 8, ()).weights_digest != first

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -23,9 +24,23 @@ def _config_digest(model: torch.nn.Module) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+_DIGESTS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
+
+
 def _weights_digest(model: torch.nn.Module) -> str:
     """Hash of every parameter's name, shape and first/last elements: cheap, and different for
-    different weights of the same architecture (random inits, fine-tunes)."""
+    different weights of the same architecture (random inits, fine-tunes). Remembered per model
+    until a parameter is replaced or changed in place (tracked by tensor identity and version)."""
+    state = tuple((id(p), p._version, p.device.type, p.dtype) for p in model.parameters())
+    known = _DIGESTS.get(model)
+    if known is not None and known[0] == state:
+        return known[1]
+    digest = _hash_weights(model)
+    _DIGESTS[model] = (state, digest)
+    return digest
+
+
+def _hash_weights(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, param in model.named_parameters():
         flat = param.detach().reshape(-1)
