@@ -45,6 +45,8 @@ class ExecutorConfig:
     prefix_cache_entries: how many segment-boundary snapshots the prefix_cache mode keeps.
     miss_batch_size: a request's cache misses of equal length are precomputed together, this many
         per batched forward (1: one forward per miss).
+    batched_seams: recompute every seam of a request in one layer-major forward where the model
+        supports it (Gated DeltaNet hybrids); False runs one forward per segment. Same result.
     """
 
     mode: Mode = Mode.HYPIC
@@ -55,6 +57,7 @@ class ExecutorConfig:
     seed: int | None = None
     prefix_cache_entries: int = 256
     miss_batch_size: int = 8
+    batched_seams: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode.parse(self.mode))
@@ -68,6 +71,8 @@ class ExecutorConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not isinstance(self.prefix_cache_entries, int) or self.prefix_cache_entries < 1:
             raise ValueError(f"prefix_cache_entries must be an integer >= 1, got {self.prefix_cache_entries!r}")
+        if not isinstance(self.batched_seams, bool):
+            raise ValueError(f"batched_seams must be True or False, got {self.batched_seams!r}")
         if not isinstance(self.miss_batch_size, int) or self.miss_batch_size < 1:
             raise ValueError(f"miss_batch_size must be an integer >= 1, got {self.miss_batch_size!r}")
 

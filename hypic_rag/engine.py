@@ -238,7 +238,8 @@ class HypicExecutor:
                     entries[i] = entry
             stats.precompute_misses = clock(self.device) - t0
         cache = self._start_cache()
-        report = compose_segments(self.model, self.spec, self.rotary_emb, cache, entries, self.config.mode, p0)
+        report = compose_segments(self.model, self.spec, self.rotary_emb, cache, entries, self.config.mode, p0,
+                                  self.mixers, self.config.batched_seams)
         stats.compose, stats.seam = report.compose_seconds, report.seam_seconds
         stats.cached = report.end_offset - report.recomputed_tokens
         t0 = clock(self.device)

@@ -24,6 +24,7 @@ from transformers import DynamicCache
 from hypic_rag.config import Mode
 from hypic_rag.executor import cache_ops
 from hypic_rag.executor.clock import clock
+from hypic_rag.executor.seam_pass import batched_seam_pass, supports_batched_seams
 from hypic_rag.models.specs import ModelSpec
 from hypic_rag.ops.compose import compose_state, merge_conv_tail
 from hypic_rag.ops.rope import shift_keys
@@ -78,9 +79,17 @@ def compose_segments(
     entries: list[SegmentEntry],
     mode: Mode,
     prefix_length: int,
+    mixers: dict | None = None,
+    batched_seams: bool = False,
 ) -> ComposeReport:
-    """Extend `cache` (holding the shared prefix) with `entries` in order; returns timings and the end offset."""
+    """Extend `cache` (holding the shared prefix) with `entries` in order; returns timings and the end offset.
+
+    With batched_seams (hypic on a Gated DeltaNet hybrid, see seam_pass.py) every seam is recomputed
+    in one layer-major forward instead of one forward per segment."""
     device = next(model.parameters()).device
+    if (mode is Mode.HYPIC and batched_seams and mixers is not None and len(entries) > 1
+            and sum(e.seam_tokens for e in entries[1:]) > 1 and supports_batched_seams(model, spec)):
+        return _compose_with_one_seam_pass(model, spec, rotary_emb, cache, entries, prefix_length, mixers)
     offset = prefix_length
     seam_seconds = 0.0
     recomputed = 0
@@ -113,3 +122,24 @@ def compose_segments(
     return ComposeReport(
         compose_seconds=total - seam_seconds, seam_seconds=seam_seconds, recomputed_tokens=recomputed, end_offset=offset
     )
+
+
+def _compose_with_one_seam_pass(model, spec, rotary_emb, cache, entries, prefix_length, mixers) -> ComposeReport:
+    device = next(model.parameters()).device
+    started = clock(device)
+    _set_exact_end(cache, entries[0])
+    _append_segment_kv(cache, spec, rotary_emb, entries[0], 0, prefix_length)
+    offset = prefix_length + entries[0].length
+    for entry in entries[1:]:  # every interior's K/V first: seams attend to the interiors before them
+        if entry.interior_length > 0:
+            _append_segment_kv(cache, spec, rotary_emb, entry, entry.seam_tokens, offset)
+        offset += entry.length
+    t0 = clock(device)
+    recomputed = batched_seam_pass(model, spec, cache, entries, prefix_length, mixers)
+    seam_seconds = clock(device) - t0
+    last = entries[-1]
+    if last.interior_length > 0:
+        _advance_interior(cache, last, use_operator=True, fresh_seam=last.seam_tokens > 0)
+    total = clock(device) - started
+    return ComposeReport(compose_seconds=total - seam_seconds, seam_seconds=seam_seconds,
+                         recomputed_tokens=recomputed, end_offset=offset)

@@ -1,0 +1,154 @@
+"""Every seam of a request in one layer-major forward (Gated DeltaNet hybrids: qwen3_5, qwen3_next).
+
+Recomputing the seams one segment at a time costs one forward, and one read of every weight, per
+segment; on small batches that read is the whole cost. Yet seam i at layer l only needs, from the
+earlier seams, their outputs at that same layer, so all seams can go through the stack together:
+  - attention: the cache holds the prefix, segment 0 and every interior's K/V at their real
+    positions before the pass; the seam tokens attend with a position-causal mask (key position <=
+    query position), which is exactly what each seam saw when run alone;
+  - Gated DeltaNet: inside each layer the recurrence still walks the seams in order, from segment
+    0's end state, with S <- M S + E over each interior between them, and the causal conv restarts
+    at each seam from the tail before it. Only these two calls are split; the projections, norms
+    and MLPs run once over all seam tokens.
+The result equals the sequential seam recompute up to float reordering (tests compare the two).
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+
+import torch
+from transformers import DynamicCache
+
+from hypic_rag.executor import cache_ops
+from hypic_rag.models.specs import MixerFamily, ModelSpec
+from hypic_rag.ops.compose import compose_state, merge_conv_tail
+from hypic_rag.types import SegmentEntry
+
+_SUPPORTED = {"qwen3_5_text", "qwen3_next"}
+_CONV_FN = "causal_conv1d_fn"
+_STEP_TOKENS = 16  # seams up to this long use the step-by-step recurrence
+
+
+def supports_batched_seams(model: torch.nn.Module, spec: ModelSpec) -> bool:
+    text = model.config.get_text_config(decoder=True)
+    if text.model_type not in _SUPPORTED or not spec.linear:
+        return False
+    return all(l.family is MixerFamily.GATED_DELTA and l.chunk_fn for l in spec.linear)
+
+
+def _key_positions(entries: list[SegmentEntry], prefix_length: int) -> tuple[list[int], list[int]]:
+    """Positions of the keys in cache order before the pass, and of the seam tokens (queries)."""
+    keys = list(range(prefix_length + entries[0].length))
+    seams: list[int] = []
+    offset = prefix_length + entries[0].length
+    for entry in entries[1:]:
+        seams += range(offset, offset + entry.seam_tokens)
+        keys += range(offset + entry.seam_tokens, offset + entry.length)
+        offset += entry.length
+    return keys, seams
+
+
+@contextmanager
+def _split_at_seams(spec: ModelSpec, mixers, cache: DynamicCache, entries: list[SegmentEntry]):
+    """Wrap the conv and recurrence functions so each seam starts from the state before it."""
+    widths = [e.seam_tokens for e in entries[1:]]
+    by_layer = [{l.layer_idx: l for l in e.linear} for e in entries]
+    current: list[int] = []
+    final_conv: dict[int, torch.Tensor] = {}
+    modules = {sys.modules[l.modeling_module] for l in spec.linear}
+    originals = []
+    for module in modules:
+        originals.append((module, spec.linear[0].chunk_fn, getattr(module, spec.linear[0].chunk_fn)))
+        originals.append((module, _CONV_FN, getattr(module, _CONV_FN)))
+    chunk_fn, conv_fn = originals[0][2], originals[1][2]
+    module = next(iter(modules))
+    # A seam is a few tokens: the token-by-token recurrence beats a 64-token chunk padded around it.
+    step_fn = getattr(module, spec.linear[0].recurrent_fn) if spec.linear[0].recurrent_fn else chunk_fn
+
+    def interiors_between(i: int, layer: int):
+        """Entry i (1 <= i < n - 1) is followed by another seam: its interior comes before that seam."""
+        entry = entries[i]
+        return entry if 0 < i < len(entries) - 1 and entry.interior_length > 0 else None
+
+    def conv(x, weight, bias=None, activation=None, **kwargs):
+        layer = current[-1]
+        total = sum(widths)
+        columns = x[..., x.shape[-1] - total:]
+        prev = x[..., : x.shape[-1] - total]  # the conv state before the pass (the cache already moved on)
+        width = prev.shape[-1]
+        outs, start = [], 0
+        for i, w in enumerate(widths, start=1):
+            window = prev
+            if w > 0:
+                joined = torch.cat([prev.to(columns.dtype), columns[..., start : start + w]], dim=-1)
+                outs.append(conv_fn(joined, weight, bias, activation=activation)[..., -w:])
+                window = joined[..., -width:]
+                start += w
+            entry = interiors_between(i, layer)
+            prev = merge_conv_tail(window, by_layer[i][layer].conv_tail[None], entry.interior_length) if entry else window
+        final_conv[layer] = window
+        return torch.cat([x[..., : x.shape[-1] - total], *outs], dim=-1)
+
+    def recurrence(query, key, value, g=None, beta=None, initial_state=None, output_final_state=False,
+                   use_qk_l2norm_in_kernel=False, **kwargs):
+        layer = current[-1]
+        state, outs, start = initial_state, [], 0
+        for i, w in enumerate(widths, start=1):
+            if w > 0:
+                part = slice(start, start + w)
+                fn = step_fn if w <= _STEP_TOKENS else chunk_fn
+                out, state = fn(query[:, part], key[:, part], value[:, part], g=g[:, part],
+                                      beta=beta[:, part], initial_state=state, output_final_state=True,
+                                      use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel)
+                outs.append(out)
+                start += w
+            if interiors_between(i, layer):
+                cached = by_layer[i][layer]
+                state = compose_state(state, cached.interior_operator[None], cached.interior_state[None])
+        return torch.cat(outs, dim=1), state
+
+    def enter(module, _args):
+        current.append(module.layer_idx)
+
+    def leave(_module, _args, _output):
+        current.pop()
+
+    hooks = []
+    try:
+        for module in modules:
+            setattr(module, spec.linear[0].chunk_fn, recurrence)
+            setattr(module, _CONV_FN, conv)
+        for layer in spec.linear:
+            hooks.append(mixers[layer.layer_idx].register_forward_pre_hook(enter))
+            hooks.append(mixers[layer.layer_idx].register_forward_hook(leave))
+        yield final_conv
+    finally:
+        for handle in hooks:
+            handle.remove()
+        for module, name, original in originals:
+            setattr(module, name, original)
+
+
+@torch.no_grad()
+def batched_seam_pass(model, spec: ModelSpec, cache: DynamicCache, entries: list[SegmentEntry], prefix_length: int,
+                      mixers) -> int:
+    """Run the seams of entries[1:] through the model in one forward. Before the call the cache holds
+    the prefix, segment 0 (exact end states) and every interior's K/V; afterwards each linear layer
+    holds the state right after the last seam. Returns the number of seam tokens."""
+    device = next(model.parameters()).device
+    keys, seams = _key_positions(entries, prefix_length)
+    held = cache_ops.kv(cache, spec.attention[0].layer_idx)[0].shape[-2] if spec.attention else len(keys)
+    if held != len(keys):
+        raise RuntimeError(f"seam pass expected {len(keys)} cached keys, the cache holds {held}")
+    ids = torch.tensor([[t for e in entries[1:] for t in e.token_ids[: e.seam_tokens]]], device=device)
+    positions = torch.tensor([seams], device=device)
+    key_pos = torch.tensor(keys + seams, device=device)
+    visible = key_pos[None, :] <= positions[0][:, None]
+    masks = {"full_attention": visible[None, None], "linear_attention": None}
+    with _split_at_seams(spec, mixers, cache, entries) as final_conv:
+        model.model(input_ids=ids, past_key_values=cache, position_ids=positions, attention_mask=masks, use_cache=True)
+    for layer, window in final_conv.items():
+        cache_ops.set_conv_state(cache, layer, window)
+    return len(seams)

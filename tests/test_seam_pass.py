@@ -1,0 +1,49 @@
+"""All seams in one layer-major forward == one seam forward per segment (Gated DeltaNet hybrids)."""
+
+import pytest
+
+from conftest import get_model, random_ids
+from hypic_rag import ExecutorConfig, HypicExecutor
+from hypic_rag.executor.seam_pass import supports_batched_seams
+from hypic_rag.models.registry import model_spec
+
+CASES = [([40, 30, 50, 20, 6], 8), ([40, 5, 50, 3, 6], 4), ([12, 33, 9, 7], 2), ([25, 25, 6], 30)]
+
+
+def executor(model, seam, batched, prefix=(), **kw):
+    return HypicExecutor(model, config=ExecutorConfig(seam_tokens=seam, batched_seams=batched, **kw),
+                         shared_prefix=prefix)
+
+
+@pytest.mark.parametrize("family", ["qwen3_5", "qwen3_next"])
+@pytest.mark.parametrize("lengths,seam", CASES)
+def test_one_seam_pass_equals_a_forward_per_seam(family, lengths, seam):
+    """Covers segments shorter than the seam, interiors shorter than the conv kernel, and w = 2."""
+    model = get_model(family)
+    prefix, *segs, q = random_ids([5] + lengths, seed=len(lengths) + seam)
+    one = executor(model, seam, True, prefix).first_token_logits(segs, q)
+    each = executor(model, seam, False, prefix).first_token_logits(segs, q)
+    full = HypicExecutor(model, config=ExecutorConfig(mode="full_recompute"), shared_prefix=prefix)
+    assert (one - each).abs().max() < 1e-5
+    assert (full.first_token_logits(segs, q) - one).abs().max() > 1e-3 or max(lengths[1:-1]) <= seam
+
+
+@pytest.mark.parametrize("family", ["qwen3_5", "qwen3_next"])
+def test_decoding_after_one_seam_pass_continues_the_same_cache(family):
+    model = get_model(family)
+    *segs, q = random_ids([30, 30, 30, 30, 5], seed=31)
+    a = executor(model, 8, True, max_new_tokens=6).generate(segs, q)
+    b = executor(model, 8, False, max_new_tokens=6).generate(segs, q)
+    assert a.token_ids == b.token_ids and a.cached_tokens == b.cached_tokens
+
+
+def test_other_families_keep_the_forward_per_seam():
+    for family in ("falcon_h1", "bamba", "kimi_linear", "lfm2"):
+        model = get_model(family)
+        assert not supports_batched_seams(model, model_spec(model))
+    assert supports_batched_seams(get_model("qwen3_5"), model_spec(get_model("qwen3_5")))
+
+
+def test_batched_seams_flag_is_validated():
+    with pytest.raises(ValueError, match="batched_seams"):
+        ExecutorConfig(batched_seams="yes")
