@@ -23,6 +23,7 @@ from transformers import DynamicCache
 
 from hypic_rag.executor import cache_ops
 from hypic_rag.models.specs import MixerFamily, ModelSpec
+from hypic_rag.ops.capture import track_layers
 from hypic_rag.ops.compose import compose_state, merge_conv_tail
 from hypic_rag.types import SegmentEntry
 
@@ -51,23 +52,18 @@ def _key_positions(entries: list[SegmentEntry], prefix_length: int) -> tuple[lis
 
 
 @contextmanager
-def _split_at_seams(spec: ModelSpec, mixers, cache: DynamicCache, entries: list[SegmentEntry]):
+def _split_at_seams(spec: ModelSpec, mixers, entries: list[SegmentEntry]):
     """Wrap the conv and recurrence functions so each seam starts from the state before it."""
     widths = [e.seam_tokens for e in entries[1:]]
     by_layer = [{l.layer_idx: l for l in e.linear} for e in entries]
-    current: list[int] = []
     final_conv: dict[int, torch.Tensor] = {}
-    modules = {sys.modules[l.modeling_module] for l in spec.linear}
-    originals = []
-    for module in modules:
-        originals.append((module, spec.linear[0].chunk_fn, getattr(module, spec.linear[0].chunk_fn)))
-        originals.append((module, _CONV_FN, getattr(module, _CONV_FN)))
-    chunk_fn, conv_fn = originals[0][2], originals[1][2]
-    module = next(iter(modules))
+    first = spec.linear[0]  # every linear layer of a model lives in one modeling module
+    module = sys.modules[first.modeling_module]
+    chunk_fn, conv_fn = getattr(module, first.chunk_fn), getattr(module, _CONV_FN)
     # A seam is a few tokens: the token-by-token recurrence beats a 64-token chunk padded around it.
-    step_fn = getattr(module, spec.linear[0].recurrent_fn) if spec.linear[0].recurrent_fn else chunk_fn
+    step_fn = getattr(module, first.recurrent_fn) if first.recurrent_fn else chunk_fn
 
-    def interiors_between(i: int, layer: int):
+    def interior_before_next_seam(i: int) -> SegmentEntry | None:
         """Entry i (1 <= i < n - 1) is followed by another seam: its interior comes before that seam."""
         entry = entries[i]
         return entry if 0 < i < len(entries) - 1 and entry.interior_length > 0 else None
@@ -86,7 +82,7 @@ def _split_at_seams(spec: ModelSpec, mixers, cache: DynamicCache, entries: list[
                 outs.append(conv_fn(joined, weight, bias, activation=activation)[..., -w:])
                 window = joined[..., -width:]
                 start += w
-            entry = interiors_between(i, layer)
+            entry = interior_before_next_seam(i)
             prev = merge_conv_tail(window, by_layer[i][layer].conv_tail[None], entry.interior_length) if entry else window
         final_conv[layer] = window
         return torch.cat([x[..., : x.shape[-1] - total], *outs], dim=-1)
@@ -99,36 +95,24 @@ def _split_at_seams(spec: ModelSpec, mixers, cache: DynamicCache, entries: list[
             if w > 0:
                 part = slice(start, start + w)
                 fn = step_fn if w <= _STEP_TOKENS else chunk_fn
-                out, state = fn(query[:, part], key[:, part], value[:, part], g=g[:, part],
-                                      beta=beta[:, part], initial_state=state, output_final_state=True,
-                                      use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel)
+                out, state = fn(query[:, part], key[:, part], value[:, part], g=g[:, part], beta=beta[:, part],
+                                initial_state=state, output_final_state=True,
+                                use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel)
                 outs.append(out)
                 start += w
-            if interiors_between(i, layer):
+            if interior_before_next_seam(i):
                 cached = by_layer[i][layer]
                 state = compose_state(state, cached.interior_operator[None], cached.interior_state[None])
         return torch.cat(outs, dim=1), state
 
-    def enter(module, _args):
-        current.append(module.layer_idx)
-
-    def leave(_module, _args, _output):
-        current.pop()
-
-    hooks = []
-    try:
-        for module in modules:
-            setattr(module, spec.linear[0].chunk_fn, recurrence)
+    with track_layers(spec.linear, mixers) as current:
+        try:
+            setattr(module, first.chunk_fn, recurrence)
             setattr(module, _CONV_FN, conv)
-        for layer in spec.linear:
-            hooks.append(mixers[layer.layer_idx].register_forward_pre_hook(enter))
-            hooks.append(mixers[layer.layer_idx].register_forward_hook(leave))
-        yield final_conv
-    finally:
-        for handle in hooks:
-            handle.remove()
-        for module, name, original in originals:
-            setattr(module, name, original)
+            yield final_conv
+        finally:
+            setattr(module, first.chunk_fn, chunk_fn)
+            setattr(module, _CONV_FN, conv_fn)
 
 
 @torch.no_grad()
@@ -147,7 +131,7 @@ def batched_seam_pass(model, spec: ModelSpec, cache: DynamicCache, entries: list
     key_pos = torch.tensor(keys + seams, device=device)
     visible = key_pos[None, :] <= positions[0][:, None]
     masks = {"full_attention": visible[None, None], "linear_attention": None}
-    with _split_at_seams(spec, mixers, cache, entries) as final_conv:
+    with _split_at_seams(spec, mixers, entries) as final_conv:
         model.model(input_ids=ids, past_key_values=cache, position_ids=positions, attention_mask=masks, use_cache=True)
     for layer, window in final_conv.items():
         cache_ops.set_conv_state(cache, layer, window)

@@ -29,6 +29,29 @@ class RecurrenceCall:
 
 
 @contextmanager
+def track_layers(specs: tuple[LinearLayerSpec, ...], mixers: dict[int, torch.nn.Module]) -> Iterator[list[int]]:
+    """Inside the block, the returned list's last item is the index of the linear layer running now."""
+    current: list[int] = []
+
+    def enter(module, _args):
+        current.append(module.layer_idx)
+
+    def leave(_module, _args, _output):
+        current.pop()  # returns None: a forward hook's return value would replace the output
+
+    hooks = []
+    try:
+        for spec in specs:
+            mixer = mixers[spec.layer_idx]
+            hooks.append(mixer.register_forward_pre_hook(enter))
+            hooks.append(mixer.register_forward_hook(leave))
+        yield current
+    finally:
+        for handle in hooks:
+            handle.remove()
+
+
+@contextmanager
 def capture_recurrences(
     model: torch.nn.Module, specs: tuple[LinearLayerSpec, ...], mixers: dict[int, torch.nn.Module]
 ) -> Iterator[dict[int, RecurrenceCall]]:
@@ -37,42 +60,28 @@ def capture_recurrences(
     Only one forward should run inside the block (a later call of the same layer overwrites).
     """
     calls: dict[int, RecurrenceCall] = {}
-    current: list[int] = []
     patched: list[tuple[Any, str, Any]] = []
-    hooks = []
-    try:
-        for spec in specs:
-            if spec.chunk_fn is None:
-                continue
-            module = sys.modules[spec.modeling_module]
-            original = getattr(module, spec.chunk_fn)
-            if getattr(original, "_hypic_wrapped", False):
-                continue
-            signature = inspect.signature(original)
+    with track_layers(specs, mixers) as current:
+        try:
+            for spec in specs:
+                if spec.chunk_fn is None:
+                    continue
+                module = sys.modules[spec.modeling_module]
+                original = getattr(module, spec.chunk_fn)
+                if getattr(original, "_hypic_wrapped", False):
+                    continue
+                signature = inspect.signature(original)
 
-            def wrapper(*args, __original=original, __signature=signature, **kwargs):
-                bound = __signature.bind(*args, **kwargs)
-                if current:
-                    calls[current[-1]] = RecurrenceCall(fn=__original, arguments=dict(bound.arguments))
-                return __original(*args, **kwargs)
+                def wrapper(*args, __original=original, __signature=signature, **kwargs):
+                    bound = __signature.bind(*args, **kwargs)
+                    if current:
+                        calls[current[-1]] = RecurrenceCall(fn=__original, arguments=dict(bound.arguments))
+                    return __original(*args, **kwargs)
 
-            wrapper._hypic_wrapped = True  # type: ignore[attr-defined]
-            setattr(module, spec.chunk_fn, wrapper)
-            patched.append((module, spec.chunk_fn, original))
-
-        def enter(module, _args):
-            current.append(module.layer_idx)
-
-        def leave(_module, _args, _output):
-            current.pop()  # returns None: a forward hook's return value would replace the output
-
-        for spec in specs:
-            mixer = mixers[spec.layer_idx]
-            hooks.append(mixer.register_forward_pre_hook(enter))
-            hooks.append(mixer.register_forward_hook(leave))
-        yield calls
-    finally:
-        for handle in hooks:
-            handle.remove()
-        for module, name, original in reversed(patched):
-            setattr(module, name, original)
+                wrapper._hypic_wrapped = True  # type: ignore[attr-defined]
+                setattr(module, spec.chunk_fn, wrapper)
+                patched.append((module, spec.chunk_fn, original))
+            yield calls
+        finally:
+            for module, name, original in reversed(patched):
+                setattr(module, name, original)

@@ -67,7 +67,7 @@ def ingest_segments(
     done = len(segments) - len(pending)
     computed = reused = 0
     pool = None
-    if workers > 1 and pending and getattr(rag, "ray_prefill", None) is None:
+    if workers > 1 and pending and rag.ray_prefill is None:  # Ray actors replace the local processes
         pool = ProcessPoolExecutor(  # spawn: forking a process that already runs torch threads can deadlock
             max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
             initargs=(str(rag.directory),),
@@ -80,15 +80,15 @@ def ingest_segments(
             keys = [executor.key_of(s.token_ids) for s in batch]
             todo = [(k, s) for k, s in zip(keys, batch) if k not in store]
             reused += len(batch) - len(todo)
-            if getattr(rag, "ray_prefill", None) is not None and todo:
-                entries = rag.ray_prefill(executor, [tuple(s.token_ids) for _, s in todo])
-                for entry in entries:
-                    executor.check_entry(entry)
-            elif pool is not None:
+            if pool is not None:
                 blobs = pool.map(_precompute_in_worker, [s.token_ids for _, s in todo])
                 entries = [entry_from_bytes(b) for b in blobs]
+            elif todo:  # the executor's miss prefill: batched on this device, or Ray actors after use_ray()
+                entries = executor.miss_prefill(executor, [tuple(s.token_ids) for _, s in todo])
+                for entry in entries:
+                    executor.check_entry(entry)
             else:
-                entries = [executor.precompute(s.token_ids) for _, s in todo]
+                entries = []
             for (key, _), entry in zip(todo, entries):
                 store.put(key, entry)
             computed += len(todo)
