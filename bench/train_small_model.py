@@ -79,9 +79,12 @@ def sharpen_attention(model, extra_gain: float = 1.5) -> None:
             attn.k_norm.weight += extra_gain
 
 
-def encode(record: dict, tokenizer, extra_questions: int = 0) -> tuple[list[int], list[float]]:
-    """bos + each document tokenized alone + question + answer + eos (+ extra question/answer pairs
-    from record["more_qa"], each after the previous answer's eos); per-token loss weights."""
+def encode(record: dict, tokenizer, extra_questions: int = 0, pool: str = "sampled") -> tuple[list[int], list[float]]:
+    """bos + each document tokenized alone + question + answer + eos (+ extra question/answer pairs,
+    each after the previous answer's eos); per-token loss weights.
+
+    pool "sampled" takes the extra pairs from record["more_qa"] (one random fact per person); "all"
+    from record["all_qa"] (every fact of every person but the one already asked), shuffled."""
     ids, weights = [tokenizer.bos_token_id], [0.0]
     for doc in record["ctxs"]:
         piece = tokenizer.encode(context_text(doc), add_special_tokens=False)
@@ -93,7 +96,11 @@ def encode(record: dict, tokenizer, extra_questions: int = 0) -> tuple[list[int]
     a = tokenizer.encode(" " + record["answers"][0], add_special_tokens=False) + [tokenizer.eos_token_id]
     ids += a
     weights += [-1.0] * len(a)  # marks answer tokens
-    for qa in record.get("more_qa", [])[:extra_questions]:
+    extra = record.get("more_qa", [])
+    if pool == "all":
+        extra = list(record.get("all_qa", []))
+        random.Random(record["question"] + record["ctxs"][0]["title"]).shuffle(extra)
+    for qa in extra[:extra_questions]:
         q = tokenizer.encode("\n" + question_text(qa["question"]), add_special_tokens=False)
         a = tokenizer.encode(" " + qa["answer"], add_special_tokens=False) + [tokenizer.eos_token_id]
         ids += q + a
@@ -101,8 +108,8 @@ def encode(record: dict, tokenizer, extra_questions: int = 0) -> tuple[list[int]
     return ids, weights
 
 
-def batch_of(records, tokenizer, lm_weight: float, extra_questions: int = 0):
-    encoded = [encode(r, tokenizer, extra_questions) for r in records]
+def batch_of(records, tokenizer, lm_weight: float, extra_questions: int = 0, pool: str = "sampled"):
+    encoded = [encode(r, tokenizer, extra_questions, pool) for r in records]
     width = max(len(i) for i, _ in encoded)
     ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
     w = torch.zeros(len(encoded), width)
@@ -123,22 +130,25 @@ def _init_worker(tokenizer_dir: str) -> None:
     _WORKER_TOKENIZER = AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
-def _worker_batch(job: tuple[int, int, int, float, int]):
-    seed, size, num_docs, lm_weight, extra = job
-    ids, w = batch_of(make_dataset(size, seed=seed, num_docs=num_docs), _WORKER_TOKENIZER, lm_weight, extra)
+def _worker_batch(job: tuple[int, int, int, float, int, str]):
+    seed, size, num_docs, lm_weight, extra, pool = job
+    ids, w = batch_of(make_dataset(size, seed=seed, num_docs=num_docs), _WORKER_TOKENIZER, lm_weight, extra, pool)
     return ids.numpy(), w.numpy()  # plain arrays: torch's fd-passing of tensors runs out of handles
 
 
 def batches(args, tokenizer, tokenizer_dir: Path, rng: random.Random):
     """Endless (ids, weights) batches; built in worker processes when --data-workers > 0."""
+    short_until = time.time() + args.short_docs_minutes * 60
+
     def jobs():
         while True:
-            yield (rng.randrange(1 << 30), args.batch, rng.randint(args.min_docs, args.docs + 1),
-                   args.lm_weight, args.extra_questions)
+            top = min(args.docs + 1, 2) if time.time() < short_until else args.docs + 1  # curriculum
+            yield (rng.randrange(1 << 30), args.batch, rng.randint(min(args.min_docs, top), top),
+                   args.lm_weight, args.extra_questions, args.question_pool)
 
     if args.data_workers <= 0:
-        for seed, size, docs, lm_weight, extra in jobs():
-            yield batch_of(make_dataset(size, seed=seed, num_docs=docs), tokenizer, lm_weight, extra)
+        for seed, size, docs, lm_weight, extra, pool in jobs():
+            yield batch_of(make_dataset(size, seed=seed, num_docs=docs), tokenizer, lm_weight, extra, pool)
         return
     import multiprocessing
 
@@ -187,6 +197,10 @@ def main() -> None:
     p.add_argument("--init", help="continue from this checkpoint (its tokenizer and weights)")
     p.add_argument("--min-docs", type=int, default=1)
     p.add_argument("--extra-questions", type=int, default=3, help="further QA pairs per training sequence")
+    p.add_argument("--question-pool", choices=("sampled", "all"), default="sampled",
+                   help="extra pairs: one random fact per person, or every fact of every person")
+    p.add_argument("--short-docs-minutes", type=float, default=0.0,
+                   help="curriculum: sequences hold 1-2 documents for this many minutes first")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     p.add_argument("--data-workers", type=int, default=0, help="processes that build batches (0: in the loop)")
     p.add_argument("--eval-questions", type=int, default=100)

@@ -79,13 +79,19 @@ def make_record(rng: random.Random, num_docs: int = 4, two_hop: bool = False) ->
         kind = rng.choice(list(FACTS))
         question = FACTS[kind][1].format(n=target.name)
         answer = target.facts[kind]
+    # every single-hop fact of every person, except the one the main question asks (training signal;
+    # built without drawing from rng so datasets stay identical to those drawn before it existed)
+    source = people[1] if two_hop else target
+    every = [{"question": FACTS[k][1].format(n=p.name), "answer": p.facts[k]}
+             for p in people for k in FACTS if not (p.name == source.name and k == kind)]
     docs = [_document(p, rng) for p in people]
     rng.shuffle(docs)
     more = []
     for person in rng.sample(people, len(people)):  # further single-hop questions (extra training signal)
         kind = rng.choice(list(FACTS))
         more.append({"question": FACTS[kind][1].format(n=person.name), "answer": person.facts[kind]})
-    return {"question": question, "ctxs": docs, "answers": [answer], "hops": 2 if two_hop else 1, "more_qa": more}
+    return {"question": question, "ctxs": docs, "answers": [answer], "hops": 2 if two_hop else 1, "more_qa": more,
+            "all_qa": every}
 
 
 def make_dataset(n: int, seed: int, num_docs: int = 4, two_hop_fraction: float = 0.25) -> list[dict]:

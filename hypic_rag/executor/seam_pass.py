@@ -1,4 +1,4 @@
-"""Every seam of a request in one layer-major forward (Gated DeltaNet hybrids: qwen3_5, qwen3_next).
+"""Every seam of a request in one layer-major forward (Gated DeltaNet and Mamba2 hybrids).
 
 Recomputing the seams one segment at a time costs one forward, and one read of every weight, per
 segment; on small batches that read is the whole cost. Yet seam i at layer l only needs, from the
@@ -6,17 +6,20 @@ earlier seams, their outputs at that same layer, so all seams can go through the
   - attention: the cache holds the prefix, segment 0 and every interior's K/V at their real
     positions before the pass; the seam tokens attend with a position-causal mask (key position <=
     query position), which is exactly what each seam saw when run alone;
-  - Gated DeltaNet: inside each layer the recurrence still walks the seams in order, from segment
-    0's end state, with S <- M S + E over each interior between them, and the causal conv restarts
-    at each seam from the tail before it. Only these two calls are split; the projections, norms
-    and MLPs run once over all seam tokens.
+  - linear layers (Gated DeltaNet: qwen3_5, qwen3_next; Mamba2: falcon_h1, bamba,
+    granitemoehybrid): inside each layer the recurrence still walks the seams in order, from
+    segment 0's end state, with S <- M S + E over each interior between them, and the causal conv
+    restarts at each seam from the tail before it. Only these two calls are split; the projections,
+    norms, gates and MLPs run once over all seam tokens.
 The result equals the sequential seam recompute up to float reordering (tests compare the two).
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
@@ -27,16 +30,32 @@ from hypic_rag.ops.capture import track_layers
 from hypic_rag.ops.compose import compose_state, merge_conv_tail
 from hypic_rag.types import SegmentEntry
 
-_SUPPORTED = {"qwen3_5_text", "qwen3_next"}
+
+@dataclass(frozen=True)
+class _Recurrence:
+    """How a family's chunked recurrence function takes a sequence and a state."""
+
+    sequence_args: tuple[str, ...]  # split along dim 1 at the seams ("0": the first parameter, however named)
+    initial_state: str
+    final_state_flag: str
+
+
+_RECURRENCES = {
+    MixerFamily.GATED_DELTA: _Recurrence(("query", "key", "value", "g", "beta"), "initial_state", "output_final_state"),
+    MixerFamily.MAMBA2: _Recurrence(("0", "dt", "B", "C"), "initial_states", "return_final_states"),
+}
+_SUPPORTED = {"qwen3_5_text": MixerFamily.GATED_DELTA, "qwen3_next": MixerFamily.GATED_DELTA,
+              "falcon_h1": MixerFamily.MAMBA2, "bamba": MixerFamily.MAMBA2, "granitemoehybrid": MixerFamily.MAMBA2}
 _CONV_FN = "causal_conv1d_fn"
-_STEP_TOKENS = 16  # seams up to this long use the step-by-step recurrence
+_STEP_TOKENS = 16  # Gated DeltaNet seams up to this long use the step-by-step recurrence
 
 
 def supports_batched_seams(model: torch.nn.Module, spec: ModelSpec) -> bool:
     text = model.config.get_text_config(decoder=True)
-    if text.model_type not in _SUPPORTED or not spec.linear:
+    family = _SUPPORTED.get(text.model_type)
+    if family is None or not spec.linear:
         return False
-    return all(l.family is MixerFamily.GATED_DELTA and l.chunk_fn for l in spec.linear)
+    return all(l.family is family and l.chunk_fn for l in spec.linear)
 
 
 def _key_positions(entries: list[SegmentEntry], prefix_length: int) -> tuple[list[int], list[int]]:
@@ -87,23 +106,40 @@ def _split_at_seams(spec: ModelSpec, mixers, entries: list[SegmentEntry]):
         final_conv[layer] = window
         return torch.cat([x[..., : x.shape[-1] - total], *outs], dim=-1)
 
-    def recurrence(query, key, value, g=None, beta=None, initial_state=None, output_final_state=False,
-                   use_qk_l2norm_in_kernel=False, **kwargs):
+    form = _RECURRENCES[first.family]
+    signature = inspect.signature(chunk_fn)
+    step_params = inspect.signature(step_fn).parameters
+    first_param = next(iter(signature.parameters))  # hidden_states in transformers, x in mamba_ssm's kernel
+    sequence_args = {first_param if a == "0" else a for a in form.sequence_args}
+
+    def seam_call(arguments: dict, part: slice, state):
+        """The original function on one seam's slice of the sequence, from `state`."""
+        w = part.stop - part.start
+        args = {k: (v[:, part] if k in sequence_args else v) for k, v in arguments.items()}
+        args[form.initial_state] = state
+        args[form.final_state_flag] = True
+        if first.family is MixerFamily.GATED_DELTA and w <= _STEP_TOKENS:
+            return step_fn(**{k: v for k, v in args.items() if k in step_params})
+        if first.family is MixerFamily.MAMBA2:  # one chunk per seam: no padding to the model's 256
+            args["chunk_size"] = min(int(args["chunk_size"]), w)
+        return chunk_fn(**args)
+
+    def recurrence(*call_args, **call_kwargs):
         layer = current[-1]
-        state, outs, start = initial_state, [], 0
+        bound = signature.bind(*call_args, **call_kwargs)
+        arguments = dict(bound.arguments)
+        arguments.update(arguments.pop("kwargs", {}))
+        state, outs, start = arguments.get(form.initial_state), [], 0
         for i, w in enumerate(widths, start=1):
             if w > 0:
-                part = slice(start, start + w)
-                fn = step_fn if w <= _STEP_TOKENS else chunk_fn
-                out, state = fn(query[:, part], key[:, part], value[:, part], g=g[:, part], beta=beta[:, part],
-                                initial_state=state, output_final_state=True,
-                                use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel)
+                out, state = seam_call(arguments, slice(start, start + w), state)
                 outs.append(out)
                 start += w
             if interior_before_next_seam(i):
                 cached = by_layer[i][layer]
                 state = compose_state(state, cached.interior_operator[None], cached.interior_state[None])
-        return torch.cat(outs, dim=1), state
+        out = torch.cat(outs, dim=1)
+        return (out, state) if arguments.get(form.final_state_flag) else out
 
     with track_layers(spec.linear, mixers) as current:
         try:
