@@ -107,39 +107,43 @@ def _split_at_seams(spec: ModelSpec, mixers, entries: list[SegmentEntry]):
         return torch.cat([x[..., : x.shape[-1] - total], *outs], dim=-1)
 
     form = _RECURRENCES[first.family]
-    signature = inspect.signature(chunk_fn)
-    step_params = inspect.signature(step_fn).parameters
-    first_param = next(iter(signature.parameters))  # hidden_states in transformers, x in mamba_ssm's kernel
-    sequence_args = {first_param if a == "0" else a for a in form.sequence_args}
+    names = list(inspect.signature(chunk_fn).parameters)  # the torch function's, even when a kernel runs
+    step_names = set(inspect.signature(step_fn).parameters)
+    sequence_args = {names[0] if a == "0" else a for a in form.sequence_args}
 
-    def seam_call(arguments: dict, part: slice, state):
-        """The original function on one seam's slice of the sequence, from `state`."""
+    def seam_call(call_args: tuple, call_kwargs: dict, part: slice, state):
+        """The original function on one seam's slice of the sequence, from `state`. Arguments keep the
+        caller's positional/keyword form: a kernel swapped in by transformers names them differently."""
         w = part.stop - part.start
-        args = {k: (v[:, part] if k in sequence_args else v) for k, v in arguments.items()}
-        args[form.initial_state] = state
-        args[form.final_state_flag] = True
-        if first.family is MixerFamily.GATED_DELTA and w <= _STEP_TOKENS:
-            return step_fn(**{k: v for k, v in args.items() if k in step_params})
+        args = [v[:, part] if names[i] in sequence_args else v for i, v in enumerate(call_args)]
+        kwargs = {k: (v[:, part] if k in sequence_args else v) for k, v in call_kwargs.items()}
+        settings = {form.initial_state: state, form.final_state_flag: True}
         if first.family is MixerFamily.MAMBA2:  # one chunk per seam: no padding to the model's 256
-            args["chunk_size"] = min(int(args["chunk_size"]), w)
-        return chunk_fn(**args)
+            at = names.index("chunk_size")
+            settings["chunk_size"] = min(int(call_kwargs.get("chunk_size", args[at] if len(args) > at else w)), w)
+        for key, value in settings.items():
+            if key in names[: len(args)]:
+                args[names.index(key)] = value
+            else:
+                kwargs[key] = value
+        if first.family is MixerFamily.GATED_DELTA and w <= _STEP_TOKENS:
+            return step_fn(*args, **{k: v for k, v in kwargs.items() if k in step_names})
+        return chunk_fn(*args, **kwargs)
 
     def recurrence(*call_args, **call_kwargs):
         layer = current[-1]
-        bound = signature.bind(*call_args, **call_kwargs)
-        arguments = dict(bound.arguments)
-        arguments.update(arguments.pop("kwargs", {}))
-        state, outs, start = arguments.get(form.initial_state), [], 0
+        position = names.index(form.initial_state)
+        state = call_kwargs.get(form.initial_state, call_args[position] if len(call_args) > position else None)
+        outs, start = [], 0
         for i, w in enumerate(widths, start=1):
             if w > 0:
-                out, state = seam_call(arguments, slice(start, start + w), state)
+                out, state = seam_call(call_args, call_kwargs, slice(start, start + w), state)
                 outs.append(out)
                 start += w
             if interior_before_next_seam(i):
                 cached = by_layer[i][layer]
                 state = compose_state(state, cached.interior_operator[None], cached.interior_state[None])
-        out = torch.cat(outs, dim=1)
-        return (out, state) if arguments.get(form.final_state_flag) else out
+        return torch.cat(outs, dim=1), state
 
     with track_layers(spec.linear, mixers) as current:
         try:
