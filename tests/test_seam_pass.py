@@ -1,6 +1,7 @@
 """All seams in one layer-major forward == one seam forward per segment (Gated DeltaNet and Mamba2 hybrids)."""
 
 import pytest
+import torch
 
 from conftest import get_model, random_ids
 from hypic_rag import ExecutorConfig, HypicExecutor
@@ -59,3 +60,20 @@ def test_other_families_keep_the_forward_per_seam():
 def test_batched_seams_flag_is_validated():
     with pytest.raises(ValueError, match="batched_seams"):
         ExecutorConfig(batched_seams="yes")
+
+
+def test_mamba2_seams_run_as_one_short_chunk_each():
+    """With the model's chunk (64) longer than a seam, each seam is scanned as one chunk of 16, not padded to 64."""
+    from transformers import AutoModelForCausalLM
+
+    from hypic_rag.models.tiny import give_long_memory, tiny_config
+
+    config = tiny_config("falcon_h1")
+    config.mamba_chunk_size = 64
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    give_long_memory(model)
+    *segs, q = random_ids([70, 45, 90, 6], seed=9)
+    one = executor(model, 8, True).first_token_logits(segs, q)
+    each = executor(model, 8, False).first_token_logits(segs, q)
+    assert (one - each).abs().max() < 1e-5

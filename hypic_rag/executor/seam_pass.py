@@ -118,9 +118,10 @@ def _split_at_seams(spec: ModelSpec, mixers, entries: list[SegmentEntry]):
         args = [v[:, part] if names[i] in sequence_args else v for i, v in enumerate(call_args)]
         kwargs = {k: (v[:, part] if k in sequence_args else v) for k, v in call_kwargs.items()}
         settings = {form.initial_state: state, form.final_state_flag: True}
-        if first.family is MixerFamily.MAMBA2:  # one chunk per seam: no padding to the model's 256
+        if first.family is MixerFamily.MAMBA2:  # one chunk per seam instead of padding it to the model's 256
             at = names.index("chunk_size")
-            settings["chunk_size"] = min(int(call_kwargs.get("chunk_size", args[at] if len(args) > at else w)), w)
+            model_chunk = int(call_kwargs.get("chunk_size", args[at] if len(args) > at else w))
+            settings["chunk_size"] = min(model_chunk, max(16, 1 << (w - 1).bit_length()))  # kernels want 2^k >= 16
         for key, value in settings.items():
             if key in names[: len(args)]:
                 args[names.index(key)] = value
