@@ -6,7 +6,7 @@ import torch
 from conftest import get_model, random_ids
 from hypic_rag.executor import cache_ops
 from hypic_rag.models.registry import model_spec
-from hypic_rag.ops.rope import shift_keys, shift_keys_ref
+from hypic_rag.ops.rope import shift_keys, shift_keys_per_token, shift_keys_ref
 
 
 def keys_at(model, ids, start, layer_idx):
@@ -40,6 +40,19 @@ def test_shift_matches_reference(family):
     keys = torch.randn(1, 2, 9, 16, generator=torch.Generator().manual_seed(0))
     rotary = model.model.rotary_emb
     assert (shift_keys(keys, rotary, 517) - shift_keys_ref(keys, rotary, 517)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("family", ["qwen3_5", "falcon_h1"])
+def test_per_token_shift_matches_the_reference_segment_by_segment(family):
+    """Three segments moved by their own shifts (0 included) in one rotation."""
+    rotary = get_model(family).model.rotary_emb
+    keys = torch.randn(1, 2, 12, 16, generator=torch.Generator().manual_seed(1))
+    spans, shifts = [(0, 5, 0), (5, 9, 517), (9, 12, 3001)], []
+    for a, b, shift in spans:
+        shifts += [shift] * (b - a)
+    moved = shift_keys_per_token(keys, rotary, torch.tensor(shifts))
+    for a, b, shift in spans:
+        assert (moved[..., a:b, :] - shift_keys_ref(keys[..., a:b, :], rotary, shift)).abs().max() < 1e-4
 
 
 def test_partial_rotary_leaves_pass_through_dims_alone():

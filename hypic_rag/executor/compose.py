@@ -27,7 +27,7 @@ from hypic_rag.executor.clock import clock
 from hypic_rag.executor.seam_pass import batched_seam_pass, supports_batched_seams
 from hypic_rag.models.specs import ModelSpec
 from hypic_rag.ops.compose import compose_state, merge_conv_tail
-from hypic_rag.ops.rope import shift_keys
+from hypic_rag.ops.rope import shift_keys, shift_keys_per_token
 from hypic_rag.types import SegmentEntry
 
 
@@ -42,11 +42,26 @@ class ComposeReport:
 def _append_segment_kv(
     cache: DynamicCache, spec: ModelSpec, rotary_emb, entry: SegmentEntry, start: int, shift: int
 ) -> None:
-    for layer, cached in zip(spec.attention, entry.attention):
-        keys = cached.keys[None, :, start:]
-        if layer.rope is not None and rotary_emb is not None:
-            keys = shift_keys(keys, rotary_emb, shift)
-        cache_ops.append_kv(cache, layer.layer_idx, keys, cached.values[None, :, start:])
+    _append_segments_kv(cache, spec, rotary_emb, [(entry, start, shift)])
+
+
+def _append_segments_kv(
+    cache: DynamicCache, spec: ModelSpec, rotary_emb, pieces: list[tuple[SegmentEntry, int, int]]
+) -> None:
+    """Append entry K/V from token `start` on, keys rotated by `shift`, for every (entry, start, shift)
+    in order: one rotation and one append per layer for all of them (each append copies the layer's
+    whole cache, so appending segment by segment would be quadratic in the number of segments)."""
+    pieces = [(e, start, shift) for e, start, shift in pieces if e.length > start]
+    if not pieces:
+        return
+    shifts = torch.cat([torch.full((e.length - start,), shift, dtype=torch.long) for e, start, shift in pieces])
+    for j, layer in enumerate(spec.attention):
+        keys = torch.cat([e.attention[j].keys[:, start:] for e, start, _ in pieces], dim=1)[None]
+        values = torch.cat([e.attention[j].values[:, start:] for e, start, _ in pieces], dim=1)[None]
+        if layer.rope is not None and rotary_emb is not None and bool(shifts.any()):
+            keys = shift_keys_per_token(keys, rotary_emb, shifts) if len(pieces) > 1 else \
+                shift_keys(keys, rotary_emb, pieces[0][2])
+        cache_ops.append_kv(cache, layer.layer_idx, keys, values)
 
 
 def _set_exact_end(cache: DynamicCache, entry: SegmentEntry) -> None:
@@ -93,6 +108,7 @@ def compose_segments(
     offset = prefix_length
     seam_seconds = 0.0
     recomputed = 0
+    pending: list[tuple[SegmentEntry, int, int]] = []  # the PIC rungs' K/V, appended together at the end
     started = clock(device)
     for i, entry in enumerate(entries):
         if mode is Mode.HYPIC and i == 0:
@@ -115,9 +131,9 @@ def compose_segments(
                 raise ValueError(f"{mode.value} composes whole segments; this entry was built with a seam of "
                                  f"{entry.seam_tokens} tokens. Build entries with seam_tokens=0 for this mode.")
             _advance_interior(cache, entry, use_operator=mode is not Mode.PIC_ADDITION, fresh_seam=False)
-            shift = offset if mode is Mode.PIC_TRANSITION_ROPE else prefix_length
-            _append_segment_kv(cache, spec, rotary_emb, entry, 0, shift)
+            pending.append((entry, 0, offset if mode is Mode.PIC_TRANSITION_ROPE else prefix_length))
         offset += entry.length
+    _append_segments_kv(cache, spec, rotary_emb, pending)  # no forward reads them before the question
     total = clock(device) - started
     return ComposeReport(
         compose_seconds=total - seam_seconds, seam_seconds=seam_seconds, recomputed_tokens=recomputed, end_offset=offset
@@ -128,12 +144,11 @@ def _compose_with_one_seam_pass(model, spec, rotary_emb, cache, entries, prefix_
     device = next(model.parameters()).device
     started = clock(device)
     _set_exact_end(cache, entries[0])
-    _append_segment_kv(cache, spec, rotary_emb, entries[0], 0, prefix_length)
-    offset = prefix_length + entries[0].length
+    pieces, offset = [(entries[0], 0, prefix_length)], prefix_length + entries[0].length
     for entry in entries[1:]:  # every interior's K/V first: seams attend to the interiors before them
-        if entry.interior_length > 0:
-            _append_segment_kv(cache, spec, rotary_emb, entry, entry.seam_tokens, offset)
+        pieces.append((entry, entry.seam_tokens, offset))
         offset += entry.length
+    _append_segments_kv(cache, spec, rotary_emb, pieces)
     t0 = clock(device)
     recomputed = batched_seam_pass(model, spec, cache, entries, prefix_length, mixers)
     seam_seconds = clock(device) - t0

@@ -32,6 +32,21 @@ def shift_keys(keys: torch.Tensor, rotary_emb: torch.nn.Module, shift: int) -> t
     if shift == 0:
         return keys
     cos, sin = rotation_for_shift(rotary_emb, shift, keys.device)
+    return _rotate(keys, cos, sin)
+
+
+def shift_keys_per_token(keys: torch.Tensor, rotary_emb: torch.nn.Module, shifts: torch.Tensor) -> torch.Tensor:
+    """Rotate keys [..., T, head_dim] token t by shifts[t] positions: many segments, each with its own
+    shift, moved by one rotation instead of one per segment."""
+    position_ids = shifts.to(device=keys.device, dtype=torch.long)[None]
+    cos, sin = rotary_emb(torch.empty(0, dtype=torch.float32, device=keys.device), position_ids)
+    scaling = float(getattr(rotary_emb, "attention_scaling", 1.0) or 1.0)
+    return _rotate(keys, cos.reshape(shifts.shape[0], -1).float() / scaling,
+                   sin.reshape(shifts.shape[0], -1).float() / scaling)
+
+
+def _rotate(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """keys [..., T, head_dim] with cos/sin [rot] or [T, rot] over the leading rot dims."""
     rot = cos.shape[-1]
     k = keys.float()
     k_rot, k_pass = k[..., :rot], k[..., rot:]
