@@ -239,12 +239,14 @@ class HypicExecutor:
             stats.precompute_misses = clock(self.device) - t0
         cache = self._start_cache()
         report = compose_segments(self.model, self.spec, self.rotary_emb, cache, entries, self.config.mode, p0,
-                                  self.mixers, self.config.batched_seams)
+                                  self.mixers, self.config.batched_seams, list(question))
         stats.compose, stats.seam = report.compose_seconds, report.seam_seconds
         stats.cached = report.end_offset - report.recomputed_tokens
-        t0 = clock(self.device)
-        logits = self._prefill(cache, question, report.end_offset, logits=True)
-        stats.prefill = clock(self.device) - t0
+        logits = report.question_logits  # the question rode in the seam pass
+        if logits is None:
+            t0 = clock(self.device)
+            logits = self._prefill(cache, question, report.end_offset, logits=True)
+            stats.prefill = clock(self.device) - t0
         return _Filled(cache, logits, report.end_offset + len(question), stats)
 
     def first_token_logits(self, segments: Sequence[Sequence[int]], question: Sequence[int]) -> torch.Tensor:

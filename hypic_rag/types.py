@@ -66,7 +66,10 @@ class SegmentEntry:
 
 @dataclass(frozen=True)
 class Timings:
-    """Seconds spent in each stage of one request; ttft is request start to first generated token."""
+    """Seconds spent in each stage of one request; ttft is request start to first generated token.
+
+    With hypic's one seam pass the question rides in the seam forward: its time is in `seam` and
+    `prefill` is 0."""
 
     load: float = 0.0
     precompute_misses: float = 0.0

@@ -77,3 +77,31 @@ def test_mamba2_seams_run_as_one_short_chunk_each():
     one = executor(model, 8, True).first_token_logits(segs, q)
     each = executor(model, 8, False).first_token_logits(segs, q)
     assert (one - each).abs().max() < 1e-5
+
+
+def test_equal_width_seams_share_one_recurrence_and_one_conv_call_per_layer(monkeypatch):
+    """Seams 8, 8, 8 then a 6-token question: per linear layer, one batched call for the three seams
+    (augmented start [0 | I]) and one for the question, instead of four of each."""
+    import functools
+    import sys
+
+    model = get_model("qwen3_5")
+    spec = model_spec(model)
+    module = sys.modules[spec.linear[0].modeling_module]
+    *segs, q = random_ids([40, 30, 50, 20, 6], seed=12)
+    ex = executor(model, 8, True)
+    before = ex.first_token_logits(segs, q)  # entries are precomputed here
+    calls = {"step": [], "conv": []}
+    def counting(key, real):
+        @functools.wraps(real)  # keeps the signature the seam pass reads argument names from
+        def wrapper(*args, **kwargs):
+            calls[key].append(args[0].shape[0])
+            return real(*args, **kwargs)
+        return wrapper
+
+    for key, name in (("step", spec.linear[0].recurrent_fn), ("conv", "causal_conv1d_fn")):
+        monkeypatch.setattr(module, name, counting(key, getattr(module, name)))
+    again = ex.first_token_logits(segs, q)
+    assert torch.equal(before, again)
+    assert calls["step"] == [3, 1] * len(spec.linear)  # batch sizes: three seams, then the question
+    assert calls["conv"] == [3, 1] * len(spec.linear)

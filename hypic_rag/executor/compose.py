@@ -27,7 +27,7 @@ from hypic_rag.executor.clock import clock
 from hypic_rag.executor.seam_pass import batched_seam_pass, supports_batched_seams
 from hypic_rag.models.specs import ModelSpec
 from hypic_rag.ops.compose import compose_state, merge_conv_tail
-from hypic_rag.ops.rope import shift_keys, shift_keys_per_token
+from hypic_rag.ops.rope import shift_keys_per_token
 from hypic_rag.types import SegmentEntry
 
 
@@ -37,6 +37,7 @@ class ComposeReport:
     seam_seconds: float
     recomputed_tokens: int
     end_offset: int
+    question_logits: torch.Tensor | None = None  # set when the question rode in the seam pass
 
 
 def _append_segment_kv(
@@ -59,8 +60,7 @@ def _append_segments_kv(
         keys = torch.cat([e.attention[j].keys[:, start:] for e, start, _ in pieces], dim=1)[None]
         values = torch.cat([e.attention[j].values[:, start:] for e, start, _ in pieces], dim=1)[None]
         if layer.rope is not None and rotary_emb is not None and bool(shifts.any()):
-            keys = shift_keys_per_token(keys, rotary_emb, shifts) if len(pieces) > 1 else \
-                shift_keys(keys, rotary_emb, pieces[0][2])
+            keys = shift_keys_per_token(keys, rotary_emb, shifts)
         cache_ops.append_kv(cache, layer.layer_idx, keys, values)
 
 
@@ -96,15 +96,18 @@ def compose_segments(
     prefix_length: int,
     mixers: dict | None = None,
     batched_seams: bool = False,
+    question: list[int] | None = None,
 ) -> ComposeReport:
     """Extend `cache` (holding the shared prefix) with `entries` in order; returns timings and the end offset.
 
-    With batched_seams (hypic on a Gated DeltaNet hybrid, see seam_pass.py) every seam is recomputed
-    in one layer-major forward instead of one forward per segment."""
+    With batched_seams (hypic on a Gated DeltaNet or Mamba2 hybrid, see seam_pass.py) every seam is
+    recomputed in one layer-major forward instead of one forward per segment; a `question` given here
+    then rides in that same forward and the report carries its next-token logits (otherwise the
+    caller prefills the question itself)."""
     device = next(model.parameters()).device
     if (mode is Mode.HYPIC and batched_seams and mixers is not None and len(entries) > 1
             and sum(e.seam_tokens for e in entries[1:]) > 1 and supports_batched_seams(model, spec)):
-        return _compose_with_one_seam_pass(model, spec, rotary_emb, cache, entries, prefix_length, mixers)
+        return _compose_with_one_seam_pass(model, spec, rotary_emb, cache, entries, prefix_length, mixers, question)
     offset = prefix_length
     seam_seconds = 0.0
     recomputed = 0
@@ -140,7 +143,7 @@ def compose_segments(
     )
 
 
-def _compose_with_one_seam_pass(model, spec, rotary_emb, cache, entries, prefix_length, mixers) -> ComposeReport:
+def _compose_with_one_seam_pass(model, spec, rotary_emb, cache, entries, prefix_length, mixers, question) -> ComposeReport:
     device = next(model.parameters()).device
     started = clock(device)
     _set_exact_end(cache, entries[0])
@@ -150,11 +153,11 @@ def _compose_with_one_seam_pass(model, spec, rotary_emb, cache, entries, prefix_
         offset += entry.length
     _append_segments_kv(cache, spec, rotary_emb, pieces)
     t0 = clock(device)
-    recomputed = batched_seam_pass(model, spec, cache, entries, prefix_length, mixers)
+    result = batched_seam_pass(model, spec, cache, entries, prefix_length, mixers, question)
     seam_seconds = clock(device) - t0
     last = entries[-1]
-    if last.interior_length > 0:
+    if not question and last.interior_length > 0:  # with a question the pass crossed it already
         _advance_interior(cache, last, use_operator=True, fresh_seam=last.seam_tokens > 0)
     total = clock(device) - started
     return ComposeReport(compose_seconds=total - seam_seconds, seam_seconds=seam_seconds,
-                         recomputed_tokens=recomputed, end_offset=offset)
+                         recomputed_tokens=result.seam_tokens, end_offset=offset, question_logits=result.logits)

@@ -44,18 +44,24 @@ _RECURRENCES = {
     MixerFamily.GATED_DELTA: _Recurrence(("query", "key", "value", "g", "beta"), "initial_state", "output_final_state"),
     MixerFamily.MAMBA2: _Recurrence(("0", "dt", "B", "C"), "initial_states", "return_final_states"),
 }
-_SUPPORTED = {"qwen3_5_text": MixerFamily.GATED_DELTA, "qwen3_next": MixerFamily.GATED_DELTA,
-              "falcon_h1": MixerFamily.MAMBA2, "bamba": MixerFamily.MAMBA2, "granitemoehybrid": MixerFamily.MAMBA2}
+# model types whose mixers make exactly one conv call and one recurrence call per layer (Kimi-Linear
+# makes three conv calls); the family of each layer comes from the spec
+_SUPPORTED = {"qwen3_5_text", "qwen3_next", "falcon_h1", "bamba", "granitemoehybrid"}
 _CONV_FN = "causal_conv1d_fn"
 _STEP_TOKENS = 16  # Gated DeltaNet seams up to this long use the step-by-step recurrence
 
 
+@dataclass(frozen=True)
+class SeamPassResult:
+    seam_tokens: int  # segment tokens recomputed (the question's not counted)
+    logits: torch.Tensor | None  # [vocab] after the question, when it rode in the pass
+
+
 def supports_batched_seams(model: torch.nn.Module, spec: ModelSpec) -> bool:
     text = model.config.get_text_config(decoder=True)
-    family = _SUPPORTED.get(text.model_type)
-    if family is None or not spec.linear:
+    if text.model_type not in _SUPPORTED or not spec.linear:
         return False
-    return all(l.family is family and l.chunk_fn for l in spec.linear)
+    return all(l.family is spec.linear[0].family and l.family in _RECURRENCES and l.chunk_fn for l in spec.linear)
 
 
 def _key_positions(entries: list[SegmentEntry], prefix_length: int) -> tuple[list[int], list[int]]:
@@ -70,10 +76,23 @@ def _key_positions(entries: list[SegmentEntry], prefix_length: int) -> tuple[lis
     return keys, seams
 
 
+def _runs(widths: list[int]) -> list[tuple[int, int]]:
+    """[start, stop) index ranges of consecutive seams with the same nonzero width."""
+    runs, i = [], 0
+    while i < len(widths):
+        j = i + 1
+        while widths[i] > 0 and j < len(widths) and widths[j] == widths[i]:
+            j += 1
+        runs.append((i, j))
+        i = j
+    return runs
+
+
 @contextmanager
-def _split_at_seams(spec: ModelSpec, mixers, entries: list[SegmentEntry]):
-    """Wrap the conv and recurrence functions so each seam starts from the state before it."""
-    widths = [e.seam_tokens for e in entries[1:]]
+def _split_at_seams(spec: ModelSpec, mixers, entries: list[SegmentEntry], question_tokens: int = 0):
+    """Wrap the conv and recurrence functions so each seam starts from the state before it. With
+    question_tokens, the question is one more seam after the last segment's interior."""
+    widths = [e.seam_tokens for e in entries[1:]] + ([question_tokens] if question_tokens else [])
     by_layer = [{l.layer_idx: l for l in e.linear} for e in entries]
     final_conv: dict[int, torch.Tensor] = {}
     first = spec.linear[0]  # every linear layer of a model lives in one modeling module
@@ -82,10 +101,10 @@ def _split_at_seams(spec: ModelSpec, mixers, entries: list[SegmentEntry]):
     # A seam is a few tokens: the token-by-token recurrence beats a 64-token chunk padded around it.
     step_fn = getattr(module, first.recurrent_fn) if first.recurrent_fn else chunk_fn
 
-    def interior_before_next_seam(i: int) -> SegmentEntry | None:
-        """Entry i (1 <= i < n - 1) is followed by another seam: its interior comes before that seam."""
-        entry = entries[i]
-        return entry if 0 < i < len(entries) - 1 and entry.interior_length > 0 else None
+    def interior_after(k: int) -> SegmentEntry | None:
+        """The interior between seam k (0-based in widths) and the next seam, if there is one."""
+        entry = entries[k + 1] if k + 1 < len(widths) else None
+        return entry if entry is not None and entry.interior_length > 0 else None
 
     def conv(x, weight, bias=None, activation=None, **kwargs):
         layer = current[-1]
@@ -93,16 +112,32 @@ def _split_at_seams(spec: ModelSpec, mixers, entries: list[SegmentEntry]):
         columns = x[..., x.shape[-1] - total:]
         prev = x[..., : x.shape[-1] - total]  # the conv state before the pass (the cache already moved on)
         width = prev.shape[-1]
-        outs, start = [], 0
-        for i, w in enumerate(widths, start=1):
-            window = prev
-            if w > 0:
-                joined = torch.cat([prev.to(columns.dtype), columns[..., start : start + w]], dim=-1)
-                outs.append(conv_fn(joined, weight, bias, activation=activation)[..., -w:])
-                window = joined[..., -width:]
-                start += w
-            entry = interior_before_next_seam(i)
-            prev = merge_conv_tail(window, by_layer[i][layer].conv_tail[None], entry.interior_length) if entry else window
+        outs, offsets = [], [sum(widths[:k]) for k in range(len(widths))]
+        for lo, hi in _runs(widths):
+            w = widths[lo]
+            independent = all(interior_after(k) is not None and interior_after(k).interior_length >= width
+                              for k in range(lo, hi - 1))
+            if w > 0 and hi - lo > 1 and independent:  # each window starts from a cached tail: one batched call
+                tails = [prev.to(columns.dtype)] + [by_layer[k + 1][layer].conv_tail[None].to(columns.dtype)
+                                                    for k in range(lo, hi - 1)]
+                joined = torch.cat([torch.cat([t, columns[..., offsets[k]: offsets[k] + w]], dim=-1)
+                                    for t, k in zip(tails, range(lo, hi))], dim=0)
+                out = conv_fn(joined, weight, bias, activation=activation)[..., -w:]
+                outs.append(out.transpose(0, 1).reshape(1, out.shape[1], -1))
+                window = joined[-1:, :, -width:]
+            else:
+                for k in range(lo, hi):
+                    window = prev
+                    if widths[k] > 0:
+                        joined = torch.cat([prev.to(columns.dtype), columns[..., offsets[k]: offsets[k] + widths[k]]], -1)
+                        outs.append(conv_fn(joined, weight, bias, activation=activation)[..., -widths[k]:])
+                        window = joined[..., -width:]
+                    if k < hi - 1:
+                        entry = interior_after(k)
+                        prev = merge_conv_tail(window, by_layer[k + 1][layer].conv_tail[None],
+                                               entry.interior_length) if entry else window
+            entry = interior_after(hi - 1)
+            prev = merge_conv_tail(window, by_layer[hi][layer].conv_tail[None], entry.interior_length) if entry else window
         final_conv[layer] = window
         return torch.cat([x[..., : x.shape[-1] - total], *outs], dim=-1)
 
@@ -111,12 +146,16 @@ def _split_at_seams(spec: ModelSpec, mixers, entries: list[SegmentEntry]):
     step_names = set(inspect.signature(step_fn).parameters)
     sequence_args = {names[0] if a == "0" else a for a in form.sequence_args}
 
-    def seam_call(call_args: tuple, call_kwargs: dict, part: slice, state):
-        """The original function on one seam's slice of the sequence, from `state`. Arguments keep the
-        caller's positional/keyword form: a kernel swapped in by transformers names them differently."""
-        w = part.stop - part.start
-        args = [v[:, part] if names[i] in sequence_args else v for i, v in enumerate(call_args)]
-        kwargs = {k: (v[:, part] if k in sequence_args else v) for k, v in call_kwargs.items()}
+    def argument(call_args: tuple, call_kwargs: dict, name: str):
+        at = names.index(name)
+        return call_kwargs[name] if name in call_kwargs else call_args[at]
+
+    def seam_call(call_args: tuple, call_kwargs: dict, take, w: int, state):
+        """The original function on `take(name, sequence)` of each sequence argument, from `state`.
+        Arguments keep the caller's positional/keyword form: a kernel swapped in by transformers names
+        them differently."""
+        args = [take(names[i], v) if names[i] in sequence_args else v for i, v in enumerate(call_args)]
+        kwargs = {k: (take(k, v) if k in sequence_args else v) for k, v in call_kwargs.items()}
         settings = {form.initial_state: state, form.final_state_flag: True}
         if first.family is MixerFamily.MAMBA2:  # one chunk per seam instead of padding it to the model's 256
             at = names.index("chunk_size")
@@ -131,18 +170,58 @@ def _split_at_seams(spec: ModelSpec, mixers, entries: list[SegmentEntry]):
             return step_fn(*args, **{k: v for k, v in kwargs.items() if k in step_names})
         return chunk_fn(*args, **kwargs)
 
+    def gated_delta_run(call_args, call_kwargs, lo: int, hi: int, offsets: list[int], state, layer: int):
+        """Seams lo..hi-1 (same width) in one batched call from the augmented start [0 | I], which
+        returns each seam's zero-start output, E and M; the true start states then follow by S <- M S + E
+        and each output gains its start state's contribution (the recurrence is linear in the state)."""
+        w, m = widths[lo], hi - lo
+        d_k = argument(call_args, call_kwargs, "key").shape[-1]
+        value = argument(call_args, call_kwargs, "value")
+        h_v, d_v = value.shape[-2:]
+
+        def take(name, v):
+            x = torch.cat([v[:, offsets[k]: offsets[k] + w] for k in range(lo, hi)], dim=0)
+            return torch.cat([x, x.new_zeros(*x.shape[:-1], d_k)], dim=-1) if name == "value" else x
+
+        init = torch.zeros(m, h_v, d_k, d_v + d_k, dtype=torch.float32, device=value.device)
+        init[..., d_v:] = torch.eye(d_k, dtype=torch.float32, device=value.device)
+        out, final = seam_call(call_args, call_kwargs, take, w, init)
+        final = final.float()
+        starts = []
+        for j, k in enumerate(range(lo, hi)):
+            starts.append(state)
+            state = compose_state(state, final[j: j + 1, ..., d_v:], final[j: j + 1, ..., :d_v])
+            entry = interior_after(k) if k < hi - 1 else None
+            if entry is not None:
+                cached = by_layer[k + 1][layer]
+                state = compose_state(state, cached.interior_operator[None], cached.interior_state[None])
+        correction = torch.einsum("mwhk,mhkv->mwhv", out[..., d_v:].float(), torch.cat(starts, dim=0))
+        return (out[..., :d_v].float() + correction).to(out.dtype).reshape(1, m * w, h_v, d_v), state
+
     def recurrence(*call_args, **call_kwargs):
         layer = current[-1]
         position = names.index(form.initial_state)
         state = call_kwargs.get(form.initial_state, call_args[position] if len(call_args) > position else None)
-        outs, start = [], 0
-        for i, w in enumerate(widths, start=1):
-            if w > 0:
-                out, state = seam_call(call_args, call_kwargs, slice(start, start + w), state)
+        outs, offsets = [], [sum(widths[:k]) for k in range(len(widths))]
+        for lo, hi in _runs(widths):
+            if first.family is MixerFamily.GATED_DELTA and hi - lo > 1 and state is not None:
+                out, state = gated_delta_run(call_args, call_kwargs, lo, hi, offsets, state, layer)
                 outs.append(out)
-                start += w
-            if interior_before_next_seam(i):
-                cached = by_layer[i][layer]
+            else:
+                for k in range(lo, hi - 1):
+                    part = slice(offsets[k], offsets[k] + widths[k])
+                    out, state = seam_call(call_args, call_kwargs, lambda _, v: v[:, part], widths[k], state)
+                    outs.append(out)
+                    if interior_after(k):
+                        cached = by_layer[k + 1][layer]
+                        state = compose_state(state, cached.interior_operator[None], cached.interior_state[None])
+                k = hi - 1
+                if widths[k] > 0:
+                    part = slice(offsets[k], offsets[k] + widths[k])
+                    out, state = seam_call(call_args, call_kwargs, lambda _, v: v[:, part], widths[k], state)
+                    outs.append(out)
+            if interior_after(hi - 1):
+                cached = by_layer[hi][layer]
                 state = compose_state(state, cached.interior_operator[None], cached.interior_state[None])
         return torch.cat(outs, dim=1), state
 
@@ -158,22 +237,36 @@ def _split_at_seams(spec: ModelSpec, mixers, entries: list[SegmentEntry]):
 
 @torch.no_grad()
 def batched_seam_pass(model, spec: ModelSpec, cache: DynamicCache, entries: list[SegmentEntry], prefix_length: int,
-                      mixers) -> int:
+                      mixers, question: list[int] | None = None) -> SeamPassResult:
     """Run the seams of entries[1:] through the model in one forward. Before the call the cache holds
     the prefix, segment 0 (exact end states) and every interior's K/V; afterwards each linear layer
-    holds the state right after the last seam. Returns the number of seam tokens."""
+    holds the state right after the last seam. With a question, its tokens ride in the same forward
+    after the last segment's interior, and the result carries the next-token logits after it."""
     device = next(model.parameters()).device
     keys, seams = _key_positions(entries, prefix_length)
     held = cache_ops.kv(cache, spec.attention[0].layer_idx)[0].shape[-2] if spec.attention else len(keys)
     if held != len(keys):
         raise RuntimeError(f"seam pass expected {len(keys)} cached keys, the cache holds {held}")
-    ids = torch.tensor([[t for e in entries[1:] for t in e.token_ids[: e.seam_tokens]]], device=device)
-    positions = torch.tensor([seams], device=device)
-    key_pos = torch.tensor(keys + seams, device=device)
+    tokens = [t for e in entries[1:] for t in e.token_ids[: e.seam_tokens]]
+    queries = list(seams)
+    if question:
+        end = prefix_length + sum(e.length for e in entries)
+        tokens += list(question)
+        queries += range(end, end + len(question))
+    ids = torch.tensor([tokens], device=device)
+    positions = torch.tensor([queries], device=device)
+    key_pos = torch.tensor(keys + queries, device=device)
     visible = key_pos[None, :] <= positions[0][:, None]
     masks = {"full_attention": visible[None, None], "linear_attention": None}
-    with _split_at_seams(spec, mixers, entries) as final_conv:
-        model.model(input_ids=ids, past_key_values=cache, position_ids=positions, attention_mask=masks, use_cache=True)
+    with _split_at_seams(spec, mixers, entries, len(question or ())) as final_conv:
+        if question:
+            out = model(input_ids=ids, past_key_values=cache, position_ids=positions, attention_mask=masks,
+                        use_cache=True, logits_to_keep=1)
+            logits = out.logits[0, -1]
+        else:
+            model.model(input_ids=ids, past_key_values=cache, position_ids=positions, attention_mask=masks,
+                        use_cache=True)
+            logits = None
     for layer, window in final_conv.items():
         cache_ops.set_conv_state(cache, layer, window)
-    return len(seams)
+    return SeamPassResult(seam_tokens=len(seams), logits=logits)

@@ -72,6 +72,10 @@ class MemoryTier(EntryStore):
         self.hits += 1
         return entry
 
+    def peek(self, key: str) -> SegmentEntry | None:
+        """The entry as this tier holds it (on its device), without touching order or counters."""
+        return self._entries.get(key)
+
     def put(self, key: str, entry: SegmentEntry) -> list[tuple[str, SegmentEntry]]:
         """Insert; returns the entries evicted to make room (the entry itself if it can never fit)."""
         if key in self._entries:

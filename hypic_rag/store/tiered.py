@@ -77,12 +77,22 @@ class TieredStore(EntryStore):
                 self.last_hit_tier = tier.name
                 if level > 0:
                     tier.pop(key)
-                    self._insert(0, key, entry)
+                    entry = self._promote(key, entry)
                 return entry
         entry = self.disk.get(key)
         self.last_hit_tier = "disk" if entry is not None else None
         if entry is not None:
-            self._insert(0, key, entry)
+            entry = self._promote(key, entry)
+        return entry
+
+    def _promote(self, key: str, entry: SegmentEntry) -> SegmentEntry:
+        """Insert into the top tier and return the copy a tier now holds (on that tier's device), so a
+        read from the host or disk hands back a device-resident entry whenever the top tier kept it."""
+        self._insert(0, key, entry)
+        for tier in self.memory_tiers:
+            held = tier.peek(key)
+            if held is not None:
+                return held
         return entry
 
     def put(self, key: str, entry: SegmentEntry) -> None:
