@@ -2,7 +2,8 @@
 
 The two ceilings are measured on the machine (a bf16 matrix product and a device-to-device copy),
 not taken from a datasheet. The counts are per request and approximate the dominant terms:
-  - every forward reads all weights once (a seam forward is one forward per segment after the first);
+  - every forward reads all weights once: hypic's one seam pass (every seam and the question) is one
+    forward; with --no batched seams it is one forward per segment after the first, plus the question's;
   - dense FLOPs 2 * params * tokens, attention 4 * tokens * context * heads * head_dim per layer,
     the chunked linear recurrences ~8 * tokens * heads * d_k * d_v per layer;
   - hypic reads each cached entry once and writes its K/V into the request cache.
@@ -54,7 +55,7 @@ def _shape(config) -> dict:
 
 
 def request_floors(model, segments: int, segment_tokens: int, question_tokens: int, seam: int,
-                   entry_bytes: int | None, peaks: dict) -> dict:
+                   entry_bytes: int | None, peaks: dict, forwards: int = 1) -> dict:
     """Seconds: the floor of a full prefill and of a hypic request at 100% hits (bytes/BW + FLOPs/peak)."""
     shape = _shape(model.config)
     embed = model.get_input_embeddings().weight.numel()
@@ -73,8 +74,8 @@ def request_floors(model, segments: int, segment_tokens: int, question_tokens: i
     full_bytes = weight_bytes + total * kv_bytes_per_token
     seam_tokens = seam * (segments - 1)
     hypic_flops = flops(seam_tokens, total / 2) + flops(question_tokens, total)
-    hypic_bytes = segments * weight_bytes + segments * (entry_bytes or 0) + total * kv_bytes_per_token
+    hypic_bytes = forwards * weight_bytes + segments * (entry_bytes or 0) + total * kv_bytes_per_token
     f, bw = peaks["bf16_flops_per_s"], peaks["copy_bytes_per_s"]
     return {"full_floor_s": full_bytes / bw + full_flops / f, "hypic_floor_s": hypic_bytes / bw + hypic_flops / f,
             "full_flops": full_flops, "full_bytes": full_bytes, "hypic_flops": hypic_flops, "hypic_bytes": hypic_bytes,
-            "hypic_forwards": segments}
+            "hypic_forwards": forwards}
