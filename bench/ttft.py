@@ -207,7 +207,7 @@ def write_report(results: list[dict], args, out: Path, peaks: dict | None = None
                 sp = run["speedup_p50"].get(mode, {})
                 lines.append(f"| {run['segments']} | {mode} | {t['p50'] * 1000:.1f} | {t['p99'] * 1000:.1f} | "
                              f"{sp.get('vs_full', float('nan')):.2f} | {sp.get('vs_prefix_cache', float('nan')):.2f} |")
-        lines += ["", "| segments | bytes / segment | prefix-cache segment hit rate | throughput req/s (full / prefix / hypic@100%) | hypic@100% split ms (load / compose / seam / prefill) |",
+        lines += ["", "| segments | bytes / segment | prefix-cache segment hit rate | throughput req/s (full / prefix / hypic@100%) | hypic@100% split ms (load / compose / seam pass, question included / separate question prefill) |",
                   "|---|---|---|---|---|"]
         for run in model["runs"]:
             thr = run["throughput_rps"]

@@ -46,7 +46,8 @@ class ExecutorConfig:
     miss_batch_size: a request's cache misses of equal length are precomputed together, this many
         per batched forward (1: one forward per miss).
     batched_seams: recompute every seam of a request in one layer-major forward where the model
-        supports it (Gated DeltaNet and Mamba2 hybrids); False runs one forward per segment. Same result.
+        supports it (every supported hybrid), with the question in the same forward; False runs one forward
+        per segment, then the question. Same result.
     """
 
     mode: Mode = Mode.HYPIC

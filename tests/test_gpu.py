@@ -156,7 +156,7 @@ def test_gpu_tier_keeps_hot_entries_on_the_device_and_promotes_from_host():
         assert torch.equal(got.attention[0].keys, entry_a.attention[0].keys)
 
 
-@pytest.mark.parametrize("family", ["qwen3_5", "qwen3_next", "falcon_h1"])
+@pytest.mark.parametrize("family", ["qwen3_5", "qwen3_next", "kimi_linear", "falcon_h1"])
 def test_one_seam_pass_equals_a_forward_per_seam_on_cuda(family):
     model = cuda_model(family)
     *segs, q = random_ids([70, 45, 90, 30, 6], seed=6)

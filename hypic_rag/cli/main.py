@@ -103,8 +103,10 @@ def cmd_query(s: dict) -> int:
         print(f"  [{seg.rank}] {seg.record.segment_id}  score={seg.score:.3f}")
     t = result.timings
     print(f"TTFT {t.ttft * 1000:.1f} ms (retrieval {result.retrieval_seconds * 1000:.1f} ms, load {t.load * 1000:.1f}, "
-          f"miss precompute {t.precompute_misses * 1000:.1f}, compose {t.compose * 1000:.1f}, seam {t.seam * 1000:.1f}, "
-          f"prefill {t.prefill * 1000:.1f}); tier hits {result.tier_hits}")
+          f"miss precompute {t.precompute_misses * 1000:.1f}, compose {t.compose * 1000:.1f}, "
+          + (f"seams + question {t.seam * 1000:.1f}" if t.prefill == 0 else
+             f"seam {t.seam * 1000:.1f}, question prefill {t.prefill * 1000:.1f}")
+          + f"); tier hits {result.tier_hits}")
     rag.close()
     return 0
 

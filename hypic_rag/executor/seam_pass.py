@@ -1,4 +1,4 @@
-"""Every seam of a request in one layer-major forward (Gated DeltaNet and Mamba2 hybrids).
+"""Every seam of a request in one layer-major forward (Gated DeltaNet / KDA, Mamba2 and short-conv hybrids).
 
 Recomputing the seams one segment at a time costs one forward, and one read of every weight, per
 segment; on small batches that read is the whole cost. Yet seam i at layer l only needs, from the
@@ -6,11 +6,19 @@ earlier seams, their outputs at that same layer, so all seams can go through the
   - attention: the cache holds the prefix, segment 0 and every interior's K/V at their real
     positions before the pass; the seam tokens attend with a position-causal mask (key position <=
     query position), which is exactly what each seam saw when run alone;
-  - linear layers (Gated DeltaNet: qwen3_5, qwen3_next; Mamba2: falcon_h1, bamba,
-    granitemoehybrid): inside each layer the recurrence still walks the seams in order, from
+  - linear layers (Gated DeltaNet / KDA: qwen3_5, qwen3_next, kimi_linear; Mamba2: falcon_h1, bamba,
+    granitemoehybrid; short conv only: lfm2): inside each layer the recurrence still walks the seams in order, from
     segment 0's end state, with S <- M S + E over each interior between them, and the causal conv
     restarts at each seam from the tail before it. Only these two calls are split; the projections,
     norms, gates and MLPs run once over all seam tokens.
+  - the question rides in the same forward, as one more seam after the last interior, so a request
+    is one forward whatever the number of segments (on a GPU each forward costs its launches).
+Calls are batched where the chain allows it. Gated DeltaNet seams of equal width go through the
+recurrence as one batch from the augmented start [0 | I] (as precompute builds [E | M]): each seam's
+zero-start output o0_t, its own E and M, and r_t = P_t^T q_t come back together; the start states then
+follow along the chain by S <- M S + E, and o_t = o0_t + S_start^T r_t (the recurrence is linear in
+its start state). Their convs are one batched call whenever each interior between them is at least
+the kernel width, since each window then starts from a cached tail rather than from the seam before.
 The result equals the sequential seam recompute up to float reordering (tests compare the two).
 """
 
@@ -44,9 +52,9 @@ _RECURRENCES = {
     MixerFamily.GATED_DELTA: _Recurrence(("query", "key", "value", "g", "beta"), "initial_state", "output_final_state"),
     MixerFamily.MAMBA2: _Recurrence(("0", "dt", "B", "C"), "initial_states", "return_final_states"),
 }
-# model types whose mixers make exactly one conv call and one recurrence call per layer (Kimi-Linear
-# makes three conv calls); the family of each layer comes from the spec
-_SUPPORTED = {"qwen3_5_text", "qwen3_next", "falcon_h1", "bamba", "granitemoehybrid"}
+# model types whose mixers make one causal_conv1d_fn call and at most one recurrence call per layer
+# on a multi-token forward (transformers 5.23); the family of each layer comes from the spec
+_SUPPORTED = {"qwen3_5_text", "qwen3_next", "kimi_linear", "falcon_h1", "bamba", "granitemoehybrid", "lfm2"}
 _CONV_FN = "causal_conv1d_fn"
 _STEP_TOKENS = 16  # Gated DeltaNet seams up to this long use the step-by-step recurrence
 
@@ -61,7 +69,10 @@ def supports_batched_seams(model: torch.nn.Module, spec: ModelSpec) -> bool:
     text = model.config.get_text_config(decoder=True)
     if text.model_type not in _SUPPORTED or not spec.linear:
         return False
-    return all(l.family is spec.linear[0].family and l.family in _RECURRENCES and l.chunk_fn for l in spec.linear)
+    family = spec.linear[0].family
+    if family is MixerFamily.CONV_ONLY:  # LFM2: the short conv is the layer's only state
+        return all(l.family is family for l in spec.linear)
+    return all(l.family is family and family in _RECURRENCES and l.chunk_fn for l in spec.linear)
 
 
 def _key_positions(entries: list[SegmentEntry], prefix_length: int) -> tuple[list[int], list[int]]:
@@ -97,7 +108,8 @@ def _split_at_seams(spec: ModelSpec, mixers, entries: list[SegmentEntry], questi
     final_conv: dict[int, torch.Tensor] = {}
     first = spec.linear[0]  # every linear layer of a model lives in one modeling module
     module = sys.modules[first.modeling_module]
-    chunk_fn, conv_fn = getattr(module, first.chunk_fn), getattr(module, _CONV_FN)
+    conv_fn = getattr(module, _CONV_FN)
+    chunk_fn = getattr(module, first.chunk_fn) if first.chunk_fn else None  # None: conv-only layers (LFM2)
     # A seam is a few tokens: the token-by-token recurrence beats a 64-token chunk padded around it.
     step_fn = getattr(module, first.recurrent_fn) if first.recurrent_fn else chunk_fn
 
@@ -141,10 +153,11 @@ def _split_at_seams(spec: ModelSpec, mixers, entries: list[SegmentEntry], questi
         final_conv[layer] = window
         return torch.cat([x[..., : x.shape[-1] - total], *outs], dim=-1)
 
-    form = _RECURRENCES[first.family]
-    names = list(inspect.signature(chunk_fn).parameters)  # the torch function's, even when a kernel runs
-    step_names = set(inspect.signature(step_fn).parameters)
-    sequence_args = {names[0] if a == "0" else a for a in form.sequence_args}
+    form = _RECURRENCES.get(first.family)
+    if form is not None:
+        names = list(inspect.signature(chunk_fn).parameters)  # the torch function's, even when a kernel runs
+        step_names = set(inspect.signature(step_fn).parameters)
+        sequence_args = {names[0] if a == "0" else a for a in form.sequence_args}
 
     def argument(call_args: tuple, call_kwargs: dict, name: str):
         at = names.index(name)
@@ -227,11 +240,13 @@ def _split_at_seams(spec: ModelSpec, mixers, entries: list[SegmentEntry], questi
 
     with track_layers(spec.linear, mixers) as current:
         try:
-            setattr(module, first.chunk_fn, recurrence)
+            if chunk_fn is not None:
+                setattr(module, first.chunk_fn, recurrence)
             setattr(module, _CONV_FN, conv)
             yield final_conv
         finally:
-            setattr(module, first.chunk_fn, chunk_fn)
+            if chunk_fn is not None:
+                setattr(module, first.chunk_fn, chunk_fn)
             setattr(module, _CONV_FN, conv_fn)
 
 
@@ -257,7 +272,9 @@ def batched_seam_pass(model, spec: ModelSpec, cache: DynamicCache, entries: list
     positions = torch.tensor([queries], device=device)
     key_pos = torch.tensor(keys + queries, device=device)
     visible = key_pos[None, :] <= positions[0][:, None]
-    masks = {"full_attention": visible[None, None], "linear_attention": None}
+    layer_types = set(getattr(model.config.get_text_config(decoder=True), "layer_types", None) or ())
+    masks = {t: None for t in layer_types | {"linear_attention"}}  # linear and conv layers take no mask
+    masks["full_attention"] = visible[None, None]
     with _split_at_seams(spec, mixers, entries, len(question or ())) as final_conv:
         if question:
             out = model(input_ids=ids, past_key_values=cache, position_ids=positions, attention_mask=masks,
