@@ -159,6 +159,13 @@ def _split_at_seams(spec: ModelSpec, mixers, entries: list[SegmentEntry], questi
         step_names = set(inspect.signature(step_fn).parameters)
         sequence_args = {names[0] if a == "0" else a for a in form.sequence_args}
 
+    def cross_interior(state, k: int, layer: int):
+        """S <- M S + E over the interior after seam k, if there is one."""
+        if interior_after(k) is None:
+            return state
+        cached = by_layer[k + 1][layer]
+        return compose_state(state, cached.interior_operator[None], cached.interior_state[None])
+
     def argument(call_args: tuple, call_kwargs: dict, name: str):
         at = names.index(name)
         return call_kwargs[name] if name in call_kwargs else call_args[at]
@@ -204,10 +211,8 @@ def _split_at_seams(spec: ModelSpec, mixers, entries: list[SegmentEntry], questi
         for j, k in enumerate(range(lo, hi)):
             starts.append(state)
             state = compose_state(state, final[j: j + 1, ..., d_v:], final[j: j + 1, ..., :d_v])
-            entry = interior_after(k) if k < hi - 1 else None
-            if entry is not None:
-                cached = by_layer[k + 1][layer]
-                state = compose_state(state, cached.interior_operator[None], cached.interior_state[None])
+            if k < hi - 1:
+                state = cross_interior(state, k, layer)
         correction = torch.einsum("mwhk,mhkv->mwhv", out[..., d_v:].float(), torch.cat(starts, dim=0))
         return (out[..., :d_v].float() + correction).to(out.dtype).reshape(1, m * w, h_v, d_v), state
 
@@ -221,21 +226,14 @@ def _split_at_seams(spec: ModelSpec, mixers, entries: list[SegmentEntry], questi
                 out, state = gated_delta_run(call_args, call_kwargs, lo, hi, offsets, state, layer)
                 outs.append(out)
             else:
-                for k in range(lo, hi - 1):
-                    part = slice(offsets[k], offsets[k] + widths[k])
-                    out, state = seam_call(call_args, call_kwargs, lambda _, v: v[:, part], widths[k], state)
-                    outs.append(out)
-                    if interior_after(k):
-                        cached = by_layer[k + 1][layer]
-                        state = compose_state(state, cached.interior_operator[None], cached.interior_state[None])
-                k = hi - 1
-                if widths[k] > 0:
-                    part = slice(offsets[k], offsets[k] + widths[k])
-                    out, state = seam_call(call_args, call_kwargs, lambda _, v: v[:, part], widths[k], state)
-                    outs.append(out)
-            if interior_after(hi - 1):
-                cached = by_layer[hi][layer]
-                state = compose_state(state, cached.interior_operator[None], cached.interior_state[None])
+                for k in range(lo, hi):
+                    if widths[k] > 0:
+                        part = slice(offsets[k], offsets[k] + widths[k])
+                        out, state = seam_call(call_args, call_kwargs, lambda _, v: v[:, part], widths[k], state)
+                        outs.append(out)
+                    if k < hi - 1:
+                        state = cross_interior(state, k, layer)
+            state = cross_interior(state, hi - 1, layer)
         return torch.cat(outs, dim=1), state
 
     with track_layers(spec.linear, mixers) as current:
