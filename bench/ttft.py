@@ -56,6 +56,8 @@ def falcon_h1_style(hidden: int, vocab: int, layers: int = 6):
 
 
 MODELS = {"qwen3_5-style": qwen35_style, "falcon_h1-style": falcon_h1_style}
+DEFAULT_LAYERS = {"qwen3_5-style": 8, "falcon_h1-style": 6}
+QUESTION_TOKENS = 24
 
 
 def zipf_requests(rng, pool: int, n: int, count: int, s: float = 1.1) -> list[list[int]]:
@@ -95,7 +97,7 @@ def run_model(name, config, args, rng, peaks=None, on_row=None) -> dict:
     model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[args.dtype], attn_implementation="sdpa")
     model = model.to(args.device).eval()
     pool = [rng.integers(3, config.vocab_size, size=args.segment_tokens).tolist() for _ in range(args.pool)]
-    question = rng.integers(3, config.vocab_size, size=24).tolist()
+    question = rng.integers(3, config.vocab_size, size=QUESTION_TOKENS).tolist()
     prefix = [0]
     out = {"model": name, "params_millions": round(sum(p.numel() for p in model.parameters()) / 1e6, 1), "runs": [],
            "shape": {"hidden": config.hidden_size, "vocab": config.vocab_size, "layers": config.num_hidden_layers,
@@ -252,7 +254,7 @@ def write_report(results: list[dict], args, out: Path, peaks: dict | None = None
 
 def rewrite_report(path: Path, cli) -> None:
     """Floors from the saved meta (measured peaks, shapes) on a weightless model of the same config
-    (runs saved before shapes were recorded take them from --hidden/--vocab/--layers; questions are 24 tokens)."""
+    (runs saved before shapes were recorded take them from --hidden/--vocab/--layers; questions are QUESTION_TOKENS long)."""
     saved = json.loads(path.read_text())
     meta = saved["meta"]
     args = argparse.Namespace(name=path.stem, dtype=meta["dtype"], device="cpu", segment_tokens=meta["segment_tokens"],
@@ -261,8 +263,8 @@ def rewrite_report(path: Path, cli) -> None:
     from transformers import AutoModelForCausalLM
 
     for result in saved["results"]:
-        shape = result.setdefault("shape", {"hidden": cli.hidden, "vocab": cli.vocab, "question_tokens": 24,
-                                            "layers": cli.layers or {"qwen3_5-style": 8, "falcon_h1-style": 6}[result["model"]]})
+        shape = result.setdefault("shape", {"hidden": cli.hidden, "vocab": cli.vocab, "question_tokens": QUESTION_TOKENS,
+                                            "layers": cli.layers or DEFAULT_LAYERS[result["model"]]})
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(MODELS[result["model"]](shape["hidden"], shape["vocab"], shape["layers"]),
                                                      dtype=DTYPES[meta["dtype"]])
@@ -306,13 +308,12 @@ def main() -> None:
         raise SystemExit("--device cuda needs a CUDA device")
     rng = np.random.default_rng(args.seed)
     peaks = measure_peaks() if args.device == "cuda" else None
-    layers = {"qwen3_5-style": 8, "falcon_h1-style": 6}
     results: list[dict] = []
     for name in args.models:
         def partial(model_result, done=tuple(results)):
             write_report([*done, model_result], args, Path(args.out), peaks)
 
-        results.append(run_model(name, MODELS[name](args.hidden, args.vocab, args.layers or layers[name]), args, rng,
+        results.append(run_model(name, MODELS[name](args.hidden, args.vocab, args.layers or DEFAULT_LAYERS[name]), args, rng,
                                  peaks, on_row=partial))
     write_report(results, args, Path(args.out), peaks)
     print((Path(args.out) / f"{args.name}.md").read_text())

@@ -104,6 +104,8 @@ def _split_at_seams(spec: ModelSpec, mixers, entries: list[SegmentEntry], questi
     """Wrap the conv and recurrence functions so each seam starts from the state before it. With
     question_tokens, the question is one more seam after the last segment's interior."""
     widths = [e.seam_tokens for e in entries[1:]] + ([question_tokens] if question_tokens else [])
+    offsets = [sum(widths[:k]) for k in range(len(widths))]  # where seam k starts among the pass's tokens
+    runs = _runs(widths)
     by_layer = [{l.layer_idx: l for l in e.linear} for e in entries]
     final_conv: dict[int, torch.Tensor] = {}
     first = spec.linear[0]  # every linear layer of a model lives in one modeling module
@@ -118,16 +120,22 @@ def _split_at_seams(spec: ModelSpec, mixers, entries: list[SegmentEntry], questi
         entry = entries[k + 1] if k + 1 < len(widths) else None
         return entry if entry is not None and entry.interior_length > 0 else None
 
+    def next_window(window, k: int, layer: int):
+        """The conv window the seam after seam k starts from: the interior's cached tail, with fresh seam
+        columns where the interior is shorter than the kernel."""
+        entry = interior_after(k)
+        return merge_conv_tail(window, by_layer[k + 1][layer].conv_tail[None], entry.interior_length) if entry else window
+
     def conv(x, weight, bias=None, activation=None, **kwargs):
         layer = current[-1]
         total = sum(widths)
         columns = x[..., x.shape[-1] - total:]
         prev = x[..., : x.shape[-1] - total]  # the conv state before the pass (the cache already moved on)
         width = prev.shape[-1]
-        outs, offsets = [], [sum(widths[:k]) for k in range(len(widths))]
-        for lo, hi in _runs(widths):
+        outs = []
+        for lo, hi in runs:
             w = widths[lo]
-            independent = all(interior_after(k) is not None and interior_after(k).interior_length >= width
+            independent = all((interior_after(k).interior_length if interior_after(k) else 0) >= width
                               for k in range(lo, hi - 1))
             if w > 0 and hi - lo > 1 and independent:  # each window starts from a cached tail: one batched call
                 tails = [prev.to(columns.dtype)] + [by_layer[k + 1][layer].conv_tail[None].to(columns.dtype)
@@ -145,11 +153,8 @@ def _split_at_seams(spec: ModelSpec, mixers, entries: list[SegmentEntry], questi
                         outs.append(conv_fn(joined, weight, bias, activation=activation)[..., -widths[k]:])
                         window = joined[..., -width:]
                     if k < hi - 1:
-                        entry = interior_after(k)
-                        prev = merge_conv_tail(window, by_layer[k + 1][layer].conv_tail[None],
-                                               entry.interior_length) if entry else window
-            entry = interior_after(hi - 1)
-            prev = merge_conv_tail(window, by_layer[hi][layer].conv_tail[None], entry.interior_length) if entry else window
+                        prev = next_window(window, k, layer)
+            prev = next_window(window, hi - 1, layer)
         final_conv[layer] = window
         return torch.cat([x[..., : x.shape[-1] - total], *outs], dim=-1)
 
@@ -190,7 +195,7 @@ def _split_at_seams(spec: ModelSpec, mixers, entries: list[SegmentEntry], questi
             return step_fn(*args, **{k: v for k, v in kwargs.items() if k in step_names})
         return chunk_fn(*args, **kwargs)
 
-    def gated_delta_run(call_args, call_kwargs, lo: int, hi: int, offsets: list[int], state, layer: int):
+    def gated_delta_run(call_args, call_kwargs, lo: int, hi: int, state, layer: int):
         """Seams lo..hi-1 (same width) in one batched call from the augmented start [0 | I], which
         returns each seam's zero-start output, E and M; the true start states then follow by S <- M S + E
         and each output gains its start state's contribution (the recurrence is linear in the state)."""
@@ -220,10 +225,10 @@ def _split_at_seams(spec: ModelSpec, mixers, entries: list[SegmentEntry], questi
         layer = current[-1]
         position = names.index(form.initial_state)
         state = call_kwargs.get(form.initial_state, call_args[position] if len(call_args) > position else None)
-        outs, offsets = [], [sum(widths[:k]) for k in range(len(widths))]
-        for lo, hi in _runs(widths):
+        outs = []
+        for lo, hi in runs:
             if first.family is MixerFamily.GATED_DELTA and hi - lo > 1 and state is not None:
-                out, state = gated_delta_run(call_args, call_kwargs, lo, hi, offsets, state, layer)
+                out, state = gated_delta_run(call_args, call_kwargs, lo, hi, state, layer)
                 outs.append(out)
             else:
                 for k in range(lo, hi):
