@@ -79,6 +79,25 @@ def sharpen_attention(model, extra_gain: float = 1.5) -> None:
             attn.k_norm.weight += extra_gain
 
 
+@torch.no_grad()
+def reset_attention(model, seed: int) -> None:
+    """Re-initialise every full-attention layer (q/k/v/o projections, q/k norm gains, then sharpened).
+
+    Used to leave a stage's stuck copy circuit behind while keeping the Gated DeltaNet layers, MLPs and
+    embeddings: stage 9's first attention layer copied city, colour and food values but never attended
+    to a job value, and neither 600 more steps nor re-initialising its q/k alone changed that; with the
+    whole attention re-initialised the job copy formed within 600 steps (stage 10)."""
+    torch.manual_seed(seed)
+    for layer in model.model.layers:
+        attn = getattr(layer, "self_attn", None)
+        if attn is not None:
+            for proj in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj):
+                proj.weight.normal_(0.0, model.config.initializer_range)
+            attn.q_norm.weight.zero_()
+            attn.k_norm.weight.zero_()
+    sharpen_attention(model)
+
+
 def encode(record: dict, tokenizer, extra_questions: int = 0, pool: str = "sampled") -> tuple[list[int], list[float]]:
     """bos + each document tokenized alone + question + answer + eos (+ extra question/answer pairs,
     each after the previous answer's eos); per-token loss weights.
@@ -201,6 +220,8 @@ def main() -> None:
                    help="extra pairs: one random fact per person, or every fact of every person")
     p.add_argument("--short-docs-minutes", type=float, default=0.0,
                    help="curriculum: sequences hold 1-2 documents for this many minutes first")
+    p.add_argument("--reset-attention", action="store_true",
+                   help="with --init: re-initialise the full-attention layers before training (see reset_attention)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     p.add_argument("--data-workers", type=int, default=0, help="processes that build batches (0: in the loop)")
     p.add_argument("--eval-questions", type=int, default=100)
@@ -208,6 +229,8 @@ def main() -> None:
                    help="train through transformers' pure-torch recurrences even where fla is installed "
                         "(fla's Gated DeltaNet backward refuses Triton < 3.7.1 on Hopper GPUs)")
     args = p.parse_args()
+    if args.reset_attention and not args.init:
+        p.error("--reset-attention re-initialises part of an --init checkpoint; a fresh model needs no reset")
     if args.torch_kernels:
         sys.modules["fla"] = None  # read when the modeling module is imported, i.e. at model build
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -222,6 +245,8 @@ def main() -> None:
 
         tokenizer = AutoTokenizer.from_pretrained(args.init)
         model = AutoModelForCausalLM.from_pretrained(args.init, dtype=torch.float32, attn_implementation="sdpa")
+        if args.reset_attention:
+            reset_attention(model, args.seed)
     else:
         tokenizer = train_tokenizer(args.vocab, args.seed)
         model = build_model(tokenizer, args.hidden, args.layers)

@@ -38,7 +38,7 @@ def main() -> None:
         | chat
     )
     name = rag.index.records()[0].title
-    for question in (f"Where was {name} born?", f"What is the job of {name}?"):
+    for question in (f"What is the home city of {name}?", f"What is the job of {name}?"):
         message = chain.invoke(question)
         meta = message.response_metadata
         print(f"Q: {question}\nA: {message.content.strip().splitlines()[0] if message.content.strip() else ''}")

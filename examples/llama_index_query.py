@@ -26,7 +26,7 @@ def main() -> None:
 
     retriever = HypicRAGRetriever(rag=rag, k=3)
     name = rag.index.records()[1].title
-    question = f"Where was {name} born?"
+    question = f"What is the home city of {name}?"
 
     response = HypicQueryEngine(retriever=retriever, max_new_tokens=8).query(question)
     print(f"Q: {question}\nA (segment ids passed): {response.response}")

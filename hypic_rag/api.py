@@ -2,7 +2,7 @@
 
     rag = HypicRAG.create("store/", model="hypic_rag/assets/small_model")
     rag.ingest(["docs/"])                       # paths, strings or {"id", "text"} dicts
-    result = rag.query("Where was Kamo born?", k=4)
+    result = rag.query("What is the home city of Kamo?", k=4)
     print(result.answer, result.segment_ids, result.timings.ttft, result.tier_hits)
     rag = HypicRAG.from_store("store/")         # later, or in another process
 """

@@ -40,7 +40,7 @@ def test_precompute_query_inspect(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "8 documents, 8 segments (8 new): 8 entries computed" in out.stderr
     name = demo_docs(8)[2]["title"]
-    out = run("query", f"Where was {name} born?", "--store", str(store), "--k", "2", "--max-new-tokens", "4")
+    out = run("query", f"What is the home city of {name}?", "--store", str(store), "--k", "2", "--max-new-tokens", "4")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("answer:") and f"[0] {name}#0" in out.stdout and "TTFT" in out.stdout
     out = run("inspect", "--store", str(store))
@@ -94,7 +94,7 @@ def test_sigkill_mid_precompute_loses_nothing_committed(tmp_path):
     computed = int(out.stderr.split(" new): ")[1].split(" entries computed")[0])
     assert computed + reused == len(docs) - committed
     name = docs[-1]["title"]
-    out = run("query", f"Where was {name} born?", "--store", str(store), "--k", "1", "--max-new-tokens", "2")
+    out = run("query", f"What is the home city of {name}?", "--store", str(store), "--k", "1", "--max-new-tokens", "2")
     assert out.returncode == 0 and f"[0] {name}#0" in out.stdout
 
 
@@ -110,7 +110,7 @@ def test_parallel_workers_give_the_same_entries(tmp_path):
     serial = HypicRAG.from_store(tmp_path / "serial", read_only=True)
     for other in ("parallel", "ray"):
         _same_entries(serial, HypicRAG.from_store(tmp_path / other, read_only=True))
-    answer = run("query", "Where was the first person born?", "--store", str(tmp_path / "ray"), "--max-new-tokens", "4")
+    answer = run("query", "What is the home city of the first person?", "--store", str(tmp_path / "ray"), "--max-new-tokens", "4")
     assert answer.returncode == 0, answer.stderr
 
 

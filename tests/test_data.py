@@ -3,7 +3,7 @@ import json
 import pytest
 
 from hypic_rag.data.scoring import exact_match, normalize, token_f1
-from hypic_rag.data.synthetic import load_records, make_corpus, make_dataset
+from hypic_rag.data.synthetic import FACTS, load_records, make_corpus, make_dataset
 
 
 def test_records_have_the_common_rag_format_and_are_deterministic():
@@ -23,6 +23,18 @@ def test_two_hop_answer_lives_in_the_mentors_document():
     doc = next(c for c in r["ctxs"] if c["title"] == person)
     mentor = doc["text"].split(f"The mentor of {person} is ")[1].split(".")[0]
     assert r["answers"][0] in next(c for c in r["ctxs"] if c["title"] == mentor)["text"]
+
+
+def test_each_question_shares_a_relation_word_with_the_sentence_that_answers_it():
+    # a question whose wording shares nothing with its fact sentence (as "What is the job of X?" once did
+    # with "X works as a Y.") asks the small model to learn a paraphrase before it can look anything up
+    stop = {"what", "is", "the", "of", "a", "does", "to", "was", "in", "where", "{n}", "{v}"}
+
+    def words(s):
+        return {w.strip("?.").lower() for w in s.split()} - stop
+
+    for kind, (sentence, question) in FACTS.items():
+        assert words(sentence) & words(question), kind
 
 
 def test_corpus_titles_are_unique():

@@ -23,10 +23,10 @@ JOBS = ("baker pilot sculptor chemist weaver archivist surveyor glassblower cart
 FOODS = "plums lentils figs chestnuts oysters barley saffron quinces walnuts apricots".split()
 
 FACTS = {
-    "city": ("{n} was born in {v}.", "Where was {n} born?"),
-    "job": ("{n} works as a {v}.", "What is the job of {n}?"),
+    "city": ("The home city of {n} is {v}.", "What is the home city of {n}?"),
+    "job": ("The job of {n} is {v}.", "What is the job of {n}?"),
     "color": ("The favorite color of {n} is {v}.", "What is the favorite color of {n}?"),
-    "food": ("{n} likes to eat {v}.", "What does {n} like to eat?"),
+    "food": ("The favorite food of {n} is {v}.", "What is the favorite food of {n}?"),
 }
 _VALUES = {"city": CITIES, "job": JOBS, "color": COLORS, "food": FOODS}
 _FILLER = (
