@@ -5,8 +5,10 @@ every mode answers greedily, and we score exact match and best token F1 against 
 plus the next-token KL(full || mode) at the first answer position.
 
     python bench/accuracy.py --questions 500 --out bench/results
+    python bench/accuracy.py --questions 500 --docs 1 --name accuracy_gold_only --out bench/results
 
-Writes accuracy.json, accuracy.md and accuracy.png into --out.
+Writes NAME.json, NAME.md and NAME.png (NAME: --name, default accuracy) into --out. Synthetic
+questions come with --docs documents each: the gold one(s) plus distractors.
 """
 
 from __future__ import annotations
@@ -50,12 +52,16 @@ def main() -> None:
     p.add_argument("--data", help="a .json/.jsonl file of {question, ctxs, answers} records (default: synthetic)")
     p.add_argument("--seed", type=int, default=4242)
     p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--docs", type=int, default=4, help="documents per synthetic question (gold + distractors)")
     p.add_argument("--out", default="bench/results")
+    p.add_argument("--name", default="accuracy", help="stem of the result files")
     args = p.parse_args()
+    if args.docs < 1:
+        p.error("--docs must be at least 1")
     torch.manual_seed(0)
     model, tokenizer = load_model(args.model, device="cpu")
     template = PromptTemplate()
-    records = load_records(args.data) if args.data else make_dataset(args.questions, seed=args.seed)
+    records = load_records(args.data) if args.data else make_dataset(args.questions, seed=args.seed, num_docs=args.docs)
     records = records[: args.questions]
     prefix = [tokenizer.bos_token_id]
     executors = {
@@ -90,26 +96,32 @@ def main() -> None:
         table.append({
             "mode": mode, "seam": w, "exact_match": row["em"] / n, "token_f1": row["f1"] / n,
             "mean_first_token_kl": row["kl"] / n,
-            "exact_match_single_hop": row["em_1hop"][0] / max(1, row["em_1hop"][1]),
-            "exact_match_two_hop": row["em_2hop"][0] / max(1, row["em_2hop"][1]),
+            "exact_match_single_hop": row["em_1hop"][0] / row["em_1hop"][1] if row["em_1hop"][1] else None,
+            "exact_match_two_hop": row["em_2hop"][0] / row["em_2hop"][1] if row["em_2hop"][1] else None,
         })
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"model": str(Path(args.model).name), "questions": n, "seed": args.seed,
+            "documents_per_question": None if args.data else args.docs,
             "single_hop": rows[LADDER[0]]["em_1hop"][1], "two_hop": rows[LADDER[0]]["em_2hop"][1],
             "seconds": round(time.time() - started, 1), "device": "cpu", "dtype": "float32"}
-    (out / "accuracy.json").write_text(json.dumps({"meta": meta, "results": table}, indent=1))
-    lines = [f"# Accuracy by mode ({n} synthetic questions: {meta['single_hop']} single-hop, {meta['two_hop']} two-hop)",
+    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "results": table}, indent=1))
+    source = f"{args.data}" if args.data else f"synthetic, {args.docs} document(s) each"
+    lines = [f"# Accuracy by mode ({n} questions, {source}: {meta['single_hop']} single-hop, {meta['two_hop']} two-hop)",
              "", f"Model: {meta['model']}, greedy, {args.max_new_tokens} new tokens max, CPU fp32. "
              "KL = mean KL(full || mode) of the first answer token's distribution.", "",
              "| mode | seam | EM | F1 | EM single-hop | EM two-hop | mean KL to full |",
              "|---|---|---|---|---|---|---|"]
     for r in table:
         lines.append(f"| {r['mode']} | {r['seam']} | {r['exact_match']:.3f} | {r['token_f1']:.3f} | "
-                     f"{r['exact_match_single_hop']:.3f} | {r['exact_match_two_hop']:.3f} | {r['mean_first_token_kl']:.2e} |")
-    (out / "accuracy.md").write_text("\n".join(lines) + "\n")
-    plot(table, out / "accuracy.png")
+                     f"{_rate(r['exact_match_single_hop'])} | {_rate(r['exact_match_two_hop'])} | {r['mean_first_token_kl']:.2e} |")
+    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    plot(table, out / f"{args.name}.png")
     print("\n".join(lines))
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"  # no question of that kind in the set
 
 
 def plot(table, path: Path) -> None:
