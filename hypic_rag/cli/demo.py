@@ -50,7 +50,7 @@ def run_demo(store_dir: str | None, num_questions: int) -> int:
                       f"{fast.timings.ttft * 1000:.1f}", f"{full.timings.ttft / fast.timings.ttft:.2f}x")
     console.print(table)
     console.print(
-        f"exact match: full {sum(full_em)}/{len(questions)}, hypic {sum(hypic_em)}/{len(questions)}; "
+        f"exact match: full {sum(full_em):.0f}/{len(questions)}, hypic {sum(hypic_em):.0f}/{len(questions)}; "
         f"median TTFT full {statistics.median(full_ttft) * 1000:.1f} ms, hypic {statistics.median(hypic_ttft) * 1000:.1f} ms "
         f"({statistics.median(full_ttft) / statistics.median(hypic_ttft):.2f}x)"
     )
