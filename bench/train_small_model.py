@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hypic_rag  # noqa: E402,F401
 from hypic_rag.data.synthetic import context_text, make_dataset, question_text  # noqa: E402
+from small_model_init import build_model, reset_attention  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 SPECIALS = ["<pad>", "<bos>", "<eos>"]
 
@@ -45,57 +46,6 @@ def train_tokenizer(vocab_size: int, seed: int):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
-
-
-def build_model(tokenizer, hidden: int, layers: int):
-    from transformers import AutoModelForCausalLM, Qwen3_5TextConfig
-
-    layer_types = ["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers)]
-    config = Qwen3_5TextConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, linear_num_key_heads=2,
-        linear_num_value_heads=4, linear_key_head_dim=hidden // 4, linear_value_head_dim=hidden // 4,
-        linear_conv_kernel_dim=4, layer_types=layer_types, max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
-    sharpen_attention(model)
-    return model
-
-
-@torch.no_grad()
-def sharpen_attention(model, extra_gain: float = 1.5) -> None:
-    """Start the per-head q/k RMSNorm gains at 1 + extra_gain instead of 1.
-
-    With QK-norm and head_dim 32 the attention logits are bounded near sqrt(32) while the gains are
-    ~1: too flat to pick one token out of hundreds, and the model stalls answering with the most
-    frequent value (seen in training: EM stuck at chance until the gains were raised, then rising
-    within 300 steps). Qwen3.5's RMSNorm scales by (1 + weight)."""
-    for layer in model.model.layers:
-        attn = getattr(layer, "self_attn", None)
-        if attn is not None and hasattr(attn, "q_norm"):
-            attn.q_norm.weight += extra_gain
-            attn.k_norm.weight += extra_gain
-
-
-@torch.no_grad()
-def reset_attention(model, seed: int) -> None:
-    """Re-initialise every full-attention layer (q/k/v/o projections, q/k norm gains, then sharpened).
-
-    Used to leave a stage's stuck copy circuit behind while keeping the Gated DeltaNet layers, MLPs and
-    embeddings: stage 9's first attention layer copied city, colour and food values but never attended
-    to a job value, and neither 600 more steps nor re-initialising its q/k alone changed that; with the
-    whole attention re-initialised the job copy formed within 600 steps (stage 10)."""
-    torch.manual_seed(seed)
-    for layer in model.model.layers:
-        attn = getattr(layer, "self_attn", None)
-        if attn is not None:
-            for proj in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj):
-                proj.weight.normal_(0.0, model.config.initializer_range)
-            attn.q_norm.weight.zero_()
-            attn.k_norm.weight.zero_()
-    sharpen_attention(model)
 
 
 def encode(record: dict, tokenizer, extra_questions: int = 0, pool: str = "sampled") -> tuple[list[int], list[float]]:
@@ -222,6 +172,10 @@ def main() -> None:
                    help="curriculum: sequences hold 1-2 documents for this many minutes first")
     p.add_argument("--reset-attention", action="store_true",
                    help="with --init: re-initialise the full-attention layers before training (see reset_attention)")
+    p.add_argument("--attention-gain", type=float, default=1.5,
+                   help="fresh models: start the attention q/k norm gains at 1 + this (see sharpen_attention)")
+    p.add_argument("--copy-init", type=float, default=0.0,
+                   help="fresh models: start attention output projections as copies (see copy_init); 0: off")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     p.add_argument("--data-workers", type=int, default=0, help="processes that build batches (0: in the loop)")
     p.add_argument("--eval-questions", type=int, default=100)
@@ -249,7 +203,7 @@ def main() -> None:
             reset_attention(model, args.seed)
     else:
         tokenizer = train_tokenizer(args.vocab, args.seed)
-        model = build_model(tokenizer, args.hidden, args.layers)
+        model = build_model(tokenizer, args.hidden, args.layers, args.attention_gain, args.copy_init)
     model.to(device)
     tokenizer.save_pretrained(out)  # workers load the tokenizer from here
     print(f"params: {sum(p.numel() for p in model.parameters())/1e6:.2f}M vocab {len(tokenizer)} on {device}", flush=True)
