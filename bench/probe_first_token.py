@@ -1,0 +1,66 @@
+"""Where a small-model checkpoint stands on copying: first-answer-token accuracy per kind of fact.
+
+For single-hop synthetic questions (seed 777) with N documents, the share whose first answer token is
+the model's argmax after the question (full recompute), split by kind of fact, and how many misses are
+another person's value of the same kind (the model found the kind of fact but not the person).
+
+    python bench/probe_first_token.py CHECKPOINT --docs 1 4 --questions 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hypic_rag.data.synthetic import make_dataset  # noqa: E402
+from train_small_model import encode  # noqa: E402  (bench/ is on sys.path when run as a script)
+
+
+@torch.no_grad()
+def probe(model, tokenizer, num_docs: int, questions: int) -> str:
+    records = [r for r in make_dataset(questions * 2, seed=777, num_docs=num_docs) if r.get("hops", 1) == 1][:questions]
+    hits = collections.defaultdict(lambda: [0, 0])
+    misses = same_kind = 0
+    for r in records:
+        kind = re.match(r"What is the (.*) of", r["question"]).group(1)
+        ids, _ = encode(r, tokenizer)
+        answer_len = len(tokenizer.encode(" " + r["answers"][0], add_special_tokens=False)) + 1
+        target = ids[-answer_len]
+        pred = model(input_ids=torch.tensor([ids[:-answer_len]])).logits[0, -1].argmax().item()
+        hits[kind][0] += pred == target
+        hits[kind][1] += 1
+        if pred != target:
+            misses += 1
+            others = [qa["answer"] for qa in r["all_qa"] if qa["question"].startswith(f"What is the {kind} of")]
+            same_kind += pred in {tokenizer.encode(" " + a, add_special_tokens=False)[0] for a in others}
+    total = sum(h for h, _ in hits.values()) / max(1, len(records))
+    kinds = " ".join(f"{k}={h}/{n}" for k, (h, n) in sorted(hits.items()))
+    return (f"docs {num_docs}: first-token accuracy {total:.3f} ({len(records)} questions) {kinds}; "
+            f"misses that are another person's value of the same kind: {same_kind}/{misses}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint")
+    p.add_argument("--docs", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--questions", type=int, default=60)
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=torch.float32).eval()
+    for n in args.docs:
+        print(probe(model, tokenizer, n, args.questions), flush=True)
+
+
+if __name__ == "__main__":
+    main()
