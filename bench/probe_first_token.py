@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hypic_rag.data.synthetic import make_dataset  # noqa: E402
-from train_small_model import encode  # noqa: E402  (bench/ is on sys.path when run as a script)
+from train_small_model import prompt_and_answer  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 @torch.no_grad()
@@ -29,10 +29,9 @@ def probe(model, tokenizer, num_docs: int, questions: int) -> str:
     misses = same_kind = 0
     for r in records:
         kind = re.match(r"What is the (.*) of", r["question"]).group(1)
-        ids, _ = encode(r, tokenizer)
-        answer_len = len(tokenizer.encode(" " + r["answers"][0], add_special_tokens=False)) + 1
-        target = ids[-answer_len]
-        pred = model(input_ids=torch.tensor([ids[:-answer_len]])).logits[0, -1].argmax().item()
+        prompt, answer = prompt_and_answer(r, tokenizer)
+        target = answer[0]
+        pred = model(input_ids=torch.tensor([prompt])).logits[0, -1].argmax().item()
         hits[kind][0] += pred == target
         hits[kind][1] += 1
         if pred != target:
@@ -52,6 +51,11 @@ def main() -> None:
     p.add_argument("--questions", type=int, default=60)
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
+    if min(args.docs) < 1 or args.questions < 1:
+        p.error("--docs and --questions take positive numbers (e.g. --docs 1 4 --questions 60)")
+    if not (Path(args.checkpoint) / "config.json").is_file():
+        p.error(f"{args.checkpoint} is not a checkpoint folder (no config.json); pass one that "
+                "bench/train_small_model.py wrote, e.g. hypic_rag/assets/small_model")
     if args.threads:
         torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM, AutoTokenizer

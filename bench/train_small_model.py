@@ -77,6 +77,13 @@ def encode(record: dict, tokenizer, extra_questions: int = 0, pool: str = "sampl
     return ids, weights
 
 
+def prompt_and_answer(record: dict, tokenizer) -> tuple[list[int], list[int]]:
+    """The ids the model reads (bos, documents, question) and the ids of the first answer plus eos."""
+    ids, _ = encode(record, tokenizer)
+    answer_len = len(tokenizer.encode(" " + record["answers"][0], add_special_tokens=False)) + 1
+    return ids[:-answer_len], ids[-answer_len:]
+
+
 def batch_of(records, tokenizer, lm_weight: float, extra_questions: int = 0, pool: str = "sampled"):
     encoded = [encode(r, tokenizer, extra_questions, pool) for r in records]
     width = max(len(i) for i, _ in encoded)
@@ -136,9 +143,8 @@ def exact_match_rate(model, tokenizer, records) -> dict[str, float]:
     device = next(model.parameters()).device
     hits = {1: [0, 0], 2: [0, 0]}
     for r in records:
-        ids, _ = encode(r, tokenizer)
-        answer_len = len(tokenizer.encode(" " + r["answers"][0], add_special_tokens=False)) + 1
-        prompt = torch.tensor([ids[:-answer_len]], device=device)
+        prompt, _ = prompt_and_answer(r, tokenizer)
+        prompt = torch.tensor([prompt], device=device)
         out = model.generate(prompt, max_new_tokens=8, do_sample=False, eos_token_id=tokenizer.eos_token_id,
                              pad_token_id=tokenizer.pad_token_id)
         hit = exact_match(tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True), r["answers"])
