@@ -20,10 +20,15 @@ def build_model(tokenizer, hidden: int, layers: int, attention_gain: float = 1.5
         tie_word_embeddings=True,
     )
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    start_attention(model, attention_gain, copy_strength)
+    return model
+
+
+def start_attention(model, attention_gain: float = 1.5, copy_strength: float = 0.0) -> None:
+    """How freshly initialised attention starts, in a new model or after reset_attention."""
     sharpen_attention(model, attention_gain)
     if copy_strength:
         copy_init(model, copy_strength)
-    return model
 
 
 @torch.no_grad()
@@ -62,15 +67,15 @@ def copy_init(model, strength: float) -> None:
             attn.o_proj.weight[:, h * d:(h + 1) * d] = v[g * d:(g + 1) * d].T
         x = torch.randn(256, v.shape[1])  # RMS-normalised inputs, as after input_layernorm
         x = x / x.pow(2).mean(-1, keepdim=True).sqrt()
-        heads = attn.v_proj(x).view(256, -1, d).repeat_interleave(rep, dim=1).reshape(256, -1)
+        heads = attn.v_proj(x).view(len(x), -1, d).repeat_interleave(rep, dim=1).flatten(1)
         out = attn.o_proj(heads * 0.5)  # the output gate starts near sigmoid(0)
         target = model.config.initializer_range * v.shape[1] ** 0.5
         attn.o_proj.weight *= strength * target / out.norm(dim=-1).mean()
 
 
 @torch.no_grad()
-def reset_attention(model, seed: int) -> None:
-    """Re-initialise every full-attention layer (q/k/v/o projections, q/k norm gains, then sharpened).
+def reset_attention(model, seed: int, attention_gain: float = 1.5, copy_strength: float = 0.0) -> None:
+    """Re-initialise every full-attention layer (q/k/v/o projections, q/k norm gains), then start_attention.
 
     Used to leave a stage's stuck copy circuit behind while keeping the Gated DeltaNet layers, MLPs and
     embeddings: stage 9's first attention layer copied city, colour and food values but never attended
@@ -84,4 +89,4 @@ def reset_attention(model, seed: int) -> None:
                 proj.weight.normal_(0.0, model.config.initializer_range)
             attn.q_norm.weight.zero_()
             attn.k_norm.weight.zero_()
-    sharpen_attention(model)
+    start_attention(model, attention_gain, copy_strength)

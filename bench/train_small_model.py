@@ -178,10 +178,10 @@ def main() -> None:
                    help="curriculum: sequences hold 1-2 documents for this many minutes first")
     p.add_argument("--reset-attention", action="store_true",
                    help="with --init: re-initialise the full-attention layers before training (see reset_attention)")
-    p.add_argument("--attention-gain", type=float, default=1.5,
-                   help="fresh models: start the attention q/k norm gains at 1 + this (see sharpen_attention)")
+    p.add_argument("--attention-gain", type=float, default=None,
+                   help="fresh or reset attention: start the q/k norm gains at 1 + this (default 1.5; see sharpen_attention)")
     p.add_argument("--copy-init", type=float, default=0.0,
-                   help="fresh models: start attention output projections as copies (see copy_init); 0: off")
+                   help="fresh or reset attention: start output projections as copies (see copy_init); 0: off")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     p.add_argument("--data-workers", type=int, default=0, help="processes that build batches (0: in the loop)")
     p.add_argument("--eval-questions", type=int, default=100)
@@ -191,6 +191,10 @@ def main() -> None:
     args = p.parse_args()
     if args.reset_attention and not args.init:
         p.error("--reset-attention re-initialises part of an --init checkpoint; a fresh model needs no reset")
+    if args.init and not args.reset_attention and (args.attention_gain is not None or args.copy_init):
+        p.error("--attention-gain and --copy-init set how new attention weights start: train a fresh model "
+                "(no --init) or add --reset-attention to re-initialise the checkpoint's attention")
+    gain = 1.5 if args.attention_gain is None else args.attention_gain
     if args.torch_kernels:
         sys.modules["fla"] = None  # read when the modeling module is imported, i.e. at model build
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -206,10 +210,10 @@ def main() -> None:
         tokenizer = AutoTokenizer.from_pretrained(args.init)
         model = AutoModelForCausalLM.from_pretrained(args.init, dtype=torch.float32, attn_implementation="sdpa")
         if args.reset_attention:
-            reset_attention(model, args.seed)
+            reset_attention(model, args.seed, gain, args.copy_init)
     else:
         tokenizer = train_tokenizer(args.vocab, args.seed)
-        model = build_model(tokenizer, args.hidden, args.layers, args.attention_gain, args.copy_init)
+        model = build_model(tokenizer, args.hidden, args.layers, gain, args.copy_init)
     model.to(device)
     tokenizer.save_pretrained(out)  # workers load the tokenizer from here
     print(f"params: {sum(p.numel() for p in model.parameters())/1e6:.2f}M vocab {len(tokenizer)} on {device}", flush=True)
