@@ -65,7 +65,7 @@ def copy_init(model, strength: float) -> None:
         for h in range(model.config.num_attention_heads):
             g = h // rep
             attn.o_proj.weight[:, h * d:(h + 1) * d] = v[g * d:(g + 1) * d].T
-        x = torch.randn(256, v.shape[1])  # RMS-normalised inputs, as after input_layernorm
+        x = torch.randn(256, v.shape[1], device=v.device)  # RMS-normalised inputs, as after input_layernorm
         x = x / x.pow(2).mean(-1, keepdim=True).sqrt()
         heads = attn.v_proj(x).view(len(x), -1, d).repeat_interleave(rep, dim=1).flatten(1)
         out = attn.o_proj(heads * 0.5)  # the output gate starts near sigmoid(0)

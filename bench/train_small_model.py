@@ -48,12 +48,16 @@ def train_tokenizer(vocab_size: int, seed: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
 
 
-def encode(record: dict, tokenizer, extra_questions: int = 0, pool: str = "sampled") -> tuple[list[int], list[float]]:
+def encode(record: dict, tokenizer, extra_questions: int = 0, pool: str = "sampled",
+           question_lm: bool = False) -> tuple[list[int], list[float]]:
     """bos + each document tokenized alone + question + answer + eos (+ extra question/answer pairs,
     each after the previous answer's eos); per-token loss weights.
 
     pool "sampled" takes the extra pairs from record["more_qa"] (one random fact per person); "all"
-    from record["all_qa"] (every fact of every person but the one already asked), shuffled."""
+    from record["all_qa"] (every fact of every person but the one already asked), shuffled. The extra
+    questions' own tokens are trained as text (weight 1, scaled by the lm weight) when question_lm is
+    set, else not at all: continuing a person's name in a question means finding that person's
+    document, the lookup an answer needs too."""
     ids, weights = [tokenizer.bos_token_id], [0.0]
     for doc in record["ctxs"]:
         piece = tokenizer.encode(context_text(doc), add_special_tokens=False)
@@ -73,7 +77,7 @@ def encode(record: dict, tokenizer, extra_questions: int = 0, pool: str = "sampl
         q = tokenizer.encode("\n" + question_text(qa["question"]), add_special_tokens=False)
         a = tokenizer.encode(" " + qa["answer"], add_special_tokens=False) + [tokenizer.eos_token_id]
         ids += q + a
-        weights += [0.0] * len(q) + [-1.0] * len(a)
+        weights += [float(question_lm)] * len(q) + [-1.0] * len(a)
     return ids, weights
 
 
@@ -84,8 +88,9 @@ def prompt_and_answer(record: dict, tokenizer) -> tuple[list[int], list[int]]:
     return ids[:-answer_len], ids[-answer_len:]
 
 
-def batch_of(records, tokenizer, lm_weight: float, extra_questions: int = 0, pool: str = "sampled"):
-    encoded = [encode(r, tokenizer, extra_questions, pool) for r in records]
+def batch_of(records, tokenizer, lm_weight: float, extra_questions: int = 0, pool: str = "sampled",
+             question_lm: bool = False):
+    encoded = [encode(r, tokenizer, extra_questions, pool, question_lm) for r in records]
     width = max(len(i) for i, _ in encoded)
     ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
     w = torch.zeros(len(encoded), width)
@@ -106,9 +111,10 @@ def _init_worker(tokenizer_dir: str) -> None:
     _WORKER_TOKENIZER = AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
-def _worker_batch(job: tuple[int, int, int, float, int, str]):
-    seed, size, num_docs, lm_weight, extra, pool = job
-    ids, w = batch_of(make_dataset(size, seed=seed, num_docs=num_docs), _WORKER_TOKENIZER, lm_weight, extra, pool)
+def _worker_batch(job: tuple[int, int, int, float, int, str, bool]):
+    seed, size, num_docs, lm_weight, extra, pool, question_lm = job
+    ids, w = batch_of(make_dataset(size, seed=seed, num_docs=num_docs), _WORKER_TOKENIZER, lm_weight, extra, pool,
+                      question_lm)
     return ids.numpy(), w.numpy()  # plain arrays: torch's fd-passing of tensors runs out of handles
 
 
@@ -120,11 +126,12 @@ def batches(args, tokenizer, tokenizer_dir: Path, rng: random.Random):
         while True:
             top = min(args.docs + 1, 2) if time.time() < short_until else args.docs + 1  # curriculum
             yield (rng.randrange(1 << 30), args.batch, rng.randint(min(args.min_docs, top), top),
-                   args.lm_weight, args.extra_questions, args.question_pool)
+                   args.lm_weight, args.extra_questions, args.question_pool, args.question_lm)
 
     if args.data_workers <= 0:
-        for seed, size, docs, lm_weight, extra, pool in jobs():
-            yield batch_of(make_dataset(size, seed=seed, num_docs=docs), tokenizer, lm_weight, extra, pool)
+        for seed, size, docs, lm_weight, extra, pool, question_lm in jobs():
+            yield batch_of(make_dataset(size, seed=seed, num_docs=docs), tokenizer, lm_weight, extra, pool,
+                           question_lm)
         return
     import multiprocessing
 
@@ -155,6 +162,12 @@ def exact_match_rate(model, tokenizer, records) -> dict[str, float]:
     return {"em": total, "em_single_hop": hits[1][0] / max(1, hits[1][1]), "em_two_hop": hits[2][0] / max(1, hits[2][1])}
 
 
+def learning_rate(peak: float, step: int, now: float, start: float, end: float) -> float:
+    """100 warm-up steps, then a cosine from peak down to a tenth of it over the wall time start..end."""
+    progress = min(1.0, max(0.0, (now - start) / max(end - start, 1e-9)))
+    return peak * min(1.0, step / 100) * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="hypic_rag/assets/small_model")
@@ -174,6 +187,8 @@ def main() -> None:
     p.add_argument("--extra-questions", type=int, default=3, help="further QA pairs per training sequence")
     p.add_argument("--question-pool", choices=("sampled", "all"), default="sampled",
                    help="extra pairs: one random fact per person, or every fact of every person")
+    p.add_argument("--question-lm", action="store_true",
+                   help="train the extra questions' tokens as text too (weight --lm-weight), not only their answers")
     p.add_argument("--short-docs-minutes", type=float, default=0.0,
                    help="curriculum: sequences hold 1-2 documents for this many minutes first")
     p.add_argument("--reset-attention", action="store_true",
@@ -233,9 +248,8 @@ def main() -> None:
         losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
                                                    reduction="none").view_as(w[:, 1:])
         loss = (losses * w[:, 1:]).sum() / w[:, 1:].sum()
-        frac = min(1.0, step / 100)
         for g in opt.param_groups:
-            g["lr"] = args.lr * frac * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, 1 - (deadline - time.time()) / (args.minutes * 60)))))
+            g["lr"] = learning_rate(args.lr, step, time.time(), started, deadline)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
