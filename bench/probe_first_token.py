@@ -2,7 +2,9 @@
 
 For single-hop synthetic questions (seed 777) with N documents, the share whose first answer token is
 the model's argmax after the question (full recompute), split by kind of fact, and how many misses are
-another person's value of the same kind (the model found the kind of fact but not the person).
+another person's value of the same kind (the model found the kind of fact but not the person). Also
+how often the model continues the asked person's name inside the question once its first token is
+read: a lookup of that person's document by name, which the answer needs too.
 
     python bench/probe_first_token.py CHECKPOINT --docs 1 4 --questions 60
 """
@@ -44,6 +46,20 @@ def probe(model, tokenizer, num_docs: int, questions: int) -> str:
             f"misses that are another person's value of the same kind: {same_kind}/{misses}")
 
 
+@torch.no_grad()
+def name_lookup(model, tokenizer, num_docs: int, questions: int) -> str:
+    records = [r for r in make_dataset(questions * 2, seed=777, num_docs=num_docs) if r.get("hops", 1) == 1][:questions]
+    hits = total = 0
+    for r in records:
+        prompt, _ = prompt_and_answer(r, tokenizer)
+        name = tokenizer.encode(" " + r["question"].rsplit(" of ", 1)[1].rstrip("?"), add_special_tokens=False)
+        start = max(i for i in range(len(prompt) - len(name)) if prompt[i:i + len(name)] == name)  # the question's
+        pred = model(input_ids=torch.tensor([prompt])).logits[0].argmax(-1)
+        hits += sum(int(pred[start + k - 1].item() == prompt[start + k]) for k in range(1, len(name)))
+        total += len(name) - 1
+    return f"docs {num_docs}: the asked name's later tokens in the question predicted {hits}/{total} = {hits / max(1, total):.3f}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint")
@@ -64,6 +80,7 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=torch.float32).eval()
     for n in args.docs:
         print(probe(model, tokenizer, n, args.questions), flush=True)
+        print(name_lookup(model, tokenizer, n, args.questions), flush=True)
 
 
 if __name__ == "__main__":
