@@ -24,9 +24,14 @@ from hypic_rag.data.synthetic import make_dataset  # noqa: E402
 from train_small_model import prompt_and_answer  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
+def single_hop_records(num_docs: int, questions: int) -> list[dict]:
+    """The first `questions` single-hop records of seed 777 (the same for every checkpoint probed)."""
+    return [r for r in make_dataset(questions * 2, seed=777, num_docs=num_docs) if r.get("hops", 1) == 1][:questions]
+
+
 @torch.no_grad()
 def probe(model, tokenizer, num_docs: int, questions: int) -> str:
-    records = [r for r in make_dataset(questions * 2, seed=777, num_docs=num_docs) if r.get("hops", 1) == 1][:questions]
+    records = single_hop_records(num_docs, questions)
     hits = collections.defaultdict(lambda: [0, 0])
     misses = same_kind = 0
     for r in records:
@@ -48,7 +53,7 @@ def probe(model, tokenizer, num_docs: int, questions: int) -> str:
 
 @torch.no_grad()
 def name_lookup(model, tokenizer, num_docs: int, questions: int) -> str:
-    records = [r for r in make_dataset(questions * 2, seed=777, num_docs=num_docs) if r.get("hops", 1) == 1][:questions]
+    records = single_hop_records(num_docs, questions)
     hits = total = 0
     for r in records:
         prompt, _ = prompt_and_answer(r, tokenizer)
