@@ -24,45 +24,34 @@ from hypic_rag.data.synthetic import make_dataset  # noqa: E402
 from train_small_model import prompt_and_answer  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
-def single_hop_records(num_docs: int, questions: int) -> list[dict]:
-    """The first `questions` single-hop records of seed 777 (the same for every checkpoint probed)."""
-    return [r for r in make_dataset(questions * 2, seed=777, num_docs=num_docs) if r.get("hops", 1) == 1][:questions]
-
-
 @torch.no_grad()
-def probe(model, tokenizer, num_docs: int, questions: int) -> str:
-    records = single_hop_records(num_docs, questions)
+def probe(model, tokenizer, num_docs: int, questions: int) -> tuple[str, str]:
+    """(first-answer-token line, name-lookup line); one forward per question serves both."""
+    records = [r for r in make_dataset(questions * 2, seed=777, num_docs=num_docs) if r.get("hops", 1) == 1][:questions]
     hits = collections.defaultdict(lambda: [0, 0])
     misses = same_kind = 0
+    name_hits = name_total = 0
     for r in records:
         kind = re.match(r"What is the (.*) of", r["question"]).group(1)
         prompt, answer = prompt_and_answer(r, tokenizer)
-        target = answer[0]
-        pred = model(input_ids=torch.tensor([prompt])).logits[0, -1].argmax().item()
+        preds = model(input_ids=torch.tensor([prompt])).logits[0].argmax(-1)
+        target, pred = answer[0], preds[-1].item()
         hits[kind][0] += pred == target
         hits[kind][1] += 1
         if pred != target:
             misses += 1
             others = [qa["answer"] for qa in r["all_qa"] if qa["question"].startswith(f"What is the {kind} of")]
             same_kind += pred in {tokenizer.encode(" " + a, add_special_tokens=False)[0] for a in others}
+        name = tokenizer.encode(" " + r["question"].rsplit(" of ", 1)[1].rstrip("?"), add_special_tokens=False)
+        start = max(i for i in range(len(prompt) - len(name)) if prompt[i:i + len(name)] == name)  # the question's
+        name_hits += sum(int(preds[start + k - 1].item() == prompt[start + k]) for k in range(1, len(name)))
+        name_total += len(name) - 1
     total = sum(h for h, _ in hits.values()) / max(1, len(records))
     kinds = " ".join(f"{k}={h}/{n}" for k, (h, n) in sorted(hits.items()))
     return (f"docs {num_docs}: first-token accuracy {total:.3f} ({len(records)} questions) {kinds}; "
-            f"misses that are another person's value of the same kind: {same_kind}/{misses}")
-
-
-@torch.no_grad()
-def name_lookup(model, tokenizer, num_docs: int, questions: int) -> str:
-    records = single_hop_records(num_docs, questions)
-    hits = total = 0
-    for r in records:
-        prompt, _ = prompt_and_answer(r, tokenizer)
-        name = tokenizer.encode(" " + r["question"].rsplit(" of ", 1)[1].rstrip("?"), add_special_tokens=False)
-        start = max(i for i in range(len(prompt) - len(name)) if prompt[i:i + len(name)] == name)  # the question's
-        pred = model(input_ids=torch.tensor([prompt])).logits[0].argmax(-1)
-        hits += sum(int(pred[start + k - 1].item() == prompt[start + k]) for k in range(1, len(name)))
-        total += len(name) - 1
-    return f"docs {num_docs}: the asked name's later tokens in the question predicted {hits}/{total} = {hits / max(1, total):.3f}"
+            f"misses that are another person's value of the same kind: {same_kind}/{misses}",
+            f"docs {num_docs}: the asked name's later tokens in the question predicted {name_hits}/{name_total} = "
+            f"{name_hits / max(1, name_total):.3f}")
 
 
 def main() -> None:
@@ -84,8 +73,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
     model = AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=torch.float32).eval()
     for n in args.docs:
-        print(probe(model, tokenizer, n, args.questions), flush=True)
-        print(name_lookup(model, tokenizer, n, args.questions), flush=True)
+        print(*probe(model, tokenizer, n, args.questions), sep="\n", flush=True)
 
 
 if __name__ == "__main__":

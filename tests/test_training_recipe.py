@@ -45,7 +45,7 @@ def test_learning_rate_warms_up_then_follows_a_cosine_to_a_tenth():
     assert learning_rate(1.0, 500, now=50, start=0, end=100) == pytest.approx(0.55)
     assert learning_rate(1.0, 500, now=100, start=0, end=100) == pytest.approx(0.1)
     assert learning_rate(1.0, 500, now=400, start=0, end=100) == pytest.approx(0.1)
-    # a second phase restarts the schedule from its own start
+    # the cosine runs over start..end, wherever start lies
     assert learning_rate(2.0, 500, now=60, start=60, end=100) == pytest.approx(2.0)
 
 
