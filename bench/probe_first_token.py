@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hypic_rag.data.synthetic import make_dataset  # noqa: E402
-from train_small_model import prompt_and_answer  # noqa: E402  (bench/ is on sys.path when run as a script)
+from training_data import prompt_and_answer  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 @torch.no_grad()

@@ -27,6 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hypic_rag  # noqa: E402,F401
 from hypic_rag.data.synthetic import context_text, make_dataset, question_text  # noqa: E402
+from attention_supervision import AnswerAttention, attention_layer_indices  # noqa: E402  (bench/ is on sys.path)
+from training_data import batches, prompt_and_answer  # noqa: E402
 from small_model_init import build_model, reset_attention  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 SPECIALS = ["<pad>", "<bos>", "<eos>"]
@@ -46,99 +48,6 @@ def train_tokenizer(vocab_size: int, seed: int):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
-
-
-def encode(record: dict, tokenizer, extra_questions: int = 0, pool: str = "sampled",
-           question_lm: bool = False) -> tuple[list[int], list[float]]:
-    """bos + each document tokenized alone + question + answer + eos (+ extra question/answer pairs,
-    each after the previous answer's eos); per-token loss weights.
-
-    pool "sampled" takes the extra pairs from record["more_qa"] (one random fact per person); "all"
-    from record["all_qa"] (every fact of every person but the one already asked), shuffled. The extra
-    questions' own tokens are trained as text (weight 1, scaled by the lm weight) when question_lm is
-    set, else not at all: continuing a person's name in a question means finding that person's
-    document, the lookup an answer needs too."""
-    ids, weights = [tokenizer.bos_token_id], [0.0]
-    for doc in record["ctxs"]:
-        piece = tokenizer.encode(context_text(doc), add_special_tokens=False)
-        ids += piece
-        weights += [1.0] * len(piece)
-    q = tokenizer.encode(question_text(record["question"]), add_special_tokens=False)
-    ids += q
-    weights += [1.0] * len(q)
-    a = tokenizer.encode(" " + record["answers"][0], add_special_tokens=False) + [tokenizer.eos_token_id]
-    ids += a
-    weights += [-1.0] * len(a)  # marks answer tokens
-    extra = record.get("more_qa", [])
-    if pool == "all":
-        extra = list(record.get("all_qa", []))
-        random.Random(record["question"] + record["ctxs"][0]["title"]).shuffle(extra)
-    for qa in extra[:extra_questions]:
-        q = tokenizer.encode("\n" + question_text(qa["question"]), add_special_tokens=False)
-        a = tokenizer.encode(" " + qa["answer"], add_special_tokens=False) + [tokenizer.eos_token_id]
-        ids += q + a
-        weights += [float(question_lm)] * len(q) + [-1.0] * len(a)
-    return ids, weights
-
-
-def prompt_and_answer(record: dict, tokenizer) -> tuple[list[int], list[int]]:
-    """The ids the model reads (bos, documents, question) and the ids of the first answer plus eos."""
-    ids, _ = encode(record, tokenizer)
-    answer_len = len(tokenizer.encode(" " + record["answers"][0], add_special_tokens=False)) + 1
-    return ids[:-answer_len], ids[-answer_len:]
-
-
-def batch_of(records, tokenizer, lm_weight: float, extra_questions: int = 0, pool: str = "sampled",
-             question_lm: bool = False):
-    encoded = [encode(r, tokenizer, extra_questions, pool, question_lm) for r in records]
-    width = max(len(i) for i, _ in encoded)
-    ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
-    w = torch.zeros(len(encoded), width)
-    for row, (i, ws) in enumerate(encoded):
-        ids[row, : len(i)] = torch.tensor(i)
-        w[row, : len(ws)] = torch.tensor([1.0 if x < 0 else x * lm_weight for x in ws])
-    return ids, w
-
-
-_WORKER_TOKENIZER = None
-
-
-def _init_worker(tokenizer_dir: str) -> None:
-    global _WORKER_TOKENIZER
-    from transformers import AutoTokenizer
-
-    torch.set_num_threads(1)
-    _WORKER_TOKENIZER = AutoTokenizer.from_pretrained(tokenizer_dir)
-
-
-def _worker_batch(job: tuple[int, int, int, float, int, str, bool]):
-    seed, size, num_docs, lm_weight, extra, pool, question_lm = job
-    ids, w = batch_of(make_dataset(size, seed=seed, num_docs=num_docs), _WORKER_TOKENIZER, lm_weight, extra, pool,
-                      question_lm)
-    return ids.numpy(), w.numpy()  # plain arrays: torch's fd-passing of tensors runs out of handles
-
-
-def batches(args, tokenizer, tokenizer_dir: Path, rng: random.Random):
-    """Endless (ids, weights) batches; built in worker processes when --data-workers > 0."""
-    short_until = time.time() + args.short_docs_minutes * 60
-
-    def jobs():
-        while True:
-            top = min(args.docs + 1, 2) if time.time() < short_until else args.docs + 1  # curriculum
-            yield (rng.randrange(1 << 30), args.batch, rng.randint(min(args.min_docs, top), top),
-                   args.lm_weight, args.extra_questions, args.question_pool, args.question_lm)
-
-    if args.data_workers <= 0:
-        for seed, size, docs, lm_weight, extra, pool, question_lm in jobs():
-            yield batch_of(make_dataset(size, seed=seed, num_docs=docs), tokenizer, lm_weight, extra, pool,
-                           question_lm)
-        return
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(args.data_workers, initializer=_init_worker, initargs=(str(tokenizer_dir),)) as pool:
-        for ids, w in pool.imap(_worker_batch, jobs(), chunksize=1):
-            yield torch.from_numpy(ids), torch.from_numpy(w)
 
 
 @torch.no_grad()
@@ -197,6 +106,11 @@ def main() -> None:
                    help="fresh or reset attention: start the q/k norm gains at 1 + this (default 1.5; see sharpen_attention)")
     p.add_argument("--copy-init", type=float, default=0.0,
                    help="fresh or reset attention: start output projections as copies (see copy_init); 0: off")
+    p.add_argument("--attention-supervision", type=float, default=0.0,
+                   help="weight of the loss pointing one attention layer's answer queries at the answer's value "
+                        "token (see attention_supervision.py); 0: off")
+    p.add_argument("--supervised-layer", type=int, default=None,
+                   help="the full-attention layer that loss supervises (default: the first)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     p.add_argument("--data-workers", type=int, default=0, help="processes that build batches (0: in the loop)")
     p.add_argument("--eval-questions", type=int, default=100)
@@ -209,6 +123,8 @@ def main() -> None:
     if args.init and not args.reset_attention and (args.attention_gain is not None or args.copy_init):
         p.error("--attention-gain and --copy-init set how new attention weights start: train a fresh model "
                 "(no --init) or add --reset-attention to re-initialise the checkpoint's attention")
+    if args.supervised_layer is not None and not args.attention_supervision:
+        p.error("--supervised-layer names the layer --attention-supervision trains; give that weight too")
     gain = 1.5 if args.attention_gain is None else args.attention_gain
     if args.torch_kernels:
         sys.modules["fla"] = None  # read when the modeling module is imported, i.e. at model build
@@ -232,6 +148,10 @@ def main() -> None:
     model.to(device)
     tokenizer.save_pretrained(out)  # workers load the tokenizer from here
     print(f"params: {sum(p.numel() for p in model.parameters())/1e6:.2f}M vocab {len(tokenizer)} on {device}", flush=True)
+    supervised = None
+    if args.attention_supervision:
+        layer = attention_layer_indices(model)[0] if args.supervised_layer is None else args.supervised_layer
+        supervised = AnswerAttention(model, layer)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.95))
     rng = random.Random(args.seed)
     held_out = make_dataset(args.eval_questions, seed=10_000 + args.seed, num_docs=args.docs)
@@ -242,24 +162,31 @@ def main() -> None:
     step = 0
     model.train()
     while time.time() < deadline:
-        ids, w = next(stream)
-        ids, w = ids.to(device, non_blocking=True), w.to(device, non_blocking=True)
-        logits = model(input_ids=ids).logits[:, :-1]
+        batch = next(stream).to(device)
+        ids, w = batch.ids, batch.weights
+        if supervised is None:
+            result, pointing = model(input_ids=ids), None
+        else:
+            result, pointing = supervised.loss(model, ids, batch.pointers)
+        logits = result.logits[:, :-1]
         losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
                                                    reduction="none").view_as(w[:, 1:])
         loss = (losses * w[:, 1:]).sum() / w[:, 1:].sum()
+        total = loss if pointing is None else loss + args.attention_supervision * pointing
         for g in opt.param_groups:
             g["lr"] = learning_rate(args.lr, step, time.time(), started, deadline)
         opt.zero_grad()
-        loss.backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
         if step % 100 == 0:
-            print(f"step {step} loss {loss.item():.4f} ({time.time() - started:.0f} s)", flush=True)
+            extra = "" if pointing is None else f" pointing {pointing.item():.4f}"
+            print(f"step {step} loss {loss.item():.4f}{extra} ({time.time() - started:.0f} s)", flush=True)
         if step % args.save_every == 0:
             em = exact_match_rate(model, tokenizer, held_out[:40])["em"]
-            log.append({"step": step, "loss": loss.item(), "held_out_em_40": em})
+            log.append({"step": step, "loss": loss.item(), "held_out_em_40": em,
+                        **({} if pointing is None else {"pointing_loss": pointing.item()})})
             print(f"step {step} held-out EM (40) {em:.3f}", flush=True)
             model.save_pretrained(out)
             tokenizer.save_pretrained(out)

@@ -11,7 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from train_small_model import encode, learning_rate  # noqa: E402
+from train_small_model import learning_rate  # noqa: E402
+from training_data import encode  # noqa: E402
 
 from hypic_rag.data.synthetic import make_dataset  # noqa: E402
 
@@ -25,8 +26,9 @@ def tokenizer():
 
 def test_question_lm_trains_the_extra_questions_as_text_and_leaves_answers_and_ids_alone(tokenizer):
     record = make_dataset(1, seed=3, num_docs=2)[0]
-    ids, plain = encode(record, tokenizer, extra_questions=4, pool="all")
-    ids_q, with_q = encode(record, tokenizer, extra_questions=4, pool="all", question_lm=True)
+    a = encode(record, tokenizer, extra_questions=4, pool="all")
+    b = encode(record, tokenizer, extra_questions=4, pool="all", question_lm=True)
+    ids, plain, ids_q, with_q = a.ids, a.weights, b.ids, b.weights
     assert ids == ids_q and len(plain) == len(with_q) == len(ids)
     changed = [i for i, (a, b) in enumerate(zip(plain, with_q)) if a != b]
     assert changed, "question_lm changed no weight"
