@@ -3,10 +3,16 @@
 A byte-level BPE tokenizer is trained with `tokenizers` on synthetic documents, then a Gated
 DeltaNet + full attention model (3:1) learns to answer synthetic multi-document questions.
 Each document is tokenized on its own, exactly as segments are at query time. The loss covers the
-answer (weight 1) and the documents (weight `--lm-weight`). Checkpoints are written every
-`--save-every` steps as standard HF checkpoints.
+answer (weight 1) and the documents (weight `--lm-weight`); `--attention-supervision` and
+`--copy-supervision` add the auxiliary losses of attention_supervision.py. Checkpoints are written
+every `--save-every` steps as standard HF checkpoints.
 
-    python bench/train_small_model.py --minutes 45 --out hypic_rag/assets/small_model
+From scratch in under an hour on a 2-core CPU (bench/results/from_scratch.md, runs T0 and U1/U2):
+
+    python bench/train_small_model.py --minutes 50 --threads 1 --lr 3e-3 --lm-weight 0.3 \
+        --extra-questions 16 --question-pool all --min-docs 2 --short-docs-minutes 25 \
+        --attention-gain 0.5 --copy-init 2 --attention-supervision 1 --supervised-layer 7 \
+        --copy-supervision 1 --eval-questions 200 --out /tmp/one_hour_model
 
 On a CUDA machine the same script runs on the GPU (``--device auto``) with batches built by
 ``--data-workers`` processes so the GPU is not left waiting on tokenization.
@@ -109,6 +115,9 @@ def main() -> None:
     p.add_argument("--attention-supervision", type=float, default=0.0,
                    help="weight of the loss pointing one attention layer's answer queries at the answer's value "
                         "token (see attention_supervision.py); 0: off")
+    p.add_argument("--copy-supervision", type=float, default=0.0,
+                   help="with --attention-supervision: weight of the loss training that layer's output at the "
+                        "answer query to read out as the value's first token; 0: off")
     p.add_argument("--supervised-layer", type=int, default=None,
                    help="the full-attention layer that loss supervises (default: the first)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
@@ -123,8 +132,9 @@ def main() -> None:
     if args.init and not args.reset_attention and (args.attention_gain is not None or args.copy_init):
         p.error("--attention-gain and --copy-init set how new attention weights start: train a fresh model "
                 "(no --init) or add --reset-attention to re-initialise the checkpoint's attention")
-    if args.supervised_layer is not None and not args.attention_supervision:
-        p.error("--supervised-layer names the layer --attention-supervision trains; give that weight too")
+    if (args.supervised_layer is not None or args.copy_supervision) and not args.attention_supervision:
+        p.error("--supervised-layer and --copy-supervision act on the layer --attention-supervision trains; "
+                "give that weight too")
     gain = 1.5 if args.attention_gain is None else args.attention_gain
     if args.torch_kernels:
         sys.modules["fla"] = None  # read when the modeling module is imported, i.e. at model build
@@ -167,12 +177,15 @@ def main() -> None:
         if supervised is None:
             result, pointing = model(input_ids=ids), None
         else:
-            result, pointing = supervised.loss(model, ids, batch.pointers)
+            sup = supervised.loss(model, ids, batch.pointers)
+            result, pointing = sup.output, sup.pointing
         logits = result.logits[:, :-1]
         losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
                                                    reduction="none").view_as(w[:, 1:])
         loss = (losses * w[:, 1:]).sum() / w[:, 1:].sum()
-        total = loss if pointing is None else loss + args.attention_supervision * pointing
+        total = loss
+        if pointing is not None:
+            total = total + args.attention_supervision * pointing + args.copy_supervision * sup.copying
         for g in opt.param_groups:
             g["lr"] = learning_rate(args.lr, step, time.time(), started, deadline)
         opt.zero_grad()
@@ -181,12 +194,13 @@ def main() -> None:
         opt.step()
         step += 1
         if step % 100 == 0:
-            extra = "" if pointing is None else f" pointing {pointing.item():.4f}"
+            extra = "" if pointing is None else f" pointing {pointing.item():.4f} copying {sup.copying.item():.4f}"
             print(f"step {step} loss {loss.item():.4f}{extra} ({time.time() - started:.0f} s)", flush=True)
         if step % args.save_every == 0:
             em = exact_match_rate(model, tokenizer, held_out[:40])["em"]
             log.append({"step": step, "loss": loss.item(), "held_out_em_40": em,
-                        **({} if pointing is None else {"pointing_loss": pointing.item()})})
+                        **({} if pointing is None else {"pointing_loss": pointing.item(),
+                                                        "copying_loss": sup.copying.item()})})
             print(f"step {step} held-out EM (40) {em:.3f}", flush=True)
             model.save_pretrained(out)
             tokenizer.save_pretrained(out)

@@ -60,9 +60,12 @@ def test_recorded_log_weights_equal_eager_attention_and_the_loss_is_their_head_m
     batch = batch_of(make_dataset(3, seed=1, num_docs=2), tokenizer, 0.3, extra_questions=3, pool="all")
     layer = attention_layer_indices(model)[0]
     hook = AnswerAttention(model, layer)
-    out, loss = hook.loss(model, batch.ids, batch.pointers)
-    recorded = hook.log_weights
+    seen = []
+    spy = model.model.layers[layer].self_attn.register_forward_hook(lambda m, a, o: seen.append(o[0].detach()))
+    sup = hook.loss(model, batch.ids, batch.pointers)
+    out, loss, recorded = sup.output, sup.pointing, hook.log_weights
     hook.close()
+    spy.remove()
     eager = model(input_ids=batch.ids, output_attentions=True).attentions
     weights = eager[0] if len(eager) == 1 else eager[layer]
     rows, queries, values = batch.pointers.unbind(1)
@@ -71,7 +74,11 @@ def test_recorded_log_weights_equal_eager_attention_and_the_loss_is_their_head_m
     manual = -expect[torch.arange(len(rows)), :, values].mean(1).log().mean()
     assert loss.item() == pytest.approx(manual.item(), rel=1e-4)
     assert torch.allclose(out.logits, model(input_ids=batch.ids).logits, atol=1e-5)  # the hook changes nothing
-    loss.backward()
+    # the copy term reads the layer's own output at each query as a last hidden state would be read
+    read = model.lm_head(model.model.norm(seen[0][rows, queries]))
+    copy = torch.nn.functional.cross_entropy(read, batch.ids[rows, values])
+    assert sup.copying.item() == pytest.approx(copy.item(), rel=1e-5)
+    (loss + sup.copying).backward()
     attn = model.model.layers[layer].self_attn
     assert attn.k_proj.weight.grad.abs().sum() > 0 and attn.q_proj.weight.grad.abs().sum() > 0
 
