@@ -48,7 +48,7 @@ def encode(record: dict, tokenizer, extra_questions: int = 0, pool: str = "sampl
     each after the previous answer's eos).
 
     pool "sampled" takes the extra pairs from record["more_qa"] (one random fact per person); "all"
-    from record["all_qa"] (every fact of every person but the one already asked), shuffled. The extra
+    from record["all_qa"] (every fact of every person but the one already asked; extra_pairs). The extra
     questions' own tokens are trained as text (weight 1, scaled by the lm weight) when question_lm is
     set, else not at all: continuing a person's name in a question means finding that person's
     document, the lookup an answer needs too."""
@@ -75,13 +75,19 @@ def encode(record: dict, tokenizer, extra_questions: int = 0, pool: str = "sampl
         weights.extend([-1.0] * len(a))  # marks answer tokens
 
     answer(record["question"], record["answers"][0], "", 1.0)
+    for qa in extra_pairs(record, extra_questions, pool):
+        answer(qa["question"], qa["answer"], "\n", float(question_lm))
+    return Encoded(ids, weights, pointers)
+
+
+def extra_pairs(record: dict, count: int, pool: str = "sampled") -> list[dict]:
+    """The further {"question", "answer"} pairs a training sequence asks after the record's own
+    question: from record["more_qa"], or with pool "all" from record["all_qa"] in a fixed shuffle."""
     extra = record.get("more_qa", [])
     if pool == "all":
         extra = list(record.get("all_qa", []))
         random.Random(record["question"] + record["ctxs"][0]["title"]).shuffle(extra)
-    for qa in extra[:extra_questions]:
-        answer(qa["question"], qa["answer"], "\n", float(question_lm))
-    return Encoded(ids, weights, pointers)
+    return extra[:count]
 
 
 def prompt_and_answer(record: dict, tokenizer) -> tuple[list[int], list[int]]:

@@ -15,6 +15,16 @@ def get_model(family: str) -> torch.nn.Module:
     return _MODELS[family]
 
 
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The shipped small model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from hypic_rag.api import SHIPPED_MODEL
+
+    return AutoTokenizer.from_pretrained(SHIPPED_MODEL)
+
+
 @pytest.fixture(params=HYBRIDS)
 def hybrid(request):
     return request.param, get_model(request.param)

@@ -12,23 +12,16 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from attention_supervision import AnswerAttention, attention_layer_indices  # noqa: E402
 from small_model_init import build_model  # noqa: E402
-from training_data import batch_of, encode  # noqa: E402
+from training_data import batch_of, encode, extra_pairs  # noqa: E402
 
 from hypic_rag.data.synthetic import make_dataset  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(ROOT / "hypic_rag" / "assets" / "small_model")
 
 
 def test_every_single_hop_answer_points_from_its_question_to_its_value_in_the_right_document(tokenizer):
     for record in make_dataset(12, seed=5, num_docs=3):
         e = encode(record, tokenizer, extra_questions=6, pool="all")
-        asked = [record["question"]] + [qa["question"] for qa in e_extra(record, 6)]
-        values = [record["answers"][0]] + [qa["answer"] for qa in e_extra(record, 6)]
+        asked = [record["question"]] + [qa["question"] for qa in extra_pairs(record, 6, "all")]
+        values = [record["answers"][0]] + [qa["answer"] for qa in extra_pairs(record, 6, "all")]
         single = [i for i, q in enumerate(asked) if "mentor" not in q]
         assert len(e.pointers) == len(single)
         for (query, value), i in zip(e.pointers, single):
@@ -40,14 +33,6 @@ def test_every_single_hop_answer_points_from_its_question_to_its_value_in_the_ri
             sentence_start = tokenizer.decode(e.ids[value - 12: value])
             assert sentence_start.endswith(f"of {name} is")  # `The K of N is V.` of the asked person
             assert value < query
-
-
-def e_extra(record, n):
-    import random
-
-    extra = list(record["all_qa"])
-    random.Random(record["question"] + record["ctxs"][0]["title"]).shuffle(extra)
-    return extra[:n]
 
 
 def test_recorded_log_weights_equal_eager_attention_and_the_loss_is_their_head_mean(tokenizer):

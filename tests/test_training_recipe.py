@@ -17,13 +17,6 @@ from training_data import encode  # noqa: E402
 from hypic_rag.data.synthetic import make_dataset  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(ROOT / "hypic_rag" / "assets" / "small_model")
-
-
 def test_question_lm_trains_the_extra_questions_as_text_and_leaves_answers_and_ids_alone(tokenizer):
     record = make_dataset(1, seed=3, num_docs=2)[0]
     a = encode(record, tokenizer, extra_questions=4, pool="all")
