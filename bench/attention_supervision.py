@@ -11,6 +11,10 @@ Pointing alone leaves the copy to the answer loss, and in one of two seeds the l
 value for hundreds of steps before anything copied it. The copy term closes that: the layer's output
 at the query, read out through the model's final norm and (tied) lm_head as if it were the last
 hidden state, is trained with cross-entropy to give the value's first token.
+
+Two-hop questions (`... of the mentor of N?`) can supervise two layers in one forward (supervise): the
+first hop on an earlier layer, pointing at and reading out the mentor's name in N's document, and the
+second on the usual layer, at the mentor's value.
 """
 
 from __future__ import annotations
@@ -56,11 +60,9 @@ class AnswerAttention:
 
     def loss(self, model, ids: torch.Tensor, pointers: torch.Tensor) -> Supervised:
         """One forward over ids with both losses; pointers as in Batch."""
-        self._pointers = pointers
-        try:
-            out = model(input_ids=ids)
-        finally:
-            self._pointers = None
+        return supervise(model, ids, [(self, pointers)])[0]
+
+    def _losses(self, out, ids: torch.Tensor, pointers: torch.Tensor) -> Supervised:
         if not len(pointers):
             zero = out.logits.new_zeros(())
             return Supervised(out, zero, zero)
@@ -89,3 +91,18 @@ class AnswerAttention:
         self.copy_logits = self._readout(output[0][rows, queries])
         future = torch.arange(length, device=hidden.device).view(1, 1, -1) > queries.view(-1, 1, 1)
         self.log_weights = torch.log_softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+
+
+def supervise(model, ids: torch.Tensor, armed: list[tuple[AnswerAttention, torch.Tensor]]) -> list[Supervised]:
+    """One forward over ids with every (hooked layer, its pointer rows) pair armed; each pair's losses,
+    all with the same output."""
+    if len({id(hook) for hook, _ in armed}) != len(armed):
+        raise ValueError("each hooked layer takes one set of pointers per forward")
+    for hook, pointers in armed:
+        hook._pointers = pointers
+    try:
+        out = model(input_ids=ids)
+    finally:
+        for hook, _ in armed:
+            hook._pointers = None
+    return [hook._losses(out, ids, pointers) for hook, pointers in armed]

@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hypic_rag  # noqa: E402,F401
 from hypic_rag.data.synthetic import context_text, make_dataset, question_text  # noqa: E402
-from attention_supervision import AnswerAttention, attention_layer_indices  # noqa: E402  (bench/ is on sys.path)
+from attention_supervision import AnswerAttention, attention_layer_indices, supervise  # noqa: E402  (bench/ on path)
 from training_data import batches, prompt_and_answer  # noqa: E402
 from small_model_init import build_model, reset_attention  # noqa: E402  (bench/ is on sys.path when run as a script)
 
@@ -120,6 +120,14 @@ def main() -> None:
                         "answer query to read out as the value's first token; 0: off")
     p.add_argument("--supervised-layer", type=int, default=None,
                    help="the full-attention layer that loss supervises (default: the first)")
+    p.add_argument("--two-hop-supervision", type=float, default=0.0,
+                   help="with --attention-supervision: two-hop answers point --supervised-layer at the mentor's "
+                        "value, and --first-hop-layer, with this weight for pointing and for copying, at the "
+                        "mentor's name; two-hop records ask the mentor's other facts too; 0: off")
+    p.add_argument("--first-hop-layer", type=int, default=None,
+                   help="the full-attention layer --two-hop-supervision points at the mentor's name (default: "
+                        "the first)")
+    p.add_argument("--two-hop-fraction", type=float, default=0.25, help="share of two-hop training records")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     p.add_argument("--data-workers", type=int, default=0, help="processes that build batches (0: in the loop)")
     p.add_argument("--eval-questions", type=int, default=100)
@@ -135,6 +143,13 @@ def main() -> None:
     if (args.supervised_layer is not None or args.copy_supervision) and not args.attention_supervision:
         p.error("--supervised-layer and --copy-supervision act on the layer --attention-supervision trains; "
                 "give that weight too")
+    if (args.two_hop_supervision or args.first_hop_layer is not None) and not args.attention_supervision:
+        p.error("--two-hop-supervision and --first-hop-layer supervise the mentor's hop beside the layer "
+                "--attention-supervision trains; give that weight too")
+    if args.first_hop_layer is not None and not args.two_hop_supervision:
+        p.error("--first-hop-layer is the layer --two-hop-supervision trains; give that weight too")
+    if not 0.0 <= args.two_hop_fraction <= 1.0:
+        p.error(f"--two-hop-fraction is a share of records, between 0 and 1 (got {args.two_hop_fraction})")
     gain = 1.5 if args.attention_gain is None else args.attention_gain
     if args.torch_kernels:
         sys.modules["fla"] = None  # read when the modeling module is imported, i.e. at model build
@@ -158,10 +173,15 @@ def main() -> None:
     model.to(device)
     tokenizer.save_pretrained(out)  # workers load the tokenizer from here
     print(f"params: {sum(p.numel() for p in model.parameters())/1e6:.2f}M vocab {len(tokenizer)} on {device}", flush=True)
-    supervised = None
+    supervised = first_hop = None
     if args.attention_supervision:
         layer = attention_layer_indices(model)[0] if args.supervised_layer is None else args.supervised_layer
         supervised = AnswerAttention(model, layer)
+    if args.two_hop_supervision:
+        hop = attention_layer_indices(model)[0] if args.first_hop_layer is None else args.first_hop_layer
+        if hop == layer:
+            p.error(f"--first-hop-layer {hop} is --supervised-layer too; the two hops need two layers")
+        first_hop = AnswerAttention(model, hop)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.95))
     rng = random.Random(args.seed)
     held_out = make_dataset(args.eval_questions, seed=10_000 + args.seed, num_docs=args.docs)
@@ -174,11 +194,13 @@ def main() -> None:
     while time.time() < deadline:
         batch = next(stream).to(device)
         ids, w = batch.ids, batch.weights
+        hop_sup = None
         if supervised is None:
             result, pointing = model(input_ids=ids), None
         else:
-            sup = supervised.loss(model, ids, batch.pointers)
-            result, pointing = sup.output, sup.pointing
+            armed = [(supervised, batch.pointers)] + ([(first_hop, batch.hop_pointers)] if first_hop else [])
+            sup, *rest = supervise(model, ids, armed)
+            result, pointing, hop_sup = sup.output, sup.pointing, (rest[0] if rest else None)
         logits = result.logits[:, :-1]
         losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
                                                    reduction="none").view_as(w[:, 1:])
@@ -186,6 +208,8 @@ def main() -> None:
         total = loss
         if pointing is not None:
             total = total + args.attention_supervision * pointing + args.copy_supervision * sup.copying
+        if hop_sup is not None:
+            total = total + args.two_hop_supervision * (hop_sup.pointing + hop_sup.copying)
         for g in opt.param_groups:
             g["lr"] = learning_rate(args.lr, step, time.time(), started, deadline)
         opt.zero_grad()
@@ -195,12 +219,16 @@ def main() -> None:
         step += 1
         if step % 100 == 0:
             extra = "" if pointing is None else f" pointing {pointing.item():.4f} copying {sup.copying.item():.4f}"
+            if hop_sup is not None:
+                extra += f" first hop {hop_sup.pointing.item():.4f}/{hop_sup.copying.item():.4f}"
             print(f"step {step} loss {loss.item():.4f}{extra} ({time.time() - started:.0f} s)", flush=True)
         if step % args.save_every == 0:
             em = exact_match_rate(model, tokenizer, held_out[:40])["em"]
             log.append({"step": step, "loss": loss.item(), "held_out_em_40": em,
                         **({} if pointing is None else {"pointing_loss": pointing.item(),
-                                                        "copying_loss": sup.copying.item()})})
+                                                        "copying_loss": sup.copying.item()}),
+                        **({} if hop_sup is None else {"first_hop_pointing_loss": hop_sup.pointing.item(),
+                                                       "first_hop_copying_loss": hop_sup.copying.item()})})
             print(f"step {step} held-out EM (40) {em:.3f}", flush=True)
             model.save_pretrained(out)
             tokenizer.save_pretrained(out)

@@ -1,13 +1,14 @@
 """What the small model of train_small_model.py is trained on: synthetic records laid out as token
 sequences (each document tokenized alone, as segments are at query time), per-token loss weights, and
-for attention supervision where each answer's value sits in the documents.
+for attention supervision where each answer's value sits in the documents (and, for two-hop questions,
+where the mentor's name sits).
 """
 
 from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -20,11 +21,43 @@ class Encoded:
     """One training sequence. weights: 1 for text trained as text (later scaled by the lm weight), 0 for
     untrained text, -1 for answer tokens. pointers: (query, value) positions, one per single-hop answer
     whose value is found in a document: the token after which the answer is predicted, and the
-    document token where that answer's value starts."""
+    document token where that answer's value starts. With two-hop pointers (encode's two_hop) a two-hop
+    answer has one there too, at the mentor's value, and one in hop_pointers: from the same query to the
+    last token of the mentor's name in the asked person's `The mentor of N is M.`"""
 
     ids: list[int]
     weights: list[float]
     pointers: list[tuple[int, int]]
+    hop_pointers: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TwoHop:
+    """How a `... of the mentor of N?` question is answered: the asked person's document, the character
+    offset in its context_text just past the mentor's name, and the single-hop question to the mentor."""
+
+    title: str
+    name_end: int
+    question: str
+
+
+def two_hop_route(docs: list[dict], question: str) -> TwoHop | None:
+    """The route through the mentor for a two-hop question whose asked person's document is in docs,
+    and says who the mentor is; None for any other question."""
+    for _, asked in FACTS.values():
+        head, tail = asked.split("{n}")
+        head += "the mentor of "
+        if not (question.startswith(head) and question.endswith(tail)):
+            continue
+        name = question[len(head): len(question) - len(tail)]
+        for doc in docs:
+            said = f"The mentor of {name} is "
+            at = doc["text"].find(said) if doc["title"] == name else -1
+            if at >= 0:
+                mentor = doc["text"][at + len(said): doc["text"].index(".", at)]
+                offset = len(context_text({"title": name, "text": ""})) - 1 + at + len(said) + len(mentor)
+                return TwoHop(name, offset, asked.format(n=mentor))
+    return None
 
 
 def value_offset(doc: dict, question: str, answer: str) -> int | None:
@@ -43,7 +76,7 @@ def value_offset(doc: dict, question: str, answer: str) -> int | None:
 
 
 def encode(record: dict, tokenizer, extra_questions: int = 0, pool: str = "sampled",
-           question_lm: bool = False) -> Encoded:
+           question_lm: bool = False, two_hop: bool = False) -> Encoded:
     """bos + each document tokenized alone + question + answer + eos (+ extra question/answer pairs,
     each after the previous answer's eos).
 
@@ -51,7 +84,8 @@ def encode(record: dict, tokenizer, extra_questions: int = 0, pool: str = "sampl
     from record["all_qa"] (every fact of every person but the one already asked; extra_pairs). The extra
     questions' own tokens are trained as text (weight 1, scaled by the lm weight) when question_lm is
     set, else not at all: continuing a person's name in a question means finding that person's
-    document, the lookup an answer needs too."""
+    document, the lookup an answer needs too. two_hop adds the pointers of two-hop answers (Encoded) and
+    asks a two-hop record's further questions through the mentor too (extra_pairs)."""
     ids, weights = [tokenizer.bos_token_id], [0.0]
     docs = []  # (doc, first position, character offsets of its tokens)
     for doc in record["ctxs"]:
@@ -59,35 +93,50 @@ def encode(record: dict, tokenizer, extra_questions: int = 0, pool: str = "sampl
         docs.append((doc, len(ids), piece["offset_mapping"]))
         ids += piece["input_ids"]
         weights += [1.0] * len(piece["input_ids"])
-    pointers = []
+    pointers, hop_pointers = [], []
+
+    def token_at(first: int, offsets, at: int) -> int:
+        return first + next(i for i, (_, end) in enumerate(offsets) if end > at)
 
     def answer(question: str, value: str, prefix: str, text_weight: float) -> None:
         q = tokenizer.encode(prefix + question_text(question), add_special_tokens=False)
         a = tokenizer.encode(" " + value, add_special_tokens=False) + [tokenizer.eos_token_id]
         ids.extend(q)
         weights.extend([text_weight] * len(q))
+        query = len(ids) - 1
+        route = two_hop_route([d for d, _, _ in docs], question) if two_hop else None
         for doc, first, offsets in docs:
-            at = value_offset(doc, question, value)
+            at = value_offset(doc, route.question if route else question, value)
             if at is not None:
-                pointers.append((len(ids) - 1, first + next(i for i, (_, end) in enumerate(offsets) if end > at)))
+                pointers.append((query, token_at(first, offsets, at)))
                 break
+        for doc, first, offsets in docs if route else ():
+            if doc["title"] == route.title:
+                hop_pointers.append((query, token_at(first, offsets, route.name_end - 1)))
         ids.extend(a)
         weights.extend([-1.0] * len(a))  # marks answer tokens
 
     answer(record["question"], record["answers"][0], "", 1.0)
-    for qa in extra_pairs(record, extra_questions, pool):
+    for qa in extra_pairs(record, extra_questions, pool, two_hop):
         answer(qa["question"], qa["answer"], "\n", float(question_lm))
-    return Encoded(ids, weights, pointers)
+    return Encoded(ids, weights, pointers, hop_pointers)
 
 
-def extra_pairs(record: dict, count: int, pool: str = "sampled") -> list[dict]:
+def extra_pairs(record: dict, count: int, pool: str = "sampled", two_hop: bool = False) -> list[dict]:
     """The further {"question", "answer"} pairs a training sequence asks after the record's own
-    question: from record["more_qa"], or with pool "all" from record["all_qa"] in a fixed shuffle."""
+    question: from record["more_qa"], or with pool "all" from record["all_qa"] in a fixed shuffle.
+    With two_hop, a two-hop record's record["two_hop_qa"] (the mentor's other facts, asked through the
+    mentor) are among them, all of them within count, in a shuffle with the rest."""
     extra = record.get("more_qa", [])
     if pool == "all":
         extra = list(record.get("all_qa", []))
         random.Random(record["question"] + record["ctxs"][0]["title"]).shuffle(extra)
-    return extra[:count]
+    if not two_hop:
+        return extra[:count]
+    via = list(record.get("two_hop_qa", []))[:count]
+    chosen = via + extra[: count - len(via)]
+    random.Random(record["question"]).shuffle(chosen)
+    return chosen
 
 
 def prompt_and_answer(record: dict, tokenizer) -> tuple[list[int], list[int]]:
@@ -100,28 +149,33 @@ def prompt_and_answer(record: dict, tokenizer) -> tuple[list[int], list[int]]:
 @dataclass(frozen=True)
 class Batch:
     """Right-padded ids, loss weights (answers 1, text the lm weight, padding 0) and pointer rows
-    (sequence, query position, value position)."""
+    (sequence, query position, value position) of Encoded's pointers and hop_pointers."""
 
     ids: torch.Tensor
     weights: torch.Tensor
     pointers: torch.Tensor
+    hop_pointers: torch.Tensor
 
     def to(self, device) -> "Batch":
-        return Batch(*(t.to(device, non_blocking=True) for t in (self.ids, self.weights, self.pointers)))
+        return Batch(*(t.to(device, non_blocking=True)
+                       for t in (self.ids, self.weights, self.pointers, self.hop_pointers)))
+
+
+def _pointer_rows(encoded: list[Encoded], name: str) -> torch.Tensor:
+    return torch.tensor([(row, q, v) for row, e in enumerate(encoded) for q, v in getattr(e, name)],
+                        dtype=torch.long).view(-1, 3)
 
 
 def batch_of(records, tokenizer, lm_weight: float, extra_questions: int = 0, pool: str = "sampled",
-             question_lm: bool = False) -> Batch:
-    encoded = [encode(r, tokenizer, extra_questions, pool, question_lm) for r in records]
+             question_lm: bool = False, two_hop: bool = False) -> Batch:
+    encoded = [encode(r, tokenizer, extra_questions, pool, question_lm, two_hop) for r in records]
     width = max(len(e.ids) for e in encoded)
     ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
     w = torch.zeros(len(encoded), width)
     for row, e in enumerate(encoded):
         ids[row, : len(e.ids)] = torch.tensor(e.ids)
         w[row, : len(e.weights)] = torch.tensor([1.0 if x < 0 else x * lm_weight for x in e.weights])
-    pointers = torch.tensor([(row, q, v) for row, e in enumerate(encoded) for q, v in e.pointers],
-                            dtype=torch.long).view(-1, 3)
-    return Batch(ids, w, pointers)
+    return Batch(ids, w, _pointer_rows(encoded, "pointers"), _pointer_rows(encoded, "hop_pointers"))
 
 
 _WORKER_TOKENIZER = None
@@ -135,11 +189,16 @@ def _init_worker(tokenizer_dir: str) -> None:
     _WORKER_TOKENIZER = AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
-def _worker_batch(job: tuple[int, int, int, float, int, str, bool]):
-    seed, size, num_docs, lm_weight, extra, pool, question_lm = job
-    b = batch_of(make_dataset(size, seed=seed, num_docs=num_docs), _WORKER_TOKENIZER, lm_weight, extra, pool,
-                 question_lm)
-    return b.ids.numpy(), b.weights.numpy(), b.pointers.numpy()  # torch's fd-passing runs out of handles
+def _batch_for(job: tuple, tokenizer) -> Batch:
+    seed, size, num_docs, two_hop_fraction, lm_weight, extra, pool, question_lm, two_hop = job
+    return batch_of(make_dataset(size, seed=seed, num_docs=num_docs, two_hop_fraction=two_hop_fraction), tokenizer,
+                    lm_weight, extra, pool, question_lm, two_hop)
+
+
+def _worker_batch(job: tuple):
+    b = _batch_for(job, _WORKER_TOKENIZER)
+    # numpy, as torch's fd-passing runs out of handles
+    return b.ids.numpy(), b.weights.numpy(), b.pointers.numpy(), b.hop_pointers.numpy()
 
 
 def batches(args, tokenizer, tokenizer_dir, rng: random.Random):
@@ -150,12 +209,12 @@ def batches(args, tokenizer, tokenizer_dir, rng: random.Random):
         while True:
             top = min(args.docs + 1, 2) if time.time() < short_until else args.docs + 1  # curriculum
             yield (rng.randrange(1 << 30), args.batch, rng.randint(min(args.min_docs, top), top),
-                   args.lm_weight, args.extra_questions, args.question_pool, args.question_lm)
+                   args.two_hop_fraction, args.lm_weight, args.extra_questions, args.question_pool, args.question_lm,
+                   args.two_hop_supervision > 0)
 
     if args.data_workers <= 0:
-        for seed, size, docs, lm_weight, extra, pool, question_lm in jobs():
-            yield batch_of(make_dataset(size, seed=seed, num_docs=docs), tokenizer, lm_weight, extra, pool,
-                           question_lm)
+        for job in jobs():
+            yield _batch_for(job, tokenizer)
         return
     import multiprocessing
 

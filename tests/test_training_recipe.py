@@ -68,3 +68,28 @@ def test_a_short_fresh_run_saves_a_checkpoint_that_loads_with_its_log(tmp_path):
 def test_attention_starts_without_a_reset_are_refused_for_a_checkpoint(tmp_path):
     run = _train(tmp_path, "--init", str(ROOT / "hypic_rag" / "assets" / "small_model"), "--copy-init", "2")
     assert run.returncode == 2 and "add --reset-attention" in run.stderr
+
+
+def test_a_two_hop_supervised_run_logs_both_hops_losses(tmp_path):
+    run = _train(tmp_path, "--minutes", "0.1", "--hidden", "32", "--layers", "8", "--vocab", "300", "--batch", "4",
+                 "--docs", "2", "--min-docs", "2", "--eval-questions", "2", "--save-every", "1", "--threads", "1",
+                 "--attention-supervision", "1", "--supervised-layer", "7", "--copy-supervision", "1",
+                 "--two-hop-supervision", "1", "--two-hop-fraction", "1.0", "--extra-questions", "4",
+                 "--question-pool", "all")
+    assert run.returncode == 0, run.stderr[-3000:]
+    stage = json.loads((tmp_path / "m" / "training_log.json").read_text())["stages"][-1]
+    assert stage["args"]["two_hop_supervision"] == 1.0 and stage["args"]["first_hop_layer"] is None
+    first = stage["log"][0]
+    assert first["first_hop_pointing_loss"] > 0 and first["first_hop_copying_loss"] > 0 and first["pointing_loss"] > 0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--two-hop-supervision", "1"], "give that weight too"),
+    (["--attention-supervision", "1", "--first-hop-layer", "3"], "--two-hop-supervision trains"),
+    (["--attention-supervision", "1", "--two-hop-fraction", "1.5"], "between 0 and 1"),
+    (["--attention-supervision", "1", "--supervised-layer", "3", "--two-hop-supervision", "1"], "need two layers"),
+])
+def test_two_hop_flags_that_cannot_work_are_refused(tmp_path, flags, message):
+    run = _train(tmp_path, "--minutes", "0.05", "--hidden", "32", "--layers", "8", "--vocab", "300", "--threads", "1",
+                 *flags)
+    assert run.returncode == 2 and message in run.stderr, run.stderr[-2000:]

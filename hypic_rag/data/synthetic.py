@@ -84,6 +84,9 @@ def make_record(rng: random.Random, num_docs: int = 4, two_hop: bool = False) ->
     source = people[1] if two_hop else target
     every = [{"question": FACTS[k][1].format(n=p.name), "answer": p.facts[k]}
              for p in people for k in FACTS if not (p.name == source.name and k == kind)]
+    # with a mentor: the mentor's other facts asked through the mentor (training signal, no rng draws)
+    via = [{"question": FACTS[k][1].format(n=f"the mentor of {target.name}"), "answer": people[1].facts[k]}
+           for k in FACTS if k != kind] if two_hop else []
     docs = [_document(p, rng) for p in people]
     rng.shuffle(docs)
     more = []
@@ -91,7 +94,7 @@ def make_record(rng: random.Random, num_docs: int = 4, two_hop: bool = False) ->
         kind = rng.choice(list(FACTS))
         more.append({"question": FACTS[kind][1].format(n=person.name), "answer": person.facts[kind]})
     return {"question": question, "ctxs": docs, "answers": [answer], "hops": 2 if two_hop else 1, "more_qa": more,
-            "all_qa": every}
+            "all_qa": every, "two_hop_qa": via}
 
 
 def make_dataset(n: int, seed: int, num_docs: int = 4, two_hop_fraction: float = 0.25) -> list[dict]:
