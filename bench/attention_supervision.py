@@ -93,15 +93,18 @@ class AnswerAttention:
         self.log_weights = torch.log_softmax(scores.masked_fill(future, float("-inf")), dim=-1)
 
 
-def supervise(model, ids: torch.Tensor, armed: list[tuple[AnswerAttention, torch.Tensor]]) -> list[Supervised]:
-    """One forward over ids with every (hooked layer, its pointer rows) pair armed; each pair's losses,
-    all with the same output."""
+def supervise(model, ids: torch.Tensor, armed: list[tuple[AnswerAttention, torch.Tensor]],
+              attention_mask=None) -> list[Supervised]:
+    """One forward over ids (and attention_mask, for the model's forward) with every (hooked layer, its
+    pointer rows) pair armed; each pair's losses, all with the same output. The recorded weights are
+    causal: pointer queries are answer positions, which every mask of block_attention.py lets see
+    the whole sequence before them."""
     if len({id(hook) for hook, _ in armed}) != len(armed):
         raise ValueError("each hooked layer takes one set of pointers per forward")
     for hook, pointers in armed:
         hook._pointers = pointers
     try:
-        out = model(input_ids=ids)
+        out = model(input_ids=ids, attention_mask=attention_mask)
     finally:
         for hook, _ in armed:
             hook._pointers = None

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hypic_rag  # noqa: E402,F401
 from hypic_rag.data.synthetic import context_text, make_dataset, question_text  # noqa: E402
 from attention_supervision import AnswerAttention, attention_layer_indices, supervise  # noqa: E402  (bench/ on path)
+from block_attention import attention_masks  # noqa: E402
 from training_data import batches, prompt_and_answer  # noqa: E402
 from small_model_init import build_model, reset_attention  # noqa: E402  (bench/ is on sys.path when run as a script)
 
@@ -128,6 +129,9 @@ def main() -> None:
                    help="the full-attention layer --two-hop-supervision points at the mentor's name (default: "
                         "the first)")
     p.add_argument("--two-hop-fraction", type=float, default=0.25, help="share of two-hop training records")
+    p.add_argument("--block-attention", type=float, default=0.0,
+                   help="share of training sequences whose document tokens attend only to their own document "
+                        "and the bos, as cached segments do (see block_attention.py); 0: off")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     p.add_argument("--data-workers", type=int, default=0, help="processes that build batches (0: in the loop)")
     p.add_argument("--eval-questions", type=int, default=100)
@@ -148,6 +152,8 @@ def main() -> None:
                 "--attention-supervision trains; give that weight too")
     if args.first_hop_layer is not None and not args.two_hop_supervision:
         p.error("--first-hop-layer is the layer --two-hop-supervision trains; give that weight too")
+    if not 0.0 <= args.block_attention <= 1.0:
+        p.error(f"--block-attention is a share of sequences, between 0 and 1 (got {args.block_attention})")
     if not 0.0 <= args.two_hop_fraction <= 1.0:
         p.error(f"--two-hop-fraction is a share of records, between 0 and 1 (got {args.two_hop_fraction})")
     gain = 1.5 if args.attention_gain is None else args.attention_gain
@@ -194,12 +200,16 @@ def main() -> None:
     while time.time() < deadline:
         batch = next(stream).to(device)
         ids, w = batch.ids, batch.weights
+        mask = None
+        if args.block_attention:
+            blocked = torch.rand(len(ids)) < args.block_attention
+            mask = attention_masks(model, batch.doc_of, blocked.to(device))
         hop_sup = None
         if supervised is None:
-            result, pointing = model(input_ids=ids), None
+            result, pointing = model(input_ids=ids, attention_mask=mask), None
         else:
             armed = [(supervised, batch.pointers)] + ([(first_hop, batch.hop_pointers)] if first_hop else [])
-            sup, *rest = supervise(model, ids, armed)
+            sup, *rest = supervise(model, ids, armed, mask)
             result, pointing, hop_sup = sup.output, sup.pointing, (rest[0] if rest else None)
         logits = result.logits[:, :-1]
         losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),

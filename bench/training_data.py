@@ -23,12 +23,14 @@ class Encoded:
     whose value is found in a document: the token after which the answer is predicted, and the
     document token where that answer's value starts. With two-hop pointers (encode's two_hop) a two-hop
     answer has one there too, at the mentor's value, and one in hop_pointers: from the same query to the
-    last token of the mentor's name in the asked person's `The mentor of N is M.`"""
+    last token of the mentor's name in the asked person's `The mentor of N is M.` doc_of: each token's
+    document number (1, 2, ...), 0 for the bos, questions and answers (block_attention.py)."""
 
     ids: list[int]
     weights: list[float]
     pointers: list[tuple[int, int]]
     hop_pointers: list[tuple[int, int]] = field(default_factory=list)
+    doc_of: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ def encode(record: dict, tokenizer, extra_questions: int = 0, pool: str = "sampl
         docs.append((doc, len(ids), piece["offset_mapping"]))
         ids += piece["input_ids"]
         weights += [1.0] * len(piece["input_ids"])
+    doc_of = [0] + [n + 1 for n, (_, first, offsets) in enumerate(docs) for _ in offsets]
     pointers, hop_pointers = [], []
 
     def token_at(first: int, offsets, at: int) -> int:
@@ -119,7 +122,7 @@ def encode(record: dict, tokenizer, extra_questions: int = 0, pool: str = "sampl
     answer(record["question"], record["answers"][0], "", 1.0)
     for qa in extra_pairs(record, extra_questions, pool, two_hop):
         answer(qa["question"], qa["answer"], "\n", float(question_lm))
-    return Encoded(ids, weights, pointers, hop_pointers)
+    return Encoded(ids, weights, pointers, hop_pointers, doc_of + [0] * (len(ids) - len(doc_of)))
 
 
 def extra_pairs(record: dict, count: int, pool: str = "sampled", two_hop: bool = False) -> list[dict]:
@@ -149,16 +152,18 @@ def prompt_and_answer(record: dict, tokenizer) -> tuple[list[int], list[int]]:
 @dataclass(frozen=True)
 class Batch:
     """Right-padded ids, loss weights (answers 1, text the lm weight, padding 0) and pointer rows
-    (sequence, query position, value position) of Encoded's pointers and hop_pointers."""
+    (sequence, query position, value position) of Encoded's pointers and hop_pointers; doc_of as in Encoded
+    (0 on padding)."""
 
     ids: torch.Tensor
     weights: torch.Tensor
     pointers: torch.Tensor
     hop_pointers: torch.Tensor
+    doc_of: torch.Tensor
 
     def to(self, device) -> "Batch":
         return Batch(*(t.to(device, non_blocking=True)
-                       for t in (self.ids, self.weights, self.pointers, self.hop_pointers)))
+                       for t in (self.ids, self.weights, self.pointers, self.hop_pointers, self.doc_of)))
 
 
 def _pointer_rows(encoded: list[Encoded], name: str) -> torch.Tensor:
@@ -172,10 +177,12 @@ def batch_of(records, tokenizer, lm_weight: float, extra_questions: int = 0, poo
     width = max(len(e.ids) for e in encoded)
     ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
     w = torch.zeros(len(encoded), width)
+    doc_of = torch.zeros(len(encoded), width, dtype=torch.long)
     for row, e in enumerate(encoded):
         ids[row, : len(e.ids)] = torch.tensor(e.ids)
         w[row, : len(e.weights)] = torch.tensor([1.0 if x < 0 else x * lm_weight for x in e.weights])
-    return Batch(ids, w, _pointer_rows(encoded, "pointers"), _pointer_rows(encoded, "hop_pointers"))
+        doc_of[row, : len(e.doc_of)] = torch.tensor(e.doc_of)
+    return Batch(ids, w, _pointer_rows(encoded, "pointers"), _pointer_rows(encoded, "hop_pointers"), doc_of)
 
 
 _WORKER_TOKENIZER = None
@@ -198,7 +205,7 @@ def _batch_for(job: tuple, tokenizer) -> Batch:
 def _worker_batch(job: tuple):
     b = _batch_for(job, _WORKER_TOKENIZER)
     # numpy, as torch's fd-passing runs out of handles
-    return b.ids.numpy(), b.weights.numpy(), b.pointers.numpy(), b.hop_pointers.numpy()
+    return b.ids.numpy(), b.weights.numpy(), b.pointers.numpy(), b.hop_pointers.numpy(), b.doc_of.numpy()
 
 
 def batches(args, tokenizer, tokenizer_dir, rng: random.Random):

@@ -70,15 +70,16 @@ def test_attention_starts_without_a_reset_are_refused_for_a_checkpoint(tmp_path)
     assert run.returncode == 2 and "add --reset-attention" in run.stderr
 
 
-def test_a_two_hop_supervised_run_logs_both_hops_losses(tmp_path):
+def test_a_two_hop_supervised_block_attention_run_logs_both_hops_losses(tmp_path):
     run = _train(tmp_path, "--minutes", "0.1", "--hidden", "32", "--layers", "8", "--vocab", "300", "--batch", "4",
                  "--docs", "2", "--min-docs", "2", "--eval-questions", "2", "--save-every", "1", "--threads", "1",
                  "--attention-supervision", "1", "--supervised-layer", "7", "--copy-supervision", "1",
                  "--two-hop-supervision", "1", "--two-hop-fraction", "1.0", "--extra-questions", "4",
-                 "--question-pool", "all")
+                 "--question-pool", "all", "--block-attention", "0.5")
     assert run.returncode == 0, run.stderr[-3000:]
     stage = json.loads((tmp_path / "m" / "training_log.json").read_text())["stages"][-1]
     assert stage["args"]["two_hop_supervision"] == 1.0 and stage["args"]["first_hop_layer"] is None
+    assert stage["args"]["block_attention"] == 0.5
     first = stage["log"][0]
     assert first["first_hop_pointing_loss"] > 0 and first["first_hop_copying_loss"] > 0 and first["pointing_loss"] > 0
 
@@ -87,6 +88,7 @@ def test_a_two_hop_supervised_run_logs_both_hops_losses(tmp_path):
     (["--two-hop-supervision", "1"], "give that weight too"),
     (["--attention-supervision", "1", "--first-hop-layer", "3"], "--two-hop-supervision trains"),
     (["--attention-supervision", "1", "--two-hop-fraction", "1.5"], "between 0 and 1"),
+    (["--block-attention", "-0.5"], "between 0 and 1"),
     (["--attention-supervision", "1", "--supervised-layer", "3", "--two-hop-supervision", "1"], "need two layers"),
 ])
 def test_two_hop_flags_that_cannot_work_are_refused(tmp_path, flags, message):
