@@ -3,16 +3,20 @@
 A byte-level BPE tokenizer is trained with `tokenizers` on synthetic documents, then a Gated
 DeltaNet + full attention model (3:1) learns to answer synthetic multi-document questions.
 Each document is tokenized on its own, exactly as segments are at query time. The loss covers the
-answer (weight 1) and the documents (weight `--lm-weight`); `--attention-supervision` and
-`--copy-supervision` add the auxiliary losses of attention_supervision.py. Checkpoints are written
-every `--save-every` steps as standard HF checkpoints.
+answer (weight 1) and the documents (weight `--lm-weight`); `--attention-supervision`,
+`--copy-supervision` and `--two-hop-supervision` add the auxiliary losses of attention_supervision.py,
+and `--block-attention` trains a share of the sequences under the mask cached segments are computed
+with (block_attention.py). Checkpoints are written every `--save-every` steps as standard HF
+checkpoints.
 
-From scratch in under an hour on a 2-core CPU (bench/results/from_scratch.md, runs T0 and U1/U2):
+The shipped model, from scratch in 50 minutes on one core of a 2-core CPU (bench/results/from_scratch.md,
+run W1):
 
     python bench/train_small_model.py --minutes 50 --threads 1 --lr 3e-3 --lm-weight 0.3 \
         --extra-questions 16 --question-pool all --min-docs 2 --short-docs-minutes 25 \
         --attention-gain 0.5 --copy-init 2 --attention-supervision 1 --supervised-layer 7 \
-        --copy-supervision 1 --eval-questions 200 --out /tmp/one_hour_model
+        --copy-supervision 1 --block-attention 0.5 --eval-questions 200 --save-every 300 --seed 2 \
+        --out hypic_rag/assets/small_model
 
 On a CUDA machine the same script runs on the GPU (``--device auto``) with batches built by
 ``--data-workers`` processes so the GPU is not left waiting on tokenization.
