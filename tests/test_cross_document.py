@@ -27,7 +27,8 @@ def test_linear_state_survival_follows_the_decay_gates(tmp_path, tokenizer, a_lo
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     row = measure(str(tmp_path), make_dataset(2, seed=1, num_docs=3))
-    survive = row["linear_state_surviving_16_tokens"]
+    survive = row["linear_state_surviving"]
+    assert row["window"] == 16
     assert set(survive) == {0, 1, 2}
     assert all(v == pytest.approx(expect, abs=1e-6) for v in survive.values())
     weight = row["attention_weight_on_earlier_documents"]
