@@ -43,6 +43,11 @@ class TwoHop:
     question: str
 
 
+def _text_start(title: str) -> int:
+    """Where a document's text starts in its context_text (after "Document: N\n")."""
+    return len(context_text({"title": title, "text": ""})) - 1
+
+
 def two_hop_route(docs: list[dict], question: str) -> TwoHop | None:
     """The route through the mentor for a two-hop question whose asked person's document is in docs,
     and says who the mentor is; None for any other question."""
@@ -57,7 +62,7 @@ def two_hop_route(docs: list[dict], question: str) -> TwoHop | None:
             at = doc["text"].find(said) if doc["title"] == name else -1
             if at >= 0:
                 mentor = doc["text"][at + len(said): doc["text"].index(".", at)]
-                offset = len(context_text({"title": name, "text": ""})) - 1 + at + len(said) + len(mentor)
+                offset = _text_start(name) + at + len(said) + len(mentor)
                 return TwoHop(name, offset, asked.format(n=mentor))
     return None
 
@@ -72,8 +77,7 @@ def value_offset(doc: dict, question: str, answer: str) -> int | None:
             at = doc["text"].find(sentence)
             if at < 0:
                 return None
-            head = len(context_text({"title": title, "text": ""})) - 1  # "Document: N\n"
-            return head + at + len(sentence) - 1 - len(answer)
+            return _text_start(title) + at + len(sentence) - 1 - len(answer)
     return None
 
 
@@ -88,14 +92,14 @@ def encode(record: dict, tokenizer, extra_questions: int = 0, pool: str = "sampl
     set, else not at all: continuing a person's name in a question means finding that person's
     document, the lookup an answer needs too. two_hop adds the pointers of two-hop answers (Encoded) and
     asks a two-hop record's further questions through the mentor too (extra_pairs)."""
-    ids, weights = [tokenizer.bos_token_id], [0.0]
+    ids, weights, doc_of = [tokenizer.bos_token_id], [0.0], [0]
     docs = []  # (doc, first position, character offsets of its tokens)
-    for doc in record["ctxs"]:
+    for number, doc in enumerate(record["ctxs"], start=1):
         piece = tokenizer(context_text(doc), add_special_tokens=False, return_offsets_mapping=True)
         docs.append((doc, len(ids), piece["offset_mapping"]))
         ids += piece["input_ids"]
         weights += [1.0] * len(piece["input_ids"])
-    doc_of = [0] + [n + 1 for n, (_, first, offsets) in enumerate(docs) for _ in offsets]
+        doc_of += [number] * len(piece["input_ids"])
     pointers, hop_pointers = [], []
 
     def token_at(first: int, offsets, at: int) -> int:
