@@ -74,6 +74,10 @@ def main() -> None:
     args = p.parse_args()
     if args.records < 1:
         p.error("--records must be at least 1")
+    for c in args.checkpoints:
+        if not (Path(c) / "config.json").is_file():
+            p.error(f"{c} is not a checkpoint folder (no config.json); pass a saved model such as "
+                    "hypic_rag/assets/small_model")
     records = make_dataset(args.records, seed=77, num_docs=4)
     rows = [measure(c, records) for c in args.checkpoints]
     out = Path(args.out)

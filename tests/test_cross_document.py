@@ -33,3 +33,12 @@ def test_linear_state_survival_follows_the_decay_gates(tmp_path, tokenizer, a_lo
     assert all(v == pytest.approx(expect, abs=1e-6) for v in survive.values())
     weight = row["attention_weight_on_earlier_documents"]
     assert set(weight) == {3} and 0.0 < weight[3] < 1.0  # a random layer reads some of the earlier documents
+
+
+def test_a_folder_that_is_not_a_checkpoint_is_refused(tmp_path):
+    import subprocess
+
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "cross_document.py"), str(tmp_path), "--out",
+                          str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert run.returncode == 2 and "not a checkpoint folder" in run.stderr
+    assert not (tmp_path / "out").exists()  # nothing written
