@@ -1,30 +1,112 @@
-"""The disk tier: diskcache holding raw entry bytes only.
+"""The disk tier: diskcache holding raw entry bytes only, with a store directory treated as untrusted.
 
-diskcache pickles non-bytes values and unpickles them on read (CVE-2025-69872). This tier's Disk
-refuses to store anything but bytes and refuses to read back anything stored pickled, so a planted
-pickle is treated as a corrupt entry, never loaded.
+A store may be shared or copied from elsewhere, so nothing read from its SQLite file is trusted:
+- values: diskcache pickles non-bytes values and unpickles them on read (CVE-2025-69872). This
+  tier stores bytes only and refuses every value row stored pickled or as text;
+- keys: diskcache unpickles keys whose row says raw = 0; such rows are refused, never listed;
+- file names: diskcache joins the row's `filename` onto the directory and reads, then deletes, that
+  file. A name must have exactly the shape diskcache itself generates (`ab/cd/<28 hex>.val`) and
+  resolve, with no symbolic link on the way, inside the entries directory; anything else is a
+  corrupt row that is dropped without touching the file system;
+- reads: a value file is read only up to the size its own header declares, and never beyond the
+  tier's byte limit (a planted 12 GiB sparse file is refused after reading 48 bytes);
+- settings: diskcache runs `PRAGMA <key> = <value>` for every `sqlite_*` row of its Settings table
+  and hands `disk_*` rows to the Disk; the file is checked before diskcache opens it: no setting,
+  table, index or trigger that diskcache does not create itself.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import sqlite3
 from pathlib import Path
 
 import diskcache
 
-from hypic_rag.store.serde import CorruptEntryError, entry_from_bytes, entry_to_bytes
+from hypic_rag.errors import StoreError
+from hypic_rag.store.serde import CorruptEntryError, entry_from_bytes, entry_to_bytes, read_bounded
 from hypic_rag.types import SegmentEntry
+
+_VALUE_NAME = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{28}\.val")
+_KEY = re.compile(r"[0-9a-f]{64}")
+_WORD = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_KNOWN_SETTINGS = set(diskcache.DEFAULT_SETTINGS) | set(diskcache.core.METADATA)
+_KNOWN_SCHEMA = {
+    "Settings", "Cache", "Cache_key_raw", "Cache_expire_time", "Cache_access_time", "Cache_access_count",
+    "Cache_store_time", "Cache_tag_rowid", "Settings_count_insert", "Settings_count_delete",
+    "Settings_size_insert", "Settings_size_update", "Settings_size_delete", "Tag", "Tag_key",
+}
 
 
 class BytesOnlyDisk(diskcache.Disk):
+    """A diskcache Disk that stores bytes only and reads nothing it did not write the way it writes."""
+
+    max_read_bytes = 2**40  # set per tier (DiskTier passes its size limit)
+
     def store(self, value, read, key=diskcache.core.UNKNOWN):
         if not read and not isinstance(value, bytes):
             raise TypeError("the hypic_rag disk tier stores bytes only")
         return super().store(value, read, key=key)
 
+    def get(self, key, raw):
+        if not raw:
+            raise CorruptEntryError("refusing to unpickle a disk-tier key")
+        return super().get(key, raw)
+
+    def _inside(self, filename) -> str | None:
+        """The full path of a value file named by a row, or None when the name is not one this tier
+        could have written (wrong shape, or a symbolic link anywhere below the directory)."""
+        if not isinstance(filename, str) or not _VALUE_NAME.fullmatch(filename):
+            return None
+        root = os.path.realpath(self._directory)
+        full = os.path.join(root, filename)
+        return full if os.path.realpath(full) == full else None
+
     def fetch(self, mode, filename, value, read):
-        if mode == diskcache.core.MODE_PICKLE:
-            raise CorruptEntryError("refusing to unpickle a disk-tier value")
-        return super().fetch(mode, filename, value, read)
+        if mode == diskcache.core.MODE_RAW:
+            return super().fetch(mode, filename, value, read)
+        if mode != diskcache.core.MODE_BINARY or read:
+            raise CorruptEntryError(f"refusing a disk-tier value stored in diskcache mode {mode} (bytes only)")
+        full = self._inside(filename)
+        if full is None:
+            raise CorruptEntryError(f"disk-tier row names the file {filename!r}, outside the store's layout")
+        try:
+            fd = os.open(full, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as exc:
+            raise CorruptEntryError(f"disk-tier value file {filename} is unreadable: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as reader:
+            return read_bounded(reader, os.fstat(reader.fileno()).st_size, self.max_read_bytes)
+
+    def remove(self, file_path):
+        full = self._inside(file_path)
+        if full is not None:  # a name outside the layout is never touched
+            super().remove(os.path.relpath(full, os.path.realpath(self._directory)))
+
+
+def check_cache_file(directory: Path) -> None:
+    """Refuse a diskcache database holding settings or schema objects diskcache never creates (their
+    values would run as PRAGMA statements or Disk arguments when diskcache opens it)."""
+    path = directory / "cache.db"
+    if not path.exists():
+        return
+    if not path.is_file() or path.is_symlink():
+        raise StoreError(f"{path} is not a regular file; remove it (the disk tier is rebuilt by precompute)")
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")}
+            settings = con.execute("SELECT key, value FROM Settings").fetchall() if "Settings" in names else []
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} is not a readable SQLite database ({exc}); move it away and rerun "
+                         "`hypic-rag precompute` to rebuild the disk tier") from None
+    unknown = sorted(names - _KNOWN_SCHEMA) + sorted(str(k) for k, _ in settings if k not in _KNOWN_SETTINGS)
+    bad = [str(k) for k, v in settings if not isinstance(v, (int, float)) and not (isinstance(v, str) and _WORD.fullmatch(v))]
+    if unknown or bad:
+        raise StoreError(f"{path} holds objects or settings this library never writes ({', '.join(unknown + bad)}); "
+                         "refusing to open it: move it away and rerun `hypic-rag precompute` to rebuild the disk tier")
 
 
 class DiskTier:
@@ -36,13 +118,16 @@ class DiskTier:
         if size_limit_bytes <= 0:
             raise ValueError(f"disk size limit must be > 0 bytes, got {size_limit_bytes}")
         self.directory = Path(directory)
-        self._cache = diskcache.Cache(
-            str(self.directory), size_limit=size_limit_bytes, eviction_policy="least-recently-used",
-            disk=BytesOnlyDisk, cull_limit=10,
-        )
+        check_cache_file(self.directory)
+        settings = dict(diskcache.DEFAULT_SETTINGS)  # every setting ours, none left to the file
+        settings.update(size_limit=size_limit_bytes, eviction_policy="least-recently-used", cull_limit=10)
+        self._cache = diskcache.Cache(str(self.directory), disk=BytesOnlyDisk, **settings)
+        self._cache.disk.max_read_bytes = size_limit_bytes
+        self.size_limit_bytes = size_limit_bytes
         self.hits = 0
         self.misses = 0
         self.corrupt = 0
+        self.last_error: str | None = None  # why the last dropped entry was refused
 
     def __contains__(self, key: str) -> bool:
         return key in self._cache
@@ -55,18 +140,28 @@ class DiskTier:
         return int(self._cache.volume())
 
     def get(self, key: str) -> SegmentEntry | None:
+        """The entry stored under `key`, or None; a damaged or mislabelled entry is dropped (counted
+        in `corrupt`) so that the caller recomputes it."""
         try:
             blob = self._cache.get(key, default=None)
-            entry = None if blob is None else entry_from_bytes(blob)
-        except CorruptEntryError:
-            self.corrupt += 1
-            self._cache.delete(key)
+            entry = None if blob is None else entry_from_bytes(blob, key=key)
+        except (CorruptEntryError, OSError) as exc:
+            self.discard(key)
+            self.last_error = str(exc)
             entry = None
         if entry is None:
             self.misses += 1
         else:
             self.hits += 1
         return entry
+
+    def discard(self, key: str) -> None:
+        """Drop a damaged entry (the row, and its file when that lies inside the layout)."""
+        self.corrupt += 1
+        try:
+            self._cache.delete(key)
+        except CorruptEntryError:
+            pass
 
     def put(self, key: str, entry: SegmentEntry) -> None:
         self._cache.set(key, entry_to_bytes(entry))
@@ -76,7 +171,9 @@ class DiskTier:
         return self._cache.get(key, default=None)
 
     def keys(self) -> list[str]:
-        return list(self._cache.iterkeys())
+        """Stored keys; rows whose key is not a plain content key (pickled or foreign) are skipped."""
+        rows = self._cache._sql("SELECT key FROM Cache WHERE raw = 1").fetchall()
+        return [k for (k,) in rows if isinstance(k, str) and _KEY.fullmatch(k)]
 
     def close(self) -> None:
         self._cache.close()
