@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -21,7 +22,7 @@ import torch
 from hypic_rag.config import ExecutorConfig, Mode, PromptTemplate
 from hypic_rag.engine import HypicExecutor
 from hypic_rag.index.embedder import DEFAULT_EMBEDDER, Embedder
-from hypic_rag.index.segment_index import RetrievedSegment, SegmentIndex
+from hypic_rag.index.segment_index import RetrievedSegment, SegmentIndex, SegmentRecord
 from hypic_rag.precompute.pipeline import IngestReport, ingest_segments
 from hypic_rag.prompt_match import plan_prompt
 from hypic_rag.precompute.segmenter import Document, Segmenter, as_documents, load_corpus
@@ -30,6 +31,7 @@ from hypic_rag.store.tiered import StoreConfig, TieredStore
 from hypic_rag.types import GenerationResult, Timings
 
 SHIPPED_MODEL = Path(__file__).resolve().parent / "assets" / "small_model"
+log = logging.getLogger("hypic_rag")
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,20 @@ class HypicRAG:
             raise ValueError(f"k must be an integer >= 1, got {k!r}")
         if len(self.index) == 0:
             raise ValueError(f"store {self.directory} has no segments yet; ingest documents first")
-        return self.index.search(self.embedder.embed([question]), k)[0]
+        hits = self.index.search(self.embedder.embed([question]), k)[0]
+        return [replace(h, record=self._checked(h.record)) for h in hits]
+
+    def _checked(self, record: SegmentRecord) -> SegmentRecord:
+        """The record, with its token ids and store key re-derived from its text when they disagree
+        (a damaged or edited index row): the model never sees tokens other than the text's."""
+        ids = tuple(self.tokenizer.encode(record.text, add_special_tokens=False))
+        key = self.executor.key_of(ids)
+        if ids == record.token_ids and key == record.key:
+            return record
+        log.warning("hypic_rag: segment %r's stored token ids or key disagree with its text; repaired from the text",
+                    record.segment_id)
+        self.index.update_tokens(record.segment_id, ids, key)
+        return replace(record, token_ids=ids, key=key)
 
     def question_ids(self, question: str) -> list[int]:
         return self.tokenizer.encode(self.template.question.format(question=question), add_special_tokens=False)
@@ -232,8 +247,9 @@ class HypicRAG:
         token_lists, segments = [], []
         for piece in plan.pieces:
             if piece.record is not None:
-                token_lists.append(piece.record.token_ids)
-                segments.append(RetrievedSegment(piece.record, float("nan"), len(segments)))
+                record = self._checked(piece.record)
+                token_lists.append(record.token_ids)
+                segments.append(RetrievedSegment(record, float("nan"), len(segments)))
             else:
                 token_lists.append(tuple(self.tokenizer.encode(piece.text, add_special_tokens=False)))
         question_ids = self.tokenizer.encode(plan.question, add_special_tokens=False)
@@ -266,7 +282,7 @@ class HypicRAG:
             record = self.index.get(sid)
             if record is None:
                 raise ValueError(f"unknown segment id {sid!r}; ids look like 'doc-id#0' (see `hypic-rag inspect`)")
-            out.append(RetrievedSegment(record, float("nan"), rank))
+            out.append(RetrievedSegment(self._checked(record), float("nan"), rank))
         return out
 
     # ------------------------------------------------------------------ inspect

@@ -12,6 +12,7 @@ Request lifecycle (HypicExecutor.stream):
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -22,6 +23,7 @@ from hypic_rag.config import ExecutorConfig, Mode
 from hypic_rag.executor import cache_ops
 from hypic_rag.executor.clock import clock
 from hypic_rag.executor.compose import compose_segments
+from hypic_rag.executor.entry_check import EntryChecker
 from hypic_rag.executor.generate import Sampler, decode, eos_ids_of
 from hypic_rag.executor.miss_prefill import MissPrefill, batched_precompute
 from hypic_rag.executor.validation import validated_ids, validated_request
@@ -31,6 +33,8 @@ from hypic_rag.models.registry import linear_mixer, model_spec
 from hypic_rag.store.base import EntryStore
 from hypic_rag.store.memory import MemoryTier, on_device
 from hypic_rag.types import GenerationResult, SegmentEntry, Timings
+
+log = logging.getLogger("hypic_rag")
 
 
 @dataclass
@@ -94,6 +98,9 @@ class HypicExecutor:
         self.prefix_snapshots = PrefixSnapshotCache(self.config.prefix_cache_entries)
         self.miss_prefill: MissPrefill = miss_prefill or batched_precompute
         self._prefix_cache = self._compute_prefix_cache()
+        self.checker = EntryChecker(self.fingerprint.to_string(), self.config.precompute_seam, self.dtype,
+                                    lambda segs: batched_precompute(self, segs), filler_token=0)
+        self.dropped_entries = 0  # stored entries refused by the checks (then recomputed)
 
     # ----------------------------------------------------------------------------- validation
     def _validated_ids(self, ids: Sequence[int], what: str, allow_empty: bool = False) -> tuple[int, ...]:
@@ -104,16 +111,10 @@ class HypicExecutor:
                                  len(self.shared_prefix), self.config.max_new_tokens)
 
     def check_entry(self, entry: SegmentEntry) -> None:
-        """Refuse an entry built for another model, setting or dtype."""
-        fp = self.fingerprint.to_string()
-        if entry.fingerprint != fp:
-            raise ValueError(
-                f"segment entry was built for {entry.fingerprint}, this executor is {fp}; rebuild the store "
-                "with this model, dtype, seam size and shared prefix"
-            )
-        for layer in entry.attention:
-            if layer.keys.dtype != self.dtype:
-                raise ValueError(f"segment entry holds {layer.keys.dtype} K/V but the model runs in {self.dtype}")
+        """Refuse an entry built for another model, setting or dtype (entries from other processes)."""
+        problem = self.checker.problem(entry, entry.token_ids)
+        if problem is not None:
+            raise ValueError(problem)
 
     # ----------------------------------------------------------------------------- caches
     @torch.no_grad()
@@ -155,16 +156,36 @@ class HypicExecutor:
         """The cache after the shared prefix (None without one); read-only: copy before extending."""
         return self._prefix_cache
 
-    def _lookup(self, ids: tuple[int, ...]) -> SegmentEntry | None:
-        entry = self.store.get(self.key_of(ids))
-        if entry is None or entry.token_ids != ids:
-            return None
-        self.check_entry(entry)
-        return on_device(entry, self.device)
+    def _load(self, segs: Sequence[tuple[int, ...]]) -> list[SegmentEntry | None]:
+        """The stored entries of `segs` on this device (None on a miss). An entry that fails the
+        checks (entry_check) is dropped from the store, so the caller recomputes and re-stores it."""
+        entries: list[SegmentEntry | None] = []
+        untrusted: list[int] = []
+        for ids in segs:
+            key = self.key_of(ids)
+            entry = self.store.get(key)
+            if entry is not None:
+                from_outside = self.store.last_read_untrusted
+                problem = self.checker.problem(entry, ids)
+                if problem is not None:
+                    entry = self._drop(key, problem)
+                elif from_outside:
+                    untrusted.append(len(entries))
+            entries.append(None if entry is None else on_device(entry, self.device))
+        for i, ok in zip(untrusted, self.checker.spot_check([entries[i] for i in untrusted])):
+            if not ok:
+                entries[i] = self._drop(self.key_of(segs[i]), "its first tokens' K/V differ from a fresh forward")
+        return entries
+
+    def _drop(self, key: str, problem: str) -> None:
+        log.warning("hypic_rag: dropping stored entry %s and recomputing it: %s", key[:16], problem)
+        self.store.discard(key)
+        self.dropped_entries += 1
+        return None
 
     def _ensure(self, ids: tuple[int, ...]) -> tuple[SegmentEntry, bool]:
         """ensure() for ids already validated (no second per-token check)."""
-        entry = self._lookup(ids)
+        (entry,) = self._load([ids])
         if entry is not None:
             return entry, True
         entry = self._precompute(ids)
@@ -220,7 +241,7 @@ class HypicExecutor:
         p0 = len(self.shared_prefix)
         stats = _Stats()
         t0 = clock(self.device)
-        entries: list[SegmentEntry | None] = [self._lookup(seg) for seg in segs]
+        entries = self._load(segs)
         stats.load = clock(self.device) - t0
         missing: dict[tuple[int, ...], list[int]] = {}
         for i, (seg, entry) in enumerate(zip(segs, entries)):

@@ -1,8 +1,11 @@
 """Segment records in SQLite beside a FAISS inner-product index over their embeddings.
 
 SQLite is the record of truth (segment id, store key, document, text, token ids, metadata and the
-embedding); the FAISS index is rebuilt from it whenever the saved index file disagrees with it, so
-a killed run never leaves an index pointing at rows that were not committed.
+embedding); the FAISS index is rebuilt from it whenever the saved index file is unreadable or
+disagrees with it (dimension, count, or the set of row ids), so a killed run, a damaged file or
+another writer never leaves an index pointing at rows that were not committed or missing rows
+that were. Writers in several processes coordinate through SQLite's own lock: inserts are
+idempotent (INSERT OR IGNORE) inside one immediate transaction per batch.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from hypic_rag.errors import StoreError
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,25 @@ def head_of(text: str) -> str:
     return ""
 
 
+_REPAIR = ("move the store's index/ folder away and rerun `hypic-rag precompute CORPUS --store DIR`: "
+           "stored entries are reused and only the index is rebuilt")
+
+
+class _SqliteGuard:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if kind is not None and issubclass(kind, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.IntegrityError):
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise StoreError(f"{self.path} stayed locked by another process for 120 s: {exc}") from None
+            raise StoreError(f"{self.path} is damaged or not a SQLite database ({exc}); {_REPAIR}") from None
+        return False
+
+
 def _faiss():
     import faiss
 
@@ -55,16 +79,21 @@ class SegmentIndex:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.dim = dim
         self._lock = threading.RLock()  # callers may come from worker threads (LangChain, LlamaIndex)
-        self._db = sqlite3.connect(str(self.directory / "segments.sqlite"), check_same_thread=False)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS segments (row INTEGER PRIMARY KEY, segment_id TEXT UNIQUE, key TEXT,"
-            " doc_id TEXT, title TEXT, text TEXT, token_ids TEXT, metadata TEXT, embedding BLOB, head TEXT)"
-        )
-        self._db.execute("CREATE INDEX IF NOT EXISTS segments_head ON segments(head)")
-        self._db.execute("CREATE INDEX IF NOT EXISTS segments_text ON segments(text)")
-        self._db.commit()
-        self._index = self._load_or_rebuild()
+        self._path = self.directory / "segments.sqlite"
+        with self._guard():
+            self._db = sqlite3.connect(str(self._path), check_same_thread=False, timeout=120, isolation_level=None)
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS segments (row INTEGER PRIMARY KEY, segment_id TEXT UNIQUE, key TEXT,"
+                " doc_id TEXT, title TEXT, text TEXT, token_ids TEXT, metadata TEXT, embedding BLOB, head TEXT)"
+            )
+            self._db.execute("CREATE INDEX IF NOT EXISTS segments_head ON segments(head)")
+            self._db.execute("CREATE INDEX IF NOT EXISTS segments_text ON segments(text)")
+            self._index = self._load_or_rebuild()
         self._gpu = None
+
+    def _guard(self):
+        """Turn SQLite's damage reports into one StoreError naming the file and the repair."""
+        return _SqliteGuard(self._path)
 
     # ------------------------------------------------------------------ persistence
     @property
@@ -75,16 +104,34 @@ class SegmentIndex:
         faiss = _faiss()
         return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
 
+    def _row_ids(self) -> np.ndarray:
+        return np.fromiter((r for (r,) in self._db.execute("SELECT row FROM segments ORDER BY row")), dtype=np.int64)
+
     def _load_or_rebuild(self):
+        """The saved FAISS index when it agrees with SQLite row for row, else one rebuilt from SQLite."""
         faiss = _faiss()
-        rows = self._db.execute("SELECT COUNT(*) FROM segments").fetchone()[0]
         if self._index_path.exists():
-            index = faiss.read_index(str(self._index_path))
-            if index.ntotal == rows and index.d == self.dim:
+            try:
+                index = faiss.read_index(str(self._index_path))
+                ids = np.sort(faiss.vector_to_array(index.id_map)) if hasattr(index, "id_map") else None
+            except RuntimeError:  # unreadable or truncated: SQLite holds every embedding
+                ids = None
+            if ids is not None and index.d == self.dim and np.array_equal(ids, self._row_ids()):
                 return index
+        return self._rebuild()
+
+    def _rebuild(self):
         index = self._empty()
+        rows, vecs = [], []
         for row, blob in self._db.execute("SELECT row, embedding FROM segments ORDER BY row"):
-            index.add_with_ids(np.frombuffer(blob, dtype=np.float32)[None], np.array([row], dtype=np.int64))
+            vec = np.frombuffer(blob, dtype=np.float32)
+            if vec.shape != (self.dim,):
+                raise StoreError(f"{self._path}: segment row {row} holds a {vec.size}-value embedding, the index "
+                                 f"expects {self.dim}; {_REPAIR}")
+            rows.append(row)
+            vecs.append(vec)
+        if rows:
+            index.add_with_ids(np.stack(vecs), np.asarray(rows, dtype=np.int64))
         return index
 
     def _save_index(self) -> None:
@@ -94,11 +141,11 @@ class SegmentIndex:
 
     # ------------------------------------------------------------------ writes
     def __contains__(self, segment_id: str) -> bool:
-        with self._lock:
+        with self._lock, self._guard():
             return self._db.execute("SELECT 1 FROM segments WHERE segment_id = ?", (segment_id,)).fetchone() is not None
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._lock, self._guard():
             return int(self._db.execute("SELECT COUNT(*) FROM segments").fetchone()[0])
 
     def add(self, records: list[SegmentRecord], vectors: np.ndarray) -> None:
@@ -110,33 +157,53 @@ class SegmentIndex:
 
     def _add(self, records: list[SegmentRecord], vectors: np.ndarray) -> None:
         new_rows, new_vecs = [], []
-        with self._db:
-            for record, vec in zip(records, vectors):
-                if record.segment_id in self:
-                    continue
-                cur = self._db.execute(
-                    "INSERT INTO segments (segment_id, key, doc_id, title, text, token_ids, metadata, embedding, head)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (record.segment_id, record.key, record.doc_id, record.title, record.text,
-                     json.dumps(list(record.token_ids)), json.dumps(record.metadata),
-                     np.asarray(vec, dtype=np.float32).tobytes(), head_of(record.text)),
-                )
-                new_rows.append(cur.lastrowid)
-                new_vecs.append(vec)
-        if new_rows:
-            self._index.add_with_ids(np.asarray(new_vecs, dtype=np.float32), np.asarray(new_rows, dtype=np.int64))
-            self._gpu = None
-            self._save_index()
+        with self._guard():
+            self._db.execute("BEGIN IMMEDIATE")  # the write lock first: no check-then-insert race
+            try:
+                for record, vec in zip(records, vectors):
+                    cur = self._db.execute(
+                        "INSERT OR IGNORE INTO segments (segment_id, key, doc_id, title, text, token_ids, metadata,"
+                        " embedding, head) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (record.segment_id, record.key, record.doc_id, record.title, record.text,
+                         json.dumps(list(record.token_ids)), json.dumps(record.metadata),
+                         np.asarray(vec, dtype=np.float32).tobytes(), head_of(record.text)),
+                    )
+                    if cur.rowcount == 1:
+                        new_rows.append(cur.lastrowid)
+                        new_vecs.append(vec)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            if new_rows:
+                self._index.add_with_ids(np.asarray(new_vecs, dtype=np.float32), np.asarray(new_rows, dtype=np.int64))
+            if self._index.ntotal != len(self):  # another process added rows meanwhile
+                self._index = self._rebuild()
+            if new_rows:
+                self._gpu = None
+                self._save_index()
+
+    def update_tokens(self, segment_id: str, token_ids: tuple[int, ...], key: str) -> None:
+        """Repair a record whose token ids (or key) disagree with its text."""
+        with self._lock, self._guard():
+            self._db.execute("UPDATE segments SET token_ids = ?, key = ? WHERE segment_id = ?",
+                             (json.dumps(list(token_ids)), key, segment_id))
 
     # ------------------------------------------------------------------ reads
     def _row(self, sql: str, args) -> SegmentRecord | None:
-        with self._lock:
+        with self._lock, self._guard():
             r = self._db.execute(
                 "SELECT segment_id, key, doc_id, title, text, token_ids, metadata FROM segments " + sql, args
             ).fetchone()
-        if r is None:
-            return None
-        return SegmentRecord(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), json.loads(r[6]))
+            if r is None:
+                return None
+            try:
+                ids, metadata = json.loads(r[5]), json.loads(r[6])
+                if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids) or not isinstance(metadata, dict):
+                    raise ValueError("token_ids or metadata of the wrong type")
+            except ValueError as exc:
+                raise StoreError(f"{self._path}: segment {r[0]!r} has a damaged record ({exc}); {_REPAIR}") from None
+            return SegmentRecord(r[0], r[1], r[2], r[3], r[4], tuple(ids), metadata)
 
     def get(self, segment_id: str) -> SegmentRecord | None:
         return self._row("WHERE segment_id = ?", (segment_id,))
@@ -172,9 +239,10 @@ class SegmentIndex:
         out = []
         for score_row, id_row in zip(scores, rows):
             hits = []
-            for rank, (score, row) in enumerate((s, r) for s, r in zip(score_row, id_row) if r >= 0):
-                record = self._row("WHERE row = ?", (int(row),))
-                hits.append(RetrievedSegment(record, float(score), rank))
+            for score, row in zip(score_row, id_row):
+                record = None if row < 0 else self._row("WHERE row = ?", (int(row),))
+                if record is not None:  # an id with no record (a row deleted meanwhile) is no hit
+                    hits.append(RetrievedSegment(record, float(score), len(hits)))
             out.append(hits)
         return out
 

@@ -24,5 +24,12 @@ class EntryStore(ABC):
     @abstractmethod
     def __contains__(self, key: str) -> bool: ...
 
-    def get_many(self, keys: list[str]) -> list[SegmentEntry | None]:
-        return [self.get(k) for k in keys]
+    @abstractmethod
+    def discard(self, key: str) -> None:
+        """Forget `key` in every tier (an entry found damaged or foreign after it was read)."""
+
+    @property
+    def last_read_untrusted(self) -> bool:
+        """Whether the last get's entry came from outside this process (a file another process or
+        machine may have written), so that its content deserves a check before it is served."""
+        return False

@@ -92,6 +92,9 @@ class MemoryTier(EntryStore):
         self.used_bytes += size
         return evicted
 
+    def discard(self, key: str) -> None:
+        self.pop(key)
+
     def pop(self, key: str) -> SegmentEntry | None:
         entry = self._entries.pop(key, None)
         if entry is not None:

@@ -95,6 +95,15 @@ class TieredStore(EntryStore):
                 return held
         return entry
 
+    @property
+    def last_read_untrusted(self) -> bool:
+        return self.last_hit_tier == "disk"
+
+    def discard(self, key: str) -> None:
+        for tier in self.memory_tiers:
+            tier.pop(key)
+        self.disk.discard(key)
+
     def put(self, key: str, entry: SegmentEntry) -> None:
         self.disk.put(key, entry)
         self._insert(0, key, entry)
