@@ -25,7 +25,9 @@ from hypic_rag.index.embedder import DEFAULT_EMBEDDER, Embedder
 from hypic_rag.index.segment_index import RetrievedSegment, SegmentIndex, SegmentRecord
 from hypic_rag.precompute.pipeline import IngestReport, ingest_segments
 from hypic_rag.prompt_match import plan_prompt
-from hypic_rag.precompute.segmenter import Document, Segmenter, as_documents, load_corpus
+from hypic_rag.precompute.segmenter import Document, Segmenter, as_documents, check_segment_budget, load_corpus
+from hypic_rag.models.registry import model_spec
+from hypic_rag.errors import RequestError, StoreError
 from hypic_rag.store.manifest import Manifest
 from hypic_rag.store.tiered import StoreConfig, TieredStore
 from hypic_rag.types import GenerationResult, Timings
@@ -74,6 +76,26 @@ def load_model(path: str | Path, dtype: torch.dtype | None = None, device: str |
     return model.eval(), AutoTokenizer.from_pretrained(path)
 
 
+def _is_existing_path(item) -> bool:
+    if not isinstance(item, (str, Path)) or (isinstance(item, str) and ("\n" in item or len(item) > 4096)):
+        return False
+    try:
+        return Path(item).exists()
+    except (OSError, ValueError):  # a name too long for the file system, or with a NUL: text, not a path
+        return False
+
+
+def _checked_question(question) -> str:
+    if not isinstance(question, str) or not question.strip():
+        raise RequestError("question must be a non-empty string")
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError("question is not valid UTF-8 text (it holds undecodable bytes); "
+                           "pass it as UTF-8") from None
+    return question
+
+
 def first_line(text: str) -> str:
     return text.strip().split("\n", 1)[0].strip()
 
@@ -82,10 +104,13 @@ class HypicRAG:
     def __init__(self, directory, model, tokenizer, model_path, config, template, store_config, embedder,
                  max_segment_tokens, read_only=False):
         self.directory = Path(directory)
+        if self.directory.exists() and not self.directory.is_dir():
+            raise StoreError(f"{self.directory} is a file, not a store directory; pass a directory")
         self._lock = threading.RLock()  # one request or ingest at a time on this model and store
         self.model, self.tokenizer, self.model_path = model, tokenizer, model_path
         self.template = template
-        self.max_segment_tokens = max_segment_tokens
+        # every setting is checked before anything touches the store (a bad one must not be persisted)
+        self.max_segment_tokens = check_segment_budget(max_segment_tokens, model_spec(model).max_positions)
         prefix = ([tokenizer.bos_token_id] if template.add_bos and tokenizer.bos_token_id is not None else [])
         prefix += tokenizer.encode(template.system, add_special_tokens=False) if template.system else []
         self.shared_prefix = tuple(prefix)
@@ -136,8 +161,12 @@ class HypicRAG:
                 raise ValueError(f"store {directory} records no model path; pass model= and tokenizer=")
             model, loaded_tokenizer = load_model(model_path)
             tokenizer = tokenizer or loaded_tokenizer
-        store_config = store_config or StoreConfig(**manifest.store)
-        return cls(directory, model, tokenizer, model_path, config, PromptTemplate(**manifest.template), store_config,
+        try:
+            store_config = store_config or StoreConfig(**manifest.store)
+            template = PromptTemplate(**manifest.template)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"store manifest {Path(directory) / 'manifest.json'} holds invalid settings: {exc}") from None
+        return cls(directory, model, tokenizer, model_path, config, template, store_config,
                    manifest.embedder, manifest.max_segment_tokens, read_only=read_only)
 
     def executor_for(self, mode: Mode | str | None = None, temperature: float | None = None,
@@ -176,27 +205,39 @@ class HypicRAG:
 
     # ------------------------------------------------------------------ ingest
     def ingest(self, items: Iterable[str | Path | dict | Document], batch_size: int = 16, workers: int = 1,
-               progress=None) -> IngestReport:
-        """Add documents: paths (files or directories), strings, or {"id", "text"[, "title"]} dicts."""
+               progress=None, split_progress=None) -> IngestReport:
+        """Add documents: paths (files or directories), strings, or {"id", "text"[, "title"]} dicts.
+
+        progress(done, total) counts segments stored; split_progress(done, total) counts characters
+        segmented (a very long document takes a while before its first segment is stored)."""
+        if isinstance(items, (str, Path, dict, Document)):
+            items = [items]
         items = list(items)
         if not items:
-            raise ValueError("nothing to ingest")
-        if all(isinstance(i, (str, Path)) and Path(i).exists() for i in items):
+            raise RequestError("nothing to ingest")
+        for name, value in (("batch_size", batch_size), ("workers", workers)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise RequestError(f"{name} must be an integer >= 1, got {value!r}")
+        if all(_is_existing_path(i) for i in items):
             corpus = load_corpus(items)
             docs, skipped = corpus.documents, corpus.skipped
         else:
             docs, skipped = as_documents(items), []
         segmenter = Segmenter(self.tokenizer, self.template, self.max_segment_tokens)
-        segments = [s for d in docs for s in segmenter.split(d)]
+        total = sum(len(d.text) for d in docs)
+        segments, before = [], 0
+        for d in docs:
+            segments += segmenter.split(d, None if split_progress is None else
+                                        (lambda done, _, b=before: split_progress(b + done, total)))
+            before += len(d.text)
         with self._lock:
             return ingest_segments(self, segments, len(docs), tuple(skipped), batch_size, workers, progress)
 
     # ------------------------------------------------------------------ query
     def retrieve(self, question: str, k: int = 4) -> list[RetrievedSegment]:
-        if not isinstance(question, str) or not question.strip():
-            raise ValueError("question must be a non-empty string")
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        _checked_question(question)
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise RequestError(f"k must be an integer >= 1, got {k!r}")
         if len(self.index) == 0:
             raise ValueError(f"store {self.directory} has no segments yet; ingest documents first")
         hits = self.index.search(self.embedder.embed([question]), k)[0]
@@ -215,6 +256,7 @@ class HypicRAG:
         return replace(record, token_ids=ids, key=key)
 
     def question_ids(self, question: str) -> list[int]:
+        _checked_question(question)
         return self.tokenizer.encode(self.template.question.format(question=question), add_special_tokens=False)
 
     def stream(self, question: str, k: int = 4, mode: Mode | str | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -62,14 +63,20 @@ class ExecutorConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode.parse(self.mode))
-        if not isinstance(self.seam_tokens, int) or self.seam_tokens < 0:
+        if not isinstance(self.seam_tokens, int) or isinstance(self.seam_tokens, bool) or self.seam_tokens < 0:
             raise ValueError(f"seam_tokens must be an integer >= 0, got {self.seam_tokens!r}")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
+        if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}")
+        for name in ("temperature", "top_p"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
         if not isinstance(self.prefix_cache_entries, int) or self.prefix_cache_entries < 1:
             raise ValueError(f"prefix_cache_entries must be an integer >= 1, got {self.prefix_cache_entries!r}")
         if not isinstance(self.batched_seams, bool):

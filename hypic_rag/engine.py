@@ -280,7 +280,7 @@ class HypicExecutor:
     ) -> Iterator[StreamEvent]:
         """Yield one StreamEvent per generated token, then a final event with the GenerationResult."""
         budget = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
-        if not isinstance(budget, int) or budget < 1:
+        if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
             raise ValueError(f"max_new_tokens must be an integer >= 1, got {budget!r}")
         segs, q = self._validated_request(segments, question)
         started = clock(self.device)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 import tomllib
 from pathlib import Path
@@ -71,11 +72,13 @@ def cmd_precompute(s: dict) -> int:
         from hypic_rag.distributed.ray_prefill import RayConfig
 
         rag.use_ray(RayConfig(workers=int(s["workers"]), address=None if s["ray"] == "local" else s["ray"]))
-    with Progress(TextColumn("[bold]precompute"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+    with Progress(TextColumn("[bold]precompute {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as bar:
+        split = bar.add_task("split (characters)", total=None)
         task = bar.add_task("segments", total=None)
         report = rag.ingest(corpus, batch_size=int(s["batch_size"]), workers=int(s["workers"]),
-                            progress=lambda done, total: bar.update(task, completed=done, total=total))
+                            progress=lambda done, total: bar.update(task, completed=done, total=total),
+                            split_progress=lambda done, total: bar.update(split, completed=done, total=total))
     for line in report.skipped_files:
         console.print(f"[yellow]skipped[/] {line}")
     console.print(
@@ -177,8 +180,12 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(args.store, args.questions)
         settings = _settings(args)
         return {"precompute": cmd_precompute, "query": cmd_query, "inspect": cmd_inspect}[args.command](settings)
-    except ValueError as exc:
-        print(f"hypic-rag: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("hypic-rag: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, sqlite3.Error, UnicodeError) as exc:  # one line, naming the input or file
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"hypic-rag: error: {message}", file=sys.stderr)
         return 2
 
 

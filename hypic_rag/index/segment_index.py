@@ -63,6 +63,9 @@ class _SqliteGuard:
         if kind is not None and issubclass(kind, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.IntegrityError):
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
                 raise StoreError(f"{self.path} stayed locked by another process for 120 s: {exc}") from None
+            if isinstance(exc, sqlite3.OperationalError) and ("disk" in str(exc) or "full" in str(exc)):
+                raise StoreError(f"could not write {self.path}: {exc}; free space there and rerun: "
+                                 "nothing committed is lost") from None
             raise StoreError(f"{self.path} is damaged or not a SQLite database ({exc}); {_REPAIR}") from None
         return False
 

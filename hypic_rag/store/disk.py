@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import time
 from pathlib import Path
 
 import diskcache
@@ -78,6 +79,17 @@ class BytesOnlyDisk(diskcache.Disk):
         with os.fdopen(fd, "rb") as reader:
             return read_bounded(reader, os.fstat(reader.fileno()).st_size, self.max_read_bytes)
 
+    def _write(self, full_path, iterator, mode, encoding=None):
+        """diskcache's write, leaving no partial file behind when it fails (disk full, quota)."""
+        try:
+            return super()._write(full_path, iterator, mode, encoding)
+        except BaseException:
+            try:
+                os.remove(full_path)
+            except OSError:
+                pass
+            raise
+
     def remove(self, file_path):
         full = self._inside(file_path)
         if full is not None:  # a name outside the layout is never touched
@@ -109,6 +121,24 @@ def check_cache_file(directory: Path) -> None:
                          "refusing to open it: move it away and rerun `hypic-rag precompute` to rebuild the disk tier")
 
 
+def sweep_orphans(directory: Path, referenced: set[str], older_than_s: float = 600.0) -> int:
+    """Remove value files no row names (left by a process killed mid-write), leaving files younger
+    than `older_than_s` alone: another process may be about to commit their row."""
+    removed = 0
+    now = time.time()
+    for path in directory.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]/*.val"):
+        name = path.relative_to(directory).as_posix()
+        if name in referenced or not _VALUE_NAME.fullmatch(name) or path.is_symlink():
+            continue
+        try:
+            if now - path.stat().st_mtime > older_than_s:
+                path.unlink()
+                removed += 1
+        except OSError:
+            pass
+    return removed
+
+
 class DiskTier:
     """Entries as checksummed safetensors bytes in a diskcache directory, LRU-evicted past size_limit."""
 
@@ -121,13 +151,19 @@ class DiskTier:
         check_cache_file(self.directory)
         settings = dict(diskcache.DEFAULT_SETTINGS)  # every setting ours, none left to the file
         settings.update(size_limit=size_limit_bytes, eviction_policy="least-recently-used", cull_limit=10)
-        self._cache = diskcache.Cache(str(self.directory), disk=BytesOnlyDisk, **settings)
+        try:
+            self._cache = diskcache.Cache(str(self.directory), disk=BytesOnlyDisk, **settings)
+        except (OSError, sqlite3.OperationalError) as exc:
+            raise StoreError(f"could not open the disk tier in {self.directory}: {exc}; check that it is writable "
+                             "and free space there") from None
         self._cache.disk.max_read_bytes = size_limit_bytes
         self.size_limit_bytes = size_limit_bytes
         self.hits = 0
         self.misses = 0
         self.corrupt = 0
         self.last_error: str | None = None  # why the last dropped entry was refused
+        referenced = {f for (f,) in self._cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL")}
+        self.orphans_removed = sweep_orphans(self.directory, referenced)
 
     def __contains__(self, key: str) -> bool:
         return key in self._cache
@@ -164,7 +200,11 @@ class DiskTier:
             pass
 
     def put(self, key: str, entry: SegmentEntry) -> None:
-        self._cache.set(key, entry_to_bytes(entry))
+        try:
+            self._cache.set(key, entry_to_bytes(entry))
+        except (OSError, sqlite3.OperationalError) as exc:
+            raise StoreError(f"could not write an entry to {self.directory}: {getattr(exc, 'strerror', None) or exc}; "
+                             "free space there (or lower --disk-bytes) and rerun: nothing committed is lost") from None
 
     def raw(self, key: str) -> bytes | None:
         """The stored bytes (for inspection and tests)."""

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-FORMAT = "hypic_rag/1"
+from hypic_rag.errors import StoreError
+
+FORMAT = "hypic_rag/2"  # 2: the model fingerprint hashes every weight byte (1 sampled each tensor's ends)
 
 
 @dataclass(frozen=True)
@@ -24,19 +26,38 @@ class Manifest:
 
     @classmethod
     def read(cls, directory: str | Path) -> "Manifest":
-        path = Path(directory) / "manifest.json"
-        if not Path(directory).is_dir():
-            raise ValueError(f"store directory does not exist: {directory}")
+        directory = Path(directory)
+        path = directory / "manifest.json"
+        if directory.exists() and not directory.is_dir():
+            raise StoreError(f"{directory} is a file, not a store directory; pass the directory a store was built in")
+        if not directory.is_dir():
+            raise StoreError(f"store directory does not exist: {directory}")
         if not path.is_file():
-            raise ValueError(f"{directory} is not a hypic_rag store (no manifest.json); build one with "
+            raise StoreError(f"{directory} is not a hypic_rag store (no manifest.json); build one with "
                              "`hypic-rag precompute CORPUS --model PATH --store DIR`")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("format") != FORMAT:
-                raise ValueError(f"unknown store format {data.get('format')!r} (this library reads {FORMAT})")
-            return cls(**data)
-        except (OSError, json.JSONDecodeError, TypeError) as exc:
-            raise ValueError(f"store manifest {path} is unreadable: {exc}") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise StoreError(f"store manifest {path} is unreadable: {exc}") from None
+        if not isinstance(data, dict):
+            raise StoreError(f"store manifest {path} is unreadable: it holds a JSON {type(data).__name__}, not an object")
+        if data.get("format") == "hypic_rag/1":
+            raise StoreError(f"store {directory} was built by an older hypic_rag (format 1), whose model fingerprint "
+                             "sampled only the ends of each weight tensor; rebuild it into a new directory with "
+                             "`hypic-rag precompute CORPUS --store NEW_DIR`")
+        if data.get("format") != FORMAT:
+            raise StoreError(f"store manifest {path} has unknown format {data.get('format')!r} (this library reads {FORMAT})")
+        names = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(data) - set(names))
+        missing = sorted(set(names) - set(data) - {"format"})
+        if unknown or missing:
+            raise StoreError(f"store manifest {path} is unreadable: unknown keys {unknown}, missing keys {missing}")
+        kinds = {"fingerprint": str, "model_path": (str, type(None)), "seam_tokens": int, "template": dict,
+                 "embedder": str, "embedding_dim": int, "max_segment_tokens": int, "store": dict, "format": str}
+        wrong = [k for k, kind in kinds.items() if not isinstance(data[k], kind) or isinstance(data[k], bool)]
+        if wrong:
+            raise StoreError(f"store manifest {path} is unreadable: wrong value types for {wrong}")
+        return cls(**data)
 
     def write(self, directory: str | Path) -> None:
         directory = Path(directory)
@@ -47,7 +68,7 @@ class Manifest:
 
     def check_compatible(self, fingerprint: str, directory: str | Path) -> None:
         if fingerprint != self.fingerprint:
-            raise ValueError(
+            raise StoreError(
                 f"store {directory} was built for model fingerprint {self.fingerprint} (model {self.model_path}); "
                 f"this model and setting is {fingerprint}. Use the same model, dtype, seam size and system "
                 "prompt, or build a new store in another directory."
