@@ -25,6 +25,17 @@ def filled_index(path, n=20):
     return index, vecs
 
 
+def test_a_faiss_file_declaring_more_than_it_holds_is_never_read(tmp_path):
+    index, vecs = filled_index(tmp_path)
+    index.close()
+    path = tmp_path / "segments.faiss"
+    data = bytearray(path.read_bytes())
+    data[:0] = b"\xff" * 16  # sizes shifted: FAISS would trust whatever the bytes now declare
+    path.write_bytes(bytes(data[: len(data) - 16]))
+    reopened = SegmentIndex(tmp_path, DIM)
+    assert reopened.rebuilt_on_open and top(reopened, vecs[5]) == "d5#0"
+
+
 def top(index, vec):
     return index.search(vec[None], 1)[0][0].record.segment_id
 
@@ -32,8 +43,10 @@ def top(index, vec):
 def test_an_unreadable_faiss_file_is_rebuilt_from_sqlite(tmp_path):
     index, vecs = filled_index(tmp_path)
     index.close()
+    assert SegmentIndex(tmp_path, DIM).rebuilt_on_open is False  # an intact file is read, not rebuilt
     (tmp_path / "segments.faiss").write_bytes(b"\x00garbage" * 10)
     reopened = SegmentIndex(tmp_path, DIM)
+    assert reopened.rebuilt_on_open
     assert [top(reopened, v) for v in vecs] == [f"d{i}#0" for i in range(len(vecs))]
 
 
@@ -48,6 +61,7 @@ def test_damaged_faiss_ids_are_detected_and_rebuilt(tmp_path):
     faiss.copy_array_to_vector(ids, saved.id_map)
     faiss.write_index(saved, str(tmp_path / "segments.faiss"))
     reopened = SegmentIndex(tmp_path, DIM)
+    assert reopened.rebuilt_on_open
     assert top(reopened, vecs[3]) == "d3#0"
 
 

@@ -113,14 +113,20 @@ class SegmentIndex:
     def _load_or_rebuild(self):
         """The saved FAISS index when it agrees with SQLite row for row, else one rebuilt from SQLite."""
         faiss = _faiss()
-        if self._index_path.exists():
+        rows = self._row_ids()
+        # read the file only when its size is exactly what these rows need: FAISS trusts the sizes a
+        # file declares, so a crafted or damaged file must not reach it (SQLite can always rebuild)
+        expected = len(faiss.serialize_index(self._empty())) + len(rows) * (4 * self.dim + 8)
+        if self._index_path.is_file() and self._index_path.stat().st_size == expected:
             try:
                 index = faiss.read_index(str(self._index_path))
                 ids = np.sort(faiss.vector_to_array(index.id_map)) if hasattr(index, "id_map") else None
             except RuntimeError:  # unreadable or truncated: SQLite holds every embedding
                 ids = None
-            if ids is not None and index.d == self.dim and np.array_equal(ids, self._row_ids()):
+            if ids is not None and index.d == self.dim and np.array_equal(ids, rows):
+                self.rebuilt_on_open = False
                 return index
+        self.rebuilt_on_open = bool(len(rows))
         return self._rebuild()
 
     def _rebuild(self):
