@@ -172,10 +172,11 @@ class HypicExecutor:
                 elif from_outside:
                     untrusted.append(len(entries))
             entries.append(None if entry is None else on_device(entry, self.device))
-        for i, ok in zip(untrusted, self.checker.spot_check([entries[i] for i in untrusted])):
-            if not ok:
-                entries[i] = self._drop(self.key_of(segs[i]), "its first tokens' K/V differ from a fresh forward")
-        return entries
+        refused = {segs[i] for i, ok in zip(untrusted, self.checker.spot_check([entries[i] for i in untrusted]))
+                   if not ok}
+        for ids in refused:
+            self._drop(self.key_of(ids), "its first tokens' K/V differ from a fresh forward")
+        return [None if ids in refused else entry for ids, entry in zip(segs, entries)]
 
     def _drop(self, key: str, problem: str) -> None:
         log.warning("hypic_rag: dropping stored entry %s and recomputing it: %s", key[:16], problem)

@@ -33,8 +33,12 @@ def test_an_entry_relabelled_with_another_segments_tokens_is_not_served(tmp_path
     clean = ex.generate([b], q, max_new_tokens=4)
     forged = dataclasses.replace(ex.precompute(a), token_ids=tuple(b))  # A's states under B's tokens
     plant(ex, ex.key_of(b), forged)
+    again = ex.generate([b, b], q, max_new_tokens=4)  # twice: the second read comes from the promoted copy
+    assert again.token_ids == ex.generate([b, b], q, max_new_tokens=4).token_ids
+    assert ex.dropped_entries == 1 and again.segment_misses == 2
+    plant(ex, ex.key_of(b), forged)
     again = ex.generate([b], q, max_new_tokens=4)
-    assert again.token_ids == clean.token_ids and ex.dropped_entries == 1 and again.segment_misses == 1
+    assert again.token_ids == clean.token_ids and ex.dropped_entries == 2 and again.segment_misses == 1
     assert ex.generate([b], q, max_new_tokens=4).segment_hits == 1  # recomputed once, then served
 
 
