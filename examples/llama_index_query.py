@@ -30,7 +30,7 @@ def main() -> None:
 
     response = HypicQueryEngine(retriever=retriever, max_new_tokens=8).query(question)
     print(f"Q: {question}\nA (segment ids passed): {response.response}")
-    print(f"   sources {[n.node.node_id for n in response.source_nodes]}, TTFT {response.metadata['ttft'] * 1000:.1f} ms")
+    print(f"   sources {[n.node.node_id for n in response.source_nodes]}, TTFT {response.metadata['timings']['ttft'] * 1000:.1f} ms")
 
     stuffed = RetrieverQueryEngine.from_args(retriever, llm=HypicRAGLLM(rag=rag, max_new_tokens=8))
     print(f"A (stock RetrieverQueryEngine, text stuffed): {stuffed.query(question).response.strip()!r}")

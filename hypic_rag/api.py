@@ -52,6 +52,22 @@ class QueryResult:
     def timings(self) -> Timings:
         return self.generation.timings
 
+    def to_dict(self) -> dict:
+        """The result's cache and timing figures as plain JSON values (what the integrations report
+        as response metadata)."""
+        t = self.timings
+        return {
+            "segment_ids": self.segment_ids,
+            "cached_tokens": self.generation.cached_tokens,
+            "segment_hits": self.generation.segment_hits,
+            "segment_misses": self.generation.segment_misses,
+            "tier_hits": dict(self.tier_hits),
+            "finish_reason": self.generation.finish_reason,
+            "timings": {"ttft": t.ttft, "retrieval": self.retrieval_seconds, "load": t.load,
+                        "precompute_misses": t.precompute_misses, "compose": t.compose, "seam": t.seam,
+                        "prefill": t.prefill, "decode": t.decode},
+        }
+
 
 @dataclass(frozen=True)
 class StoreInfo:

@@ -27,10 +27,6 @@ class Mode(str, Enum):
             names = ", ".join(m.value for m in cls)
             raise ValueError(f"unknown mode {value!r}; choose one of: {names}") from None
 
-    @property
-    def uses_segment_cache(self) -> bool:
-        return self in (Mode.PIC_ADDITION, Mode.PIC_TRANSITION, Mode.PIC_TRANSITION_ROPE, Mode.HYPIC)
-
 
 @dataclass(frozen=True)
 class ExecutorConfig:

@@ -13,7 +13,7 @@ Request lifecycle (HypicExecutor.stream):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator, Sequence
 
 import torch
@@ -38,14 +38,9 @@ log = logging.getLogger("hypic_rag")
 
 
 @dataclass
-class _Stats:
-    """Per-request counters filled in while the cache is built (seconds and counts)."""
+class _Counts:
+    """Per-request segment counts filled in while the cache is built (stage seconds go to Timings)."""
 
-    load: float = 0.0
-    precompute_misses: float = 0.0
-    compose: float = 0.0
-    seam: float = 0.0
-    prefill: float = 0.0
     hits: int = 0
     misses: int = 0
     cached: int = 0
@@ -56,7 +51,8 @@ class _Filled:
     cache: DynamicCache
     logits: torch.Tensor
     position: int  # the position the first generated token takes
-    stats: _Stats
+    counts: _Counts
+    timings: Timings  # stage seconds up to the first token's logits (ttft and decode filled in later)
 
 
 @dataclass(frozen=True)
@@ -218,7 +214,7 @@ class HypicExecutor:
         cache = self._start_cache()
         body = [t for s in segs for t in s] + list(question)
         logits = self._prefill(cache, body, p0, logits=True)
-        return _Filled(cache, logits, p0 + len(body), _Stats(prefill=clock(self.device) - t0, cached=p0))
+        return _Filled(cache, logits, p0 + len(body), _Counts(cached=p0), Timings(prefill=clock(self.device) - t0))
 
     def _fill_prefix_cache(self, segs, question) -> "_Filled":
         p0 = len(self.shared_prefix)
@@ -228,28 +224,29 @@ class HypicExecutor:
         cache = cache if cache is not None else self._start_cache()
         load = clock(self.device) - t0
         position = p0 + sum(len(s) for s in segs[:covered])
-        stats = _Stats(load=load, hits=covered, misses=len(segs) - covered, cached=position)
+        counts = _Counts(hits=covered, misses=len(segs) - covered, cached=position)
         t0 = clock(self.device)
         for i in range(covered, len(segs)):
             self._prefill(cache, segs[i], position, logits=False)
             position += len(segs[i])
             self.prefix_snapshots.store(keys[i], cache)
         logits = self._prefill(cache, question, position, logits=True)
-        stats.prefill = clock(self.device) - t0
-        return _Filled(cache, logits, position + len(question), stats)
+        timings = Timings(load=load, prefill=clock(self.device) - t0)
+        return _Filled(cache, logits, position + len(question), counts, timings)
 
     def _fill_composed(self, segs, question) -> "_Filled":
         p0 = len(self.shared_prefix)
-        stats = _Stats()
+        counts = _Counts()
         t0 = clock(self.device)
         entries = self._load(segs)
-        stats.load = clock(self.device) - t0
+        load = clock(self.device) - t0
         missing: dict[tuple[int, ...], list[int]] = {}
         for i, (seg, entry) in enumerate(zip(segs, entries)):
             if entry is None:
                 missing.setdefault(seg, []).append(i)
-        stats.misses = sum(len(where) for where in missing.values())
-        stats.hits = len(segs) - stats.misses
+        counts.misses = sum(len(where) for where in missing.values())
+        counts.hits = len(segs) - counts.misses
+        precompute_misses = 0.0
         if missing:
             t0 = clock(self.device)
             for seg, entry in zip(missing, self.miss_prefill(self, list(missing))):
@@ -258,18 +255,20 @@ class HypicExecutor:
                 self.store.put(self.key_of(seg), entry)
                 for i in missing[seg]:
                     entries[i] = entry
-            stats.precompute_misses = clock(self.device) - t0
+            precompute_misses = clock(self.device) - t0
         cache = self._start_cache()
         report = compose_segments(self.model, self.spec, self.rotary_emb, cache, entries, self.config.mode, p0,
                                   self.mixers, self.config.batched_seams, list(question))
-        stats.compose, stats.seam = report.compose_seconds, report.seam_seconds
-        stats.cached = report.end_offset - report.recomputed_tokens
+        counts.cached = report.end_offset - report.recomputed_tokens
         logits = report.question_logits  # the question rode in the seam pass
+        prefill = 0.0
         if logits is None:
             t0 = clock(self.device)
             logits = self._prefill(cache, question, report.end_offset, logits=True)
-            stats.prefill = clock(self.device) - t0
-        return _Filled(cache, logits, report.end_offset + len(question), stats)
+            prefill = clock(self.device) - t0
+        timings = Timings(load=load, precompute_misses=precompute_misses, compose=report.compose_seconds,
+                          seam=report.seam_seconds, prefill=prefill)
+        return _Filled(cache, logits, report.end_offset + len(question), counts, timings)
 
     def first_token_logits(self, segments: Sequence[Sequence[int]], question: Sequence[int]) -> torch.Tensor:
         """Next-token logits after the question, [vocab] fp32 (for accuracy measurements)."""
@@ -286,7 +285,7 @@ class HypicExecutor:
         segs, q = self._validated_request(segments, question)
         started = clock(self.device)
         filled = self._fill(segs, q)
-        stats = filled.stats
+        counts = filled.counts
         sampler = Sampler(self.config, self.device)
         tokens: list[int] = []
         ttft = 0.0
@@ -305,14 +304,11 @@ class HypicExecutor:
         text = None
         if self.tokenizer is not None:
             text = self.tokenizer.decode([t for t in tokens if t not in self.eos_ids], skip_special_tokens=True)
-        timings = Timings(
-            load=stats.load, precompute_misses=stats.precompute_misses, compose=stats.compose,
-            seam=stats.seam, prefill=stats.prefill, ttft=ttft, decode=decode_s,
-        )
+        timings = replace(filled.timings, ttft=ttft, decode=decode_s)
         result = GenerationResult(
             token_ids=tuple(tokens), text=text, finish_reason=finish,
             prompt_tokens=len(self.shared_prefix) + sum(len(s) for s in segs) + len(q),
-            cached_tokens=stats.cached, segment_hits=stats.hits, segment_misses=stats.misses,
+            cached_tokens=counts.cached, segment_hits=counts.hits, segment_misses=counts.misses,
             timings=timings, first_token_logits=filled.logits.float().cpu(),
         )
         yield StreamEvent(token_id=None, text=None, result=result)

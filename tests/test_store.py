@@ -53,13 +53,13 @@ def test_memory_tier_lru_by_bytes():
     _, items = entries(n=3)
     size = items[0][1].nbytes
     tier = MemoryTier(capacity_bytes=2 * size + 1)
-    assert tier.put(*items[0]) == [] and tier.put(*items[1]) == []
+    assert tier.insert(*items[0]) == [] and tier.insert(*items[1]) == []
     tier.get(items[0][0])  # 0 is now most recent
-    evicted = tier.put(*items[2])
+    evicted = tier.insert(*items[2])
     assert [k for k, _ in evicted] == [items[1][0]]
     assert items[0][0] in tier and items[2][0] in tier and tier.used_bytes == 2 * size
     too_big = MemoryTier(capacity_bytes=size - 1)
-    assert too_big.put(*items[0])[0][0] == items[0][0] and len(too_big) == 0
+    assert too_big.insert(*items[0])[0][0] == items[0][0] and len(too_big) == 0
 
 
 def test_disk_tier_round_trip_and_corruption_dropped(tmp_path):

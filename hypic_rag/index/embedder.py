@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +26,12 @@ class Embedder:
     """L2-normalised float32 embeddings, so inner product is cosine similarity."""
 
     def __init__(self, name_or_path: str = DEFAULT_EMBEDDER, device: str | None = None, batch_size: int = 64):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local directory never needs the hub
         from sentence_transformers import SentenceTransformer
 
         self.name = name_or_path
         self.batch_size = batch_size
-        self.model = SentenceTransformer(resolve_embedder_path(name_or_path), device=device)
+        self.model = SentenceTransformer(resolve_embedder_path(name_or_path), device=device,
+                                         local_files_only=True)  # a local directory never needs the hub
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
 

@@ -124,7 +124,6 @@ def model_spec(model: torch.nn.Module) -> ModelSpec:
         raise ValueError(f"{model_type} model has no linear-attention layers; hypic_rag needs a hybrid model")
     return ModelSpec(
         model_type=model_type,
-        num_layers=len(_decoder_layers(model)),
         linear=tuple(linear),
         attention=tuple(attention),
         max_positions=getattr(config, "max_position_embeddings", None),

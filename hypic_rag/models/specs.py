@@ -55,20 +55,9 @@ class AttentionLayerSpec:
 @dataclass(frozen=True)
 class ModelSpec:
     model_type: str
-    num_layers: int
     linear: tuple[LinearLayerSpec, ...]
     attention: tuple[AttentionLayerSpec, ...]
     max_positions: int | None
-
-    @property
-    def has_rope(self) -> bool:
-        return any(a.rope is not None for a in self.attention)
-
-    def linear_layer(self, layer_idx: int) -> LinearLayerSpec:
-        for spec in self.linear:
-            if spec.layer_idx == layer_idx:
-                return spec
-        raise KeyError(layer_idx)
 
 
 def rotary_dim_of(rotary_emb: torch.nn.Module) -> int:

@@ -26,6 +26,7 @@ from pathlib import Path
 import diskcache
 
 from hypic_rag.errors import StoreError
+from hypic_rag.store.base import EntryStore
 from hypic_rag.store.serde import CorruptEntryError, entry_from_bytes, entry_to_bytes, read_bounded
 from hypic_rag.types import SegmentEntry
 
@@ -139,7 +140,7 @@ def sweep_orphans(directory: Path, referenced: set[str], older_than_s: float = 6
     return removed
 
 
-class DiskTier:
+class DiskTier(EntryStore):
     """Entries as checksummed safetensors bytes in a diskcache directory, LRU-evicted past size_limit."""
 
     name = "disk"
@@ -190,6 +191,10 @@ class DiskTier:
         else:
             self.hits += 1
         return entry
+
+    @property
+    def last_read_untrusted(self) -> bool:
+        return True  # every entry here was read from a file
 
     def discard(self, key: str) -> None:
         """Drop a damaged entry (the row, and its file when that lies inside the layout)."""

@@ -40,7 +40,7 @@ def on_device(entry: SegmentEntry, device: torch.device | str) -> SegmentEntry:
 class MemoryTier(EntryStore):
     """LRU over whole entries, holding at most `capacity_bytes` of tensors on `device`.
 
-    `evicted` collects (key, entry) pairs pushed out by the last put, for a tier below to take.
+    `insert` returns the (key, entry) pairs it pushed out, for a tier below to take.
     """
 
     def __init__(self, capacity_bytes: int, device: torch.device | str = "cpu", name: str = "cpu"):
@@ -76,8 +76,13 @@ class MemoryTier(EntryStore):
         """The entry as this tier holds it (on its device), without touching order or counters."""
         return self._entries.get(key)
 
-    def put(self, key: str, entry: SegmentEntry) -> list[tuple[str, SegmentEntry]]:
-        """Insert; returns the entries evicted to make room (the entry itself if it can never fit)."""
+    def put(self, key: str, entry: SegmentEntry) -> None:
+        """Insert, evicting least-recently-used entries (EntryStore's contract: they are dropped)."""
+        self.insert(key, entry)
+
+    def insert(self, key: str, entry: SegmentEntry) -> list[tuple[str, SegmentEntry]]:
+        """Insert; returns the entries evicted to make room (the entry itself if it can never fit), for
+        a tier below to take."""
         if key in self._entries:
             self.used_bytes -= self._entries.pop(key).nbytes
         size = entry.nbytes

@@ -65,7 +65,7 @@ class TieredStore(EntryStore):
         for tier in self.memory_tiers[level:]:
             demoted = []
             for k, e in pending:
-                demoted += tier.put(k, e)
+                demoted += tier.insert(k, e)
             pending = demoted
             if not pending:
                 return

@@ -55,18 +55,3 @@ def run_generation(engine, *, prompt: str | None, question: str | None, segment_
                 if not isinstance(rest, str):
                     yield None, rest
                     return
-
-
-def result_metadata(result) -> dict:
-    t = result.timings
-    return {
-        "segment_ids": result.segment_ids,
-        "cached_tokens": result.generation.cached_tokens,
-        "segment_hits": result.generation.segment_hits,
-        "segment_misses": result.generation.segment_misses,
-        "tier_hits": dict(result.tier_hits),
-        "finish_reason": result.generation.finish_reason,
-        "timings": {"ttft": t.ttft, "retrieval": result.retrieval_seconds, "load": t.load,
-                    "precompute_misses": t.precompute_misses, "compose": t.compose, "seam": t.seam,
-                    "prefill": t.prefill, "decode": t.decode},
-    }

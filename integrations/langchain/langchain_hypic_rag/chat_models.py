@@ -17,7 +17,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from pydantic import Field
 
-from langchain_hypic_rag._engine import HypicEngineMixin, result_metadata, run_generation
+from langchain_hypic_rag._engine import HypicEngineMixin, run_generation
 
 
 def _text(message: BaseMessage) -> str:
@@ -82,7 +82,7 @@ class ChatHypicRAG(HypicEngineMixin, BaseChatModel):
                                   input_token_details={"cache_read": gen.cached_tokens})
             yield ChatGenerationChunk(
                 message=AIMessageChunk(content="", usage_metadata=usage,
-                                       response_metadata={"model_name": self.model_name, **result_metadata(result)},
+                                       response_metadata={"model_name": self.model_name, **result.to_dict()},
                                        chunk_position="last"),
             )
 

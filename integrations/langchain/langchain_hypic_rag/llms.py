@@ -8,7 +8,7 @@ from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import LLM
 from langchain_core.outputs import GenerationChunk
 
-from langchain_hypic_rag._engine import HypicEngineMixin, result_metadata, run_generation
+from langchain_hypic_rag._engine import HypicEngineMixin, run_generation
 
 
 class HypicRAGLLM(HypicEngineMixin, LLM):
@@ -38,7 +38,7 @@ class HypicRAGLLM(HypicEngineMixin, LLM):
                     run_manager.on_llm_new_token(text, chunk=chunk)
                 yield chunk
             else:
-                yield GenerationChunk(text="", generation_info=result_metadata(result))
+                yield GenerationChunk(text="", generation_info=result.to_dict())
 
     def _call(self, prompt: str, stop: list[str] | None = None,
               run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> str:

@@ -11,10 +11,3 @@ def open_engine(rag, store_dir: str | None):
     from hypic_rag.api import HypicRAG
 
     return HypicRAG.from_store(store_dir)
-
-
-def result_metadata(result) -> dict:
-    t = result.timings
-    return {"segment_ids": result.segment_ids, "cached_tokens": result.generation.cached_tokens,
-            "segment_hits": result.generation.segment_hits, "segment_misses": result.generation.segment_misses,
-            "tier_hits": dict(result.tier_hits), "ttft": t.ttft, "seam": t.seam, "prefill": t.prefill}

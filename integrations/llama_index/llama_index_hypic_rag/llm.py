@@ -8,7 +8,7 @@ from llama_index.core.llms import CompletionResponse, CompletionResponseGen, Cus
 from llama_index.core.llms.callbacks import llm_completion_callback
 from pydantic import Field, PrivateAttr
 
-from llama_index_hypic_rag._engine import open_engine, result_metadata
+from llama_index_hypic_rag._engine import open_engine
 
 
 class HypicRAGLLM(CustomLLM):
@@ -49,5 +49,5 @@ class HypicRAGLLM(CustomLLM):
                 text += item
                 yield CompletionResponse(text=text, delta=item)
             else:
-                yield CompletionResponse(text=text, delta="", raw=result_metadata(item),
-                                         additional_kwargs=result_metadata(item))
+                metadata = item.to_dict()
+                yield CompletionResponse(text=text, delta="", raw=metadata, additional_kwargs=dict(metadata))

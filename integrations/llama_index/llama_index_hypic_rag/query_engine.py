@@ -8,7 +8,6 @@ from llama_index.core.base.response.schema import Response
 from llama_index.core.query_engine import CustomQueryEngine
 from pydantic import ConfigDict
 
-from llama_index_hypic_rag._engine import result_metadata
 from llama_index_hypic_rag.retriever import HypicRAGRetriever
 
 
@@ -24,4 +23,4 @@ class HypicQueryEngine(CustomQueryEngine):
         result = self.retriever.engine().query(
             query_str, segment_ids=[n.node.node_id for n in nodes], mode=self.mode, max_new_tokens=self.max_new_tokens
         )
-        return Response(response=result.answer, source_nodes=nodes, metadata=result_metadata(result))
+        return Response(response=result.answer, source_nodes=nodes, metadata=result.to_dict())
