@@ -21,13 +21,13 @@ import torch
 
 from hypic_rag.config import ExecutorConfig, Mode, PromptTemplate
 from hypic_rag.engine import HypicExecutor
+from hypic_rag.errors import RequestError, StoreError
 from hypic_rag.index.embedder import DEFAULT_EMBEDDER, Embedder
 from hypic_rag.index.segment_index import RetrievedSegment, SegmentIndex, SegmentRecord
-from hypic_rag.precompute.pipeline import IngestReport, ingest_segments
-from hypic_rag.prompt_match import plan_prompt
-from hypic_rag.precompute.segmenter import Document, Segmenter, as_documents, check_segment_budget, load_corpus
 from hypic_rag.models.registry import model_spec
-from hypic_rag.errors import RequestError, StoreError
+from hypic_rag.precompute.pipeline import IngestReport, ingest_segments
+from hypic_rag.precompute.segmenter import Document, Segmenter, as_documents, check_segment_budget, load_corpus
+from hypic_rag.prompt_match import plan_prompt
 from hypic_rag.store.manifest import Manifest
 from hypic_rag.store.tiered import StoreConfig, TieredStore
 from hypic_rag.types import GenerationResult, Timings
@@ -85,7 +85,7 @@ def load_model(path: str | Path, dtype: torch.dtype | None = None, device: str |
 
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise ValueError(f"no model checkpoint at {path} (expected config.json there)")
+        raise RequestError(f"no model checkpoint at {path} (expected config.json there)")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa").to(device)
@@ -160,7 +160,7 @@ class HypicRAG:
             model, loaded_tokenizer = load_model(model_path)
             tokenizer = tokenizer or loaded_tokenizer
         if tokenizer is None:
-            raise ValueError("pass the tokenizer together with a loaded model")
+            raise RequestError("pass the tokenizer together with a loaded model")
         return cls(directory, model, tokenizer, model_path, config or ExecutorConfig(), template or PromptTemplate(),
                    store_config or StoreConfig(), embedder, max_segment_tokens)
 
@@ -174,7 +174,7 @@ class HypicRAG:
         if model is None or isinstance(model, (str, Path)):
             model_path = Path(model or manifest.model_path or "")
             if not model_path.name:
-                raise ValueError(f"store {directory} records no model path; pass model= and tokenizer=")
+                raise RequestError(f"store {directory} records no model path; pass model= and tokenizer=")
             model, loaded_tokenizer = load_model(model_path)
             tokenizer = tokenizer or loaded_tokenizer
         try:
@@ -209,7 +209,7 @@ class HypicRAG:
         from hypic_rag.distributed.ray_prefill import RayPrefill
 
         if self.model_path is None:
-            raise ValueError("Ray workers load the model from a checkpoint path: create this HypicRAG with "
+            raise RequestError("Ray workers load the model from a checkpoint path: create this HypicRAG with "
                              "model='path/to/checkpoint' instead of a loaded model")
         with self._lock:
             if self.ray_prefill is not None:
@@ -255,7 +255,7 @@ class HypicRAG:
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise RequestError(f"k must be an integer >= 1, got {k!r}")
         if len(self.index) == 0:
-            raise ValueError(f"store {self.directory} has no segments yet; ingest documents first")
+            raise RequestError(f"store {self.directory} has no segments yet; ingest documents first")
         hits = self.index.search(self.embedder.embed([question]), k)[0]
         return [replace(h, record=self._checked(h.record)) for h in hits]
 
@@ -339,7 +339,7 @@ class HypicRAG:
         for rank, sid in enumerate(segment_ids):
             record = self.index.get(sid)
             if record is None:
-                raise ValueError(f"unknown segment id {sid!r}; ids look like 'doc-id#0' (see `hypic-rag inspect`)")
+                raise RequestError(f"unknown segment id {sid!r}; ids look like 'doc-id#0' (see `hypic-rag inspect`)")
             out.append(RetrievedSegment(self._checked(record), float("nan"), rank))
         return out
 

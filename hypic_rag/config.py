@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from enum import Enum
 
+from hypic_rag.errors import RequestError
+
 
 class Mode(str, Enum):
     """The ablation ladder, cheapest-and-exact first, then from least to most accurate cached mode."""
@@ -25,7 +27,7 @@ class Mode(str, Enum):
             return cls(value)
         except ValueError:
             names = ", ".join(m.value for m in cls)
-            raise ValueError(f"unknown mode {value!r}; choose one of: {names}") from None
+            raise RequestError(f"unknown mode {value!r}; choose one of: {names}") from None
 
 
 @dataclass(frozen=True)
@@ -60,25 +62,25 @@ class ExecutorConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode.parse(self.mode))
         if not isinstance(self.seam_tokens, int) or isinstance(self.seam_tokens, bool) or self.seam_tokens < 0:
-            raise ValueError(f"seam_tokens must be an integer >= 0, got {self.seam_tokens!r}")
+            raise RequestError(f"seam_tokens must be an integer >= 0, got {self.seam_tokens!r}")
         if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}")
+            raise RequestError(f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}")
         for name in ("temperature", "top_p"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
+                raise RequestError(f"{name} must be a finite number, got {value!r}")
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+            raise RequestError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise RequestError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
-            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
+            raise RequestError(f"seed must be an integer or None, got {self.seed!r}")
         if not isinstance(self.prefix_cache_entries, int) or self.prefix_cache_entries < 1:
-            raise ValueError(f"prefix_cache_entries must be an integer >= 1, got {self.prefix_cache_entries!r}")
+            raise RequestError(f"prefix_cache_entries must be an integer >= 1, got {self.prefix_cache_entries!r}")
         if not isinstance(self.batched_seams, bool):
-            raise ValueError(f"batched_seams must be True or False, got {self.batched_seams!r}")
+            raise RequestError(f"batched_seams must be True or False, got {self.batched_seams!r}")
         if not isinstance(self.miss_batch_size, int) or self.miss_batch_size < 1:
-            raise ValueError(f"miss_batch_size must be an integer >= 1, got {self.miss_batch_size!r}")
+            raise RequestError(f"miss_batch_size must be an integer >= 1, got {self.miss_batch_size!r}")
 
     @property
     def precompute_seam(self) -> int:
@@ -104,7 +106,7 @@ class PromptTemplate:
         for name, fields in (("segment", ("{text}",)), ("question", ("{question}",))):
             value = getattr(self, name)
             if any(f not in value for f in fields):
-                raise ValueError(f"template {name!r} must contain {', '.join(fields)}; got {value!r}")
+                raise RequestError(f"template {name!r} must contain {', '.join(fields)}; got {value!r}")
 
     def to_dict(self) -> dict:
         return {"system": self.system, "segment": self.segment, "question": self.question, "add_bos": self.add_bos}

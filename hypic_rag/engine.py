@@ -20,6 +20,7 @@ import torch
 from transformers import DynamicCache
 
 from hypic_rag.config import ExecutorConfig, Mode
+from hypic_rag.errors import RequestError
 from hypic_rag.executor import cache_ops
 from hypic_rag.executor.clock import clock
 from hypic_rag.executor.compose import compose_segments
@@ -110,7 +111,7 @@ class HypicExecutor:
         """Refuse an entry built for another model, setting or dtype (entries from other processes)."""
         problem = self.checker.problem(entry, entry.token_ids)
         if problem is not None:
-            raise ValueError(problem)
+            raise RequestError(problem)
 
     # ----------------------------------------------------------------------------- caches
     @torch.no_grad()
@@ -281,7 +282,7 @@ class HypicExecutor:
         """Yield one StreamEvent per generated token, then a final event with the GenerationResult."""
         budget = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
         if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
-            raise ValueError(f"max_new_tokens must be an integer >= 1, got {budget!r}")
+            raise RequestError(f"max_new_tokens must be an integer >= 1, got {budget!r}")
         segs, q = self._validated_request(segments, question)
         started = clock(self.device)
         filled = self._fill(segs, q)

@@ -2,6 +2,8 @@
 
 HypicError
   RequestError      bad input to a request or a setting (fix the call)
+    UnsupportedModelError  a model architecture the library cannot cache (the message lists those it can)
+  MissingDependencyError  an optional package a feature needs is not installed (the message names it)
   StoreError        a store that cannot be opened or used (wrong model, damaged file); the message
                     names the file and the repair command
     CorruptEntryError  one stored entry failed a check; it is dropped and recomputed, never served
@@ -24,3 +26,11 @@ class StoreError(HypicError):
 
 class CorruptEntryError(StoreError):
     """A stored entry failed an integrity check; it must be dropped and recomputed."""
+
+
+class UnsupportedModelError(RequestError):
+    """A model whose architecture hypic_rag does not support (the message lists the supported ones)."""
+
+
+class MissingDependencyError(HypicError):
+    """An optional package that a feature needs is not installed."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hypic_rag.errors import RequestError
 from hypic_rag.index.segment_index import SegmentIndex, SegmentRecord
 
 SEPARATOR = "<<PIC_SEP>>"
@@ -74,11 +75,11 @@ def _plan_by_text(prompt: str, index: SegmentIndex) -> PromptPlan:
 
 def plan_prompt(prompt: str, index: SegmentIndex) -> PromptPlan:
     if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError("prompt must be a non-empty string")
+        raise RequestError("prompt must be a non-empty string")
     plan = _plan_by_separator(prompt, index) if SEPARATOR in prompt else _plan_by_text(prompt, index)
     if not plan.question.strip():
         if not plan.pieces:
-            raise ValueError("prompt has no question text")
+            raise RequestError("prompt has no question text")
         last = plan.pieces[-1]  # a prompt ending in a segment: its text is asked about, uncached
         plan = PromptPlan(plan.pieces[:-1], last.text + plan.question)
     return plan

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from hypic_rag.api import SHIPPED_MODEL, HypicRAG
 from hypic_rag.data.scoring import exact_match
+from hypic_rag.errors import StoreError
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo"
 
@@ -20,7 +21,7 @@ DEMO_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo"
 def run_demo(store_dir: str | None, num_questions: int) -> int:
     console = Console()
     if not (SHIPPED_MODEL / "config.json").is_file():
-        raise ValueError(f"the shipped model is missing at {SHIPPED_MODEL}; reinstall hypic_rag")
+        raise StoreError(f"the shipped model is missing at {SHIPPED_MODEL}; reinstall hypic_rag")
     questions = [json.loads(l) for l in (DEMO_DIR / "questions.jsonl").read_text().splitlines() if l.strip()]
     questions = questions[: max(1, num_questions)]
     tmp = None

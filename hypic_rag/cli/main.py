@@ -13,6 +13,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+from hypic_rag.errors import RequestError
+
 DEFAULTS = {
     "seam": 8, "max_segment_tokens": 512, "batch_size": 16, "workers": 1, "k": 4, "mode": "hypic",
     "max_new_tokens": 32, "device_bytes": 512 * 2**20, "host_bytes": 2 * 2**30, "disk_bytes": 32 * 2**30,
@@ -25,12 +27,12 @@ def _load_config(path: str | None) -> dict:
         return {}
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"config file not found: {p}")
+        raise RequestError(f"config file not found: {p}")
     text = p.read_text(encoding="utf-8")
     try:
         data = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"config file {p} is not valid {'TOML' if p.suffix == '.toml' else 'JSON'}: {exc}") from None
+        raise RequestError(f"config file {p} is not valid {'TOML' if p.suffix == '.toml' else 'JSON'}: {exc}") from None
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
@@ -59,7 +61,7 @@ def cmd_precompute(s: dict) -> int:
     corpus = [Path(c) for c in s["corpus"]]
     missing = [str(c) for c in corpus if not c.exists()]
     if missing:
-        raise ValueError(f"corpus path does not exist: {', '.join(missing)}")
+        raise RequestError(f"corpus path does not exist: {', '.join(missing)}")
     if Path(s["store"], "manifest.json").exists() and s.get("model") is None:
         rag = HypicRAG.from_store(s["store"])
     else:

@@ -13,6 +13,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from hypic_rag.errors import RequestError
+
 _SYLLABLES = ("ka ri to ve la mo zu ne shi ra po li ta ge da bo ru fe mi sa no ki lu ze ha vo ni ju ce ro "
               "mar tel dor vin sol bri kan fal gor lem").split()
 CITIES = ("Ostrava Velmora Karden Lisport Tamsk Quendal Rivona Marrow Eskel Doloth Brena Fenwick Sarvo Iltheim "
@@ -106,12 +108,12 @@ def load_records(path: str | Path) -> list[dict]:
     """Load a .json list or a .jsonl file of {"question", "ctxs": [{"title","text"}], "answers"} records."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"no such dataset file: {path}")
+        raise RequestError(f"no such dataset file: {path}")
     text = path.read_text(encoding="utf-8")
     records = json.loads(text) if path.suffix == ".json" else [json.loads(l) for l in text.splitlines() if l.strip()]
     for i, r in enumerate(records):
         if not isinstance(r, dict) or not {"question", "ctxs", "answers"} <= r.keys():
-            raise ValueError(f"{path} record {i} lacks question/ctxs/answers")
+            raise RequestError(f"{path} record {i} lacks question/ctxs/answers")
     return records
 
 

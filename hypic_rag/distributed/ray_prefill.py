@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from hypic_rag.config import ExecutorConfig
+from hypic_rag.errors import MissingDependencyError, RequestError
 from hypic_rag.executor.miss_prefill import length_batches
 from hypic_rag.store.serde import entry_from_bytes, entry_to_bytes
 from hypic_rag.types import SegmentEntry
@@ -57,15 +58,16 @@ class RayConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.workers, int) or self.workers < 1:
-            raise ValueError(f"workers must be an integer >= 1, got {self.workers!r}")
+            raise RequestError(f"workers must be an integer >= 1, got {self.workers!r}")
         if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
-            raise ValueError("cpus_per_worker must be > 0 and gpus_per_worker >= 0")
+            raise RequestError("cpus_per_worker must be > 0 and gpus_per_worker >= 0")
         if not isinstance(self.threads_per_worker, int) or self.threads_per_worker < 1:
-            raise ValueError(f"threads_per_worker must be an integer >= 1, got {self.threads_per_worker!r}")
+            raise RequestError(f"threads_per_worker must be an integer >= 1, got {self.threads_per_worker!r}")
         if self.startup_timeout_s <= 0:
-            raise ValueError(f"startup_timeout_s must be > 0, got {self.startup_timeout_s!r}")
+            raise RequestError(f"startup_timeout_s must be > 0, got {self.startup_timeout_s!r}")
         if self.object_store_bytes < 64 * 2**20:
-            raise ValueError("object_store_bytes must be at least 64 MiB (Ray's minimum is 75 MB for a local cluster)")
+            raise RequestError("object_store_bytes must be at least 64 MiB "
+                               "(Ray's minimum is 75 MB for a local cluster)")
 
 
 class _PrefillWorker:
@@ -92,7 +94,7 @@ def _ray():
     try:
         import ray
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ValueError("Ray prefill needs the ray package: pip install 'hypic-rag[ray]'") from exc
+        raise MissingDependencyError("Ray prefill needs the ray package: pip install 'hypic-rag[ray]'") from exc
     return ray
 
 
@@ -106,7 +108,7 @@ class RayPrefill:
         self.ray_config = ray_config or RayConfig()
         path = Path(model_path)
         if not (path / "config.json").is_file():
-            raise ValueError(f"Ray workers load the model from a checkpoint directory; none at {path}")
+            raise RequestError(f"Ray workers load the model from a checkpoint directory; none at {path}")
         self._owns_cluster = False
         if not ray.is_initialized():
             if self.ray_config.address is None:
@@ -131,14 +133,14 @@ class RayPrefill:
         except ray.exceptions.GetTimeoutError:
             free = ray.available_resources()
             self.close()
-            raise ValueError(
+            raise RequestError(
                 f"{self.ray_config.workers} Ray workers ({self.ray_config.cpus_per_worker} CPU, "
                 f"{self.ray_config.gpus_per_worker} GPU each) did not start within {self.ray_config.startup_timeout_s} s; "
                 f"the cluster has {free} free. Ask for fewer workers or resources per worker"
             ) from None
         if expected_fingerprint is not None and fingerprints != {expected_fingerprint}:
             self.close()
-            raise ValueError(
+            raise RequestError(
                 f"Ray workers loaded {sorted(fingerprints)} from {path}, but the caller runs {expected_fingerprint}; "
                 "give the workers the same checkpoint, dtype, seam size and shared prefix"
             )

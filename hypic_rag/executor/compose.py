@@ -22,6 +22,7 @@ import torch
 from transformers import DynamicCache
 
 from hypic_rag.config import Mode
+from hypic_rag.errors import RequestError
 from hypic_rag.executor import cache_ops
 from hypic_rag.executor.clock import clock
 from hypic_rag.executor.seam_pass import batched_seam_pass, supports_batched_seams
@@ -131,7 +132,7 @@ def compose_segments(
                 _append_segment_kv(cache, spec, rotary_emb, entry, seam, offset)
         else:
             if entry.seam_tokens != 0:
-                raise ValueError(f"{mode.value} composes whole segments; this entry was built with a seam of "
+                raise RequestError(f"{mode.value} composes whole segments; this entry was built with a seam of "
                                  f"{entry.seam_tokens} tokens. Build entries with seam_tokens=0 for this mode.")
             _advance_interior(cache, entry, use_operator=mode is not Mode.PIC_ADDITION, fresh_seam=False)
             pending.append((entry, 0, offset if mode is Mode.PIC_TRANSITION_ROPE else prefix_length))

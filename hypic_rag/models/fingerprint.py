@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from hypic_rag.errors import RequestError
+
 _CHUNK = 16 * 2**20  # bytes of a parameter copied to the host and hashed at a time
 
 
@@ -86,7 +88,7 @@ class ModelFingerprint:
     def from_string(cls, text: str) -> "ModelFingerprint":
         parts = text.split(":")
         if len(parts) != 6 or not parts[4].startswith("w") or not parts[5].startswith("p"):
-            raise ValueError(f"not a hypic_rag model fingerprint: {text!r}")
+            raise RequestError(f"not a hypic_rag model fingerprint: {text!r}")
         return cls(parts[0], parts[1], parts[2], parts[3], int(parts[4][1:]), parts[5][1:])
 
 

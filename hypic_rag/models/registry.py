@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from hypic_rag.errors import UnsupportedModelError
 from hypic_rag.models.specs import (
     AttentionLayerSpec,
     LinearLayerSpec,
@@ -49,7 +50,8 @@ def _decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     inner = getattr(model, "model", model)
     layers = getattr(inner, "layers", None)
     if layers is None:
-        raise ValueError(f"{type(model).__name__} has no decoder layers at .model.layers; is it a causal LM?")
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no decoder layers at .model.layers; is it a causal LM?")
     return layers
 
 
@@ -82,12 +84,13 @@ def _cache_layer_types(config) -> list[str]:
 
 
 def model_spec(model: torch.nn.Module) -> ModelSpec:
-    """Read a loaded transformers hybrid into a ModelSpec, or raise a ValueError naming what is supported."""
+    """Read a loaded transformers hybrid into a ModelSpec, or raise an UnsupportedModelError naming what
+    is supported."""
     config = model.config.get_text_config(decoder=True)
     model_type = config.model_type
     info = SUPPORTED.get(model_type)
     if info is None:
-        raise ValueError(
+        raise UnsupportedModelError(
             f"model type {model_type!r} is not supported by hypic_rag; supported: {', '.join(supported_model_types())}"
         )
     rotary = _rotary_emb(model)
@@ -97,17 +100,18 @@ def model_spec(model: torch.nn.Module) -> ModelSpec:
     layers = _decoder_layers(model)
     cache_types = _cache_layer_types(config)
     if len(cache_types) != len(layers):
-        raise ValueError(f"{model_type}: {len(cache_types)} cache layer types for {len(layers)} decoder layers")
+        raise UnsupportedModelError(
+            f"{model_type}: {len(cache_types)} cache layer types for {len(layers)} decoder layers")
     for idx, (layer, cache_type) in enumerate(zip(layers, cache_types)):
         if cache_type in _UNSUPPORTED_CACHE_TYPES:
-            raise ValueError(
+            raise UnsupportedModelError(
                 f"{model_type} layer {idx} uses {cache_type!r} attention; hypic_rag composes full-attention "
                 "K/V only. Use a model whose attention layers are all full attention."
             )
         mixer = getattr(layer, info.mixer_attr, None)
         if cache_type in _LINEAR_CACHE_TYPES:
             if not _is_linear_mixer(mixer):
-                raise ValueError(f"{model_type} layer {idx}: no linear mixer at .{info.mixer_attr}")
+                raise UnsupportedModelError(f"{model_type} layer {idx}: no linear mixer at .{info.mixer_attr}")
             linear.append(
                 LinearLayerSpec(
                     layer_idx=idx,
@@ -121,7 +125,8 @@ def model_spec(model: torch.nn.Module) -> ModelSpec:
         if cache_type in _ATTENTION_CACHE_TYPES:
             attention.append(AttentionLayerSpec(layer_idx=idx, rope=rope))
     if not linear:
-        raise ValueError(f"{model_type} model has no linear-attention layers; hypic_rag needs a hybrid model")
+        raise UnsupportedModelError(
+            f"{model_type} model has no linear-attention layers; hypic_rag needs a hybrid model")
     return ModelSpec(
         model_type=model_type,
         linear=tuple(linear),

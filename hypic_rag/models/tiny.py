@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from hypic_rag.errors import RequestError
+
 VOCAB = 128
 
 
@@ -95,7 +97,7 @@ def tiny_config(family: str):
         "lfm2": _lfm2,
     }
     if family not in builders:
-        raise ValueError(f"unknown tiny family {family!r}; choose one of {sorted(builders)}")
+        raise RequestError(f"unknown tiny family {family!r}; choose one of {sorted(builders)}")
     return builders[family]()
 
 

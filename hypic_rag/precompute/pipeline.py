@@ -13,6 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
+from hypic_rag.errors import RequestError
 from hypic_rag.index.segment_index import SegmentRecord
 from hypic_rag.precompute.segmenter import Segment
 from hypic_rag.store.serde import entry_from_bytes, entry_to_bytes
@@ -58,9 +59,9 @@ def ingest_segments(
     progress: Callable[[int, int], None] | None = None,
 ) -> IngestReport:
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise RequestError(f"batch_size must be >= 1, got {batch_size}")
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise RequestError(f"workers must be >= 1, got {workers}")
     started = time.perf_counter()
     executor, store, index = rag.executor, rag.store, rag.index
     pending = [s for s in segments if s.segment_id not in index]

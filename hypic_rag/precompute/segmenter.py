@@ -137,13 +137,13 @@ def load_corpus(paths: Iterable[str | Path]) -> CorpusReport:
     for raw in paths:
         root = Path(raw)
         if not root.exists():
-            raise ValueError(f"corpus path does not exist: {root}")
+            raise RequestError(f"corpus path does not exist: {root}")
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         for path in files:
             explicit = path == root
             if path.suffix not in SUFFIXES:
                 if explicit:
-                    raise ValueError(f"{path}: unsupported file type; use .txt, .md or .jsonl")
+                    raise RequestError(f"{path}: unsupported file type; use .txt, .md or .jsonl")
                 skipped.append(f"{path}: unsupported file type")
                 continue
             doc_id = path.name if explicit else str(path.relative_to(root))
@@ -156,11 +156,11 @@ def load_corpus(paths: Iterable[str | Path]) -> CorpusReport:
                 continue
             if not found:
                 if explicit:
-                    raise ValueError(f"corpus file is empty: {path}")
+                    raise RequestError(f"corpus file is empty: {path}")
                 skipped.append(f"{path}: empty")
             documents += found
     if not documents:
-        raise ValueError("the corpus holds no documents (need non-empty .txt, .md or .jsonl files)")
+        raise RequestError("the corpus holds no documents (need non-empty .txt, .md or .jsonl files)")
     return CorpusReport(documents, skipped)
 
 

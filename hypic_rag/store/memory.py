@@ -6,6 +6,7 @@ from collections import OrderedDict
 
 import torch
 
+from hypic_rag.errors import RequestError
 from hypic_rag.store.base import EntryStore
 from hypic_rag.types import AttentionLayerEntry, LinearLayerEntry, SegmentEntry
 
@@ -45,7 +46,7 @@ class MemoryTier(EntryStore):
 
     def __init__(self, capacity_bytes: int, device: torch.device | str = "cpu", name: str = "cpu"):
         if capacity_bytes < 0:
-            raise ValueError(f"capacity_bytes must be >= 0, got {capacity_bytes}")
+            raise RequestError(f"capacity_bytes must be >= 0, got {capacity_bytes}")
         self.capacity_bytes = capacity_bytes
         self.device = torch.device(device)
         self.name = name

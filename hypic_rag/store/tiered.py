@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from hypic_rag.errors import RequestError
 from hypic_rag.store.base import EntryStore
 from hypic_rag.store.disk import DiskTier
 from hypic_rag.store.memory import MemoryTier
@@ -30,9 +31,9 @@ class StoreConfig:
         for name in ("device_bytes", "host_bytes", "disk_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer number of bytes >= 0, got {value!r}")
+                raise RequestError(f"{name} must be an integer number of bytes >= 0, got {value!r}")
         if self.disk_bytes == 0:
-            raise ValueError("disk_bytes must be > 0: the disk tier is the store of record")
+            raise RequestError("disk_bytes must be > 0: the disk tier is the store of record")
 
 
 @dataclass(frozen=True)
