@@ -24,6 +24,7 @@ from hypic_rag.engine import HypicExecutor
 from hypic_rag.errors import RequestError, StoreError
 from hypic_rag.index.embedder import DEFAULT_EMBEDDER, Embedder
 from hypic_rag.index.segment_index import RetrievedSegment, SegmentIndex, SegmentRecord
+from hypic_rag.models.loader import load_model  # noqa: F401  (re-exported: hypic_rag.api.load_model)
 from hypic_rag.models.registry import model_spec
 from hypic_rag.precompute.pipeline import IngestReport, ingest_segments
 from hypic_rag.precompute.segmenter import Document, Segmenter, as_documents, check_segment_budget, load_corpus
@@ -79,19 +80,6 @@ class StoreInfo:
     tiers: list
 
 
-def load_model(path: str | Path, dtype: torch.dtype | None = None, device: str | None = None):
-    """Load a local HF checkpoint and its tokenizer (no hub access)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise RequestError(f"no model checkpoint at {path} (expected config.json there)")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa").to(device)
-    return model.eval(), AutoTokenizer.from_pretrained(path)
-
-
 def _is_existing_path(item) -> bool:
     if not isinstance(item, (str, Path)) or (isinstance(item, str) and ("\n" in item or len(item) > 4096)):
         return False
@@ -127,9 +115,7 @@ class HypicRAG:
         self.template = template
         # every setting is checked before anything touches the store (a bad one must not be persisted)
         self.max_segment_tokens = check_segment_budget(max_segment_tokens, model_spec(model).max_positions)
-        prefix = ([tokenizer.bos_token_id] if template.add_bos and tokenizer.bos_token_id is not None else [])
-        prefix += tokenizer.encode(template.system, add_special_tokens=False) if template.system else []
-        self.shared_prefix = tuple(prefix)
+        self.shared_prefix = template.prefix_ids(tokenizer)
         self.executor = HypicExecutor(model, tokenizer, config, self.shared_prefix)
         fingerprint = self.executor.fingerprint.to_string()
         existing = (self.directory / "manifest.json").exists()

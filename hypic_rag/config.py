@@ -110,3 +110,9 @@ class PromptTemplate:
 
     def to_dict(self) -> dict:
         return {"system": self.system, "segment": self.segment, "question": self.question, "add_bos": self.add_bos}
+
+    def prefix_ids(self, tokenizer) -> tuple[int, ...]:
+        """The shared prefix's token ids: the tokenizer's BOS (if add_bos) and the system text."""
+        prefix = [tokenizer.bos_token_id] if self.add_bos and tokenizer.bos_token_id is not None else []
+        prefix += tokenizer.encode(self.system, add_special_tokens=False) if self.system else []
+        return tuple(prefix)

@@ -77,7 +77,7 @@ class _PrefillWorker:
                  shared_prefix: tuple[int, ...], threads: int):
         torch.set_num_threads(threads)
         import hypic_rag  # noqa: F401  (CPU guard before transformers' modeling modules)
-        from hypic_rag.api import load_model
+        from hypic_rag.models.loader import load_model
         from hypic_rag.engine import HypicExecutor
 
         model, tokenizer = load_model(model_path, dtype=getattr(torch, dtype), device=device)

@@ -13,9 +13,13 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
+from hypic_rag.config import ExecutorConfig, PromptTemplate
+from hypic_rag.engine import HypicExecutor
 from hypic_rag.errors import RequestError
 from hypic_rag.index.segment_index import SegmentRecord
+from hypic_rag.models.loader import load_model
 from hypic_rag.precompute.segmenter import Segment
+from hypic_rag.store.manifest import Manifest
 from hypic_rag.store.serde import entry_from_bytes, entry_to_bytes
 
 
@@ -35,17 +39,21 @@ _WORKER = None
 
 
 def _init_worker(store_dir: str) -> None:
+    """A worker process: the store's model and setting from its manifest, nothing else of the store."""
     global _WORKER
     import torch
 
-    from hypic_rag.api import HypicRAG
-
     torch.set_num_threads(1)
-    _WORKER = HypicRAG.from_store(store_dir, read_only=True)
+    manifest = Manifest.read(store_dir)
+    model, tokenizer = load_model(manifest.model_path, device="cpu")
+    executor = HypicExecutor(model, tokenizer, ExecutorConfig(seam_tokens=manifest.seam_tokens),
+                             PromptTemplate(**manifest.template).prefix_ids(tokenizer))
+    manifest.check_compatible(executor.fingerprint.to_string(), store_dir)
+    _WORKER = executor
 
 
 def _precompute_in_worker(token_ids: tuple[int, ...]) -> bytes:
-    return entry_to_bytes(_WORKER.executor.precompute(token_ids))
+    return entry_to_bytes(_WORKER.precompute(token_ids))
 
 
 # ----------------------------------------------------------------------------- ingest
@@ -68,6 +76,9 @@ def ingest_segments(
     done = len(segments) - len(pending)
     computed = reused = 0
     pool = None
+    if workers > 1 and pending and rag.ray_prefill is None and rag.model_path is None:
+        raise RequestError("worker processes load the model from a checkpoint path: create the HypicRAG with "
+                           "model='path/to/checkpoint', or ingest with workers=1")
     if workers > 1 and pending and rag.ray_prefill is None:  # Ray actors replace the local processes
         pool = ProcessPoolExecutor(  # spawn: forking a process that already runs torch threads can deadlock
             max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
