@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import hypic_rag  # noqa: E402,F401
-from hypic_rag import ExecutorConfig, HypicExecutor  # noqa: E402
-from hypic_rag.api import SHIPPED_MODEL, first_line, load_model  # noqa: E402
-from hypic_rag.config import PromptTemplate  # noqa: E402
-from hypic_rag.data.scoring import exact_match, token_f1  # noqa: E402
-from hypic_rag.data.synthetic import load_records, make_dataset  # noqa: E402
+import hypic_rag  # noqa: F401
+from hypic_rag import ExecutorConfig, HypicExecutor
+from hypic_rag.api import SHIPPED_MODEL, first_line, load_model
+from hypic_rag.config import PromptTemplate
+from hypic_rag.data.scoring import exact_match, token_f1
+from hypic_rag.data.synthetic import load_records, make_dataset
 
 LADDER = [("full_recompute", 0), ("prefix_cache", 0), ("pic_addition", 0), ("pic_transition", 0),
           ("pic_transition_rope", 0), ("hypic", 0), ("hypic", 4), ("hypic", 8), ("hypic", 16), ("hypic", 32)]

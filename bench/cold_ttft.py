@@ -16,19 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import hypic_rag  # noqa: E402,F401
-from hypic_rag import ExecutorConfig, HypicExecutor  # noqa: E402
-from hypic_rag.distributed.ray_prefill import RayConfig, RayPrefill  # noqa: E402
+import hypic_rag  # noqa: F401
+from hypic_rag import ExecutorConfig, HypicExecutor
+from hypic_rag.distributed.ray_prefill import RayConfig, RayPrefill
 
-from ttft import qwen35_style  # noqa: E402  (bench/ttft.py)
+from ttft import qwen35_style  # (bench/ttft.py, beside this script)
 
 
 def main() -> None:

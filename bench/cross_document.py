@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import hypic_rag  # noqa: E402,F401
-from hypic_rag.data.synthetic import context_text, make_dataset  # noqa: E402
-from hypic_rag.models.registry import linear_mixer, model_spec  # noqa: E402
-from hypic_rag.models.specs import MixerFamily  # noqa: E402
-from hypic_rag.ops.capture import capture_recurrences  # noqa: E402
+import hypic_rag  # noqa: F401
+from hypic_rag.data.synthetic import context_text, make_dataset
+from hypic_rag.models.registry import linear_mixer, model_spec
+from hypic_rag.models.specs import MixerFamily
+from hypic_rag.ops.capture import capture_recurrences
 
 
 def measure(path: str, records: list[dict], window: int = 16) -> dict:

@@ -24,24 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import hypic_rag  # noqa: E402,F401
-from hypic_rag import ExecutorConfig, HypicExecutor  # noqa: E402
-from hypic_rag.executor.clock import clock  # noqa: E402
+import hypic_rag  # noqa: F401
+from hypic_rag import ExecutorConfig, HypicExecutor
+from hypic_rag.executor.clock import clock
+from hypic_rag.models.tiny import qwen3_5_style_config
 
-from roofline import measure_peaks, request_floors  # noqa: E402  (bench/roofline.py)
+from roofline import measure_peaks, request_floors  # (bench/roofline.py, beside this script)
 
 
 def qwen35_style(hidden: int, vocab: int, layers: int = 8):
-    from transformers import Qwen3_5TextConfig
-
-    return Qwen3_5TextConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
-        num_attention_heads=8, num_key_value_heads=2, head_dim=hidden // 8, linear_num_key_heads=4,
-        linear_num_value_heads=8, linear_key_head_dim=hidden // 8, linear_value_head_dim=hidden // 8,
-        linear_conv_kernel_dim=4, max_position_embeddings=32768,
-        layer_types=["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers)], eos_token_id=1, bos_token_id=0, pad_token_id=2,
-    )
+    return qwen3_5_style_config(vocab, hidden, layers, heads=8, linear_key_heads=4, linear_value_heads=8,
+                                max_positions=32768)
 
 
 def falcon_h1_style(hidden: int, vocab: int, layers: int = 6):

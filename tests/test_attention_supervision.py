@@ -1,20 +1,13 @@
-"""bench/attention_supervision.py and the pointers of bench/training_data.py: each pointer names the
+"""hypic_rag.training.attention_supervision and the pointers of hypic_rag.training.data: each pointer names the
 answer's first value token, and the recorded log weights are the layer's real attention weights."""
-
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-
-from attention_supervision import AnswerAttention, attention_layer_indices, supervise  # noqa: E402
-from small_model_init import build_model  # noqa: E402
-from training_data import batch_of, encode, extra_pairs, two_hop_route  # noqa: E402
-
-from hypic_rag.data.synthetic import make_dataset  # noqa: E402
+from hypic_rag.data.synthetic import make_dataset
+from hypic_rag.training.attention_supervision import AnswerAttention, attention_layer_indices, supervise
+from hypic_rag.training.data import batch_of, encode, extra_pairs, two_hop_route
+from hypic_rag.training.model_init import build_model
 
 
 def test_every_single_hop_answer_points_from_its_question_to_its_value_in_the_right_document(tokenizer):

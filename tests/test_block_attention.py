@@ -1,20 +1,13 @@
-"""bench/block_attention.py: the training mask that keeps document tokens to their own document, as
+"""hypic_rag.training.block_attention: the training mask that keeps document tokens to their own document, as
 cached segments are computed, while questions and answers see everything."""
-
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-
-from block_attention import attention_masks, block_mask  # noqa: E402
-from small_model_init import build_model  # noqa: E402
-from training_data import batch_of, encode  # noqa: E402
-
-from hypic_rag.data.synthetic import context_text, make_dataset  # noqa: E402
+from hypic_rag.data.synthetic import context_text, make_dataset
+from hypic_rag.training.block_attention import attention_masks, block_mask
+from hypic_rag.training.data import batch_of, encode
+from hypic_rag.training.model_init import build_model
 
 
 def test_a_blocked_rows_documents_see_the_prefix_and_themselves_and_the_question_sees_all():

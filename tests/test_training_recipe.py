@@ -1,4 +1,4 @@
-"""bench/train_small_model.py: what each training sequence is trained on, the learning-rate schedule,
+"""hypic_rag.training: what each training sequence is trained on, the learning-rate schedule,
 and a real (tiny, seconds-long) run from scratch."""
 
 import json
@@ -8,13 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from hypic_rag.data.synthetic import make_dataset
+from hypic_rag.training.data import encode
+from hypic_rag.training.train import learning_rate
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-
-from train_small_model import learning_rate  # noqa: E402
-from training_data import encode  # noqa: E402
-
-from hypic_rag.data.synthetic import make_dataset  # noqa: E402
 
 
 def test_question_lm_trains_the_extra_questions_as_text_and_leaves_answers_and_ids_alone(tokenizer):
@@ -45,7 +43,7 @@ def test_learning_rate_warms_up_then_follows_a_cosine_to_a_tenth():
 
 
 def _train(tmp_path, *flags):
-    return subprocess.run([sys.executable, str(ROOT / "bench" / "train_small_model.py"), "--out", str(tmp_path / "m"),
+    return subprocess.run([sys.executable, "-m", "hypic_rag.training", "--out", str(tmp_path / "m"),
                            *flags], capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 

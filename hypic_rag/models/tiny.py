@@ -13,15 +13,31 @@ from hypic_rag.errors import RequestError
 VOCAB = 128
 
 
-def _qwen3_5(layers: tuple[str, ...]):
+def qwen3_5_style_config(vocab: int, hidden: int, layers: int | tuple[str, ...], *, heads: int = 4,
+                         linear_key_heads: int = 2, linear_value_heads: int = 4, intermediate: int | None = None,
+                         max_positions: int = 4096, bos: int = 0, eos: int = 1, pad: int = 2,
+                         tie_word_embeddings: bool | None = None):
+    """A Qwen3.5 text config: 3 Gated DeltaNet layers to 1 full-attention layer (or the given layer
+    types), 2 KV heads, every head dimension hidden // heads, short conv of 4. The one builder of
+    the tiny test models, the TTFT bench's models and the shipped model's architecture."""
     from transformers import Qwen3_5TextConfig
 
+    if isinstance(layers, int):
+        layers = tuple("full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers))
+    head_dim = hidden // heads
+    extra = {} if tie_word_embeddings is None else {"tie_word_embeddings": tie_word_embeddings}
     return Qwen3_5TextConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=len(layers),
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, linear_num_key_heads=2,
-        linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16, linear_conv_kernel_dim=4,
-        layer_types=list(layers), max_position_embeddings=4096, eos_token_id=1, bos_token_id=0, pad_token_id=2,
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate or 3 * hidden,
+        num_hidden_layers=len(layers), num_attention_heads=heads, num_key_value_heads=2, head_dim=head_dim,
+        linear_num_key_heads=linear_key_heads, linear_num_value_heads=linear_value_heads,
+        linear_key_head_dim=head_dim, linear_value_head_dim=head_dim, linear_conv_kernel_dim=4,
+        layer_types=list(layers), max_position_embeddings=max_positions, eos_token_id=eos, bos_token_id=bos,
+        pad_token_id=pad, **extra,
     )
+
+
+def _qwen3_5(layers: tuple[str, ...]):
+    return qwen3_5_style_config(VOCAB, 64, layers, intermediate=128)
 
 
 def _qwen3_next(layers: tuple[str, ...]):

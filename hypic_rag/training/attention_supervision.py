@@ -1,4 +1,4 @@
-"""Attention supervision for train_small_model.py: an auxiliary loss that points one attention layer's
+"""Attention supervision for hypic_rag.training: an auxiliary loss that points one attention layer's
 answer-position queries at the document token where the answer's value starts.
 
 The answer loss teaches the person match only through the copy it feeds, and from-scratch runs

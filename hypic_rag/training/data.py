@@ -1,4 +1,4 @@
-"""What the small model of train_small_model.py is trained on: synthetic records laid out as token
+"""What the small model of hypic_rag.training is trained on: synthetic records laid out as token
 sequences (each document tokenized alone, as segments are at query time), per-token loss weights, and
 for attention supervision where each answer's value sits in the documents (and, for two-hop questions,
 where the mentor's name sits).

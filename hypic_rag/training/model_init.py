@@ -1,4 +1,4 @@
-"""How the small Qwen3.5-style hybrid of train_small_model.py starts: its config, and the attention
+"""How the small Qwen3.5-style hybrid of hypic_rag.training starts: its config, and the attention
 initialisations that let a fresh model leave the chance plateau (sharpened q/k gains, copy_init) or an
 older checkpoint leave a stuck copy circuit (reset_attention)."""
 
@@ -6,19 +6,14 @@ from __future__ import annotations
 
 import torch
 
+from hypic_rag.models.tiny import qwen3_5_style_config
+
 
 def build_model(tokenizer, hidden: int, layers: int, attention_gain: float = 1.5, copy_strength: float = 0.0):
-    from transformers import AutoModelForCausalLM, Qwen3_5TextConfig
+    from transformers import AutoModelForCausalLM
 
-    layer_types = ["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers)]
-    config = Qwen3_5TextConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, linear_num_key_heads=2,
-        linear_num_value_heads=4, linear_key_head_dim=hidden // 4, linear_value_head_dim=hidden // 4,
-        linear_conv_kernel_dim=4, layer_types=layer_types, max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
+    config = qwen3_5_style_config(len(tokenizer), hidden, layers, bos=tokenizer.bos_token_id,
+                                  eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id, tie_word_embeddings=True)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
     start_attention(model, attention_gain, copy_strength)
     return model

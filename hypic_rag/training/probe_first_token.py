@@ -6,7 +6,7 @@ another person's value of the same kind (the model found the kind of fact but no
 how often the model continues the asked person's name inside the question once its first token is
 read: a lookup of that person's document by name, which the answer needs too.
 
-    python bench/probe_first_token.py CHECKPOINT --docs 1 4 --questions 60
+    python -m hypic_rag.training.probe_first_token CHECKPOINT --docs 1 4 --questions 60
 """
 
 from __future__ import annotations
@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import collections
 import re
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hypic_rag.data.synthetic import make_dataset  # noqa: E402
-from training_data import prompt_and_answer  # noqa: E402  (bench/ is on sys.path when run as a script)
+from hypic_rag.data.synthetic import make_dataset
+from hypic_rag.training.data import prompt_and_answer
 
 
 @torch.no_grad()
@@ -65,7 +63,7 @@ def main() -> None:
         p.error("--docs and --questions take positive numbers (e.g. --docs 1 4 --questions 60)")
     if not (Path(args.checkpoint) / "config.json").is_file():
         p.error(f"{args.checkpoint} is not a checkpoint folder (no config.json); pass one that "
-                "bench/train_small_model.py wrote, e.g. hypic_rag/assets/small_model")
+                "hypic_rag.training wrote, e.g. hypic_rag/assets/small_model")
     if args.threads:
         torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM, AutoTokenizer

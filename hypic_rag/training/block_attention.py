@@ -1,4 +1,4 @@
-"""Block attention for train_small_model.py: train some sequences the way hypic serves documents.
+"""Block attention for hypic_rag.training: train some sequences the way hypic serves documents.
 
 At query time a cached segment's attention K/V were computed with the segment alone after the shared
 prefix (the BOS), while full recompute lets every document token attend to the documents before it.

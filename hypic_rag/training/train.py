@@ -12,7 +12,7 @@ checkpoints.
 The shipped model, from scratch in 50 minutes on one core of a 2-core CPU (bench/results/from_scratch.md,
 run W1):
 
-    python bench/train_small_model.py --minutes 50 --threads 1 --lr 3e-3 --lm-weight 0.3 \
+    python -m hypic_rag.training --minutes 50 --threads 1 --lr 3e-3 --lm-weight 0.3 \
         --extra-questions 16 --question-pool all --min-docs 2 --short-docs-minutes 25 \
         --attention-gain 0.5 --copy-init 2 --attention-supervision 1 --supervised-layer 7 \
         --copy-supervision 1 --block-attention 0.5 --eval-questions 200 --save-every 300 --seed 2 \
@@ -34,13 +34,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import hypic_rag  # noqa: E402,F401
-from hypic_rag.data.synthetic import context_text, make_dataset, question_text  # noqa: E402
-from attention_supervision import AnswerAttention, attention_layer_indices, supervise  # noqa: E402  (bench/ on path)
-from block_attention import attention_masks  # noqa: E402
-from training_data import batches, prompt_and_answer  # noqa: E402
-from small_model_init import build_model, reset_attention  # noqa: E402  (bench/ is on sys.path when run as a script)
+import hypic_rag  # noqa: F401  (blocks fla on CPU before transformers' modeling modules load)
+from hypic_rag.data.synthetic import context_text, make_dataset, question_text
+from hypic_rag.training.attention_supervision import AnswerAttention, attention_layer_indices, supervise
+from hypic_rag.training.block_attention import attention_masks
+from hypic_rag.training.data import batches, prompt_and_answer
+from hypic_rag.training.model_init import build_model, reset_attention
 
 SPECIALS = ["<pad>", "<bos>", "<eos>"]
 
@@ -261,7 +260,7 @@ def append_stage(path: Path, previous: Path | None, stage: dict) -> None:
     if previous is not None and previous.exists():
         stages = json.loads(previous.read_text()).get("stages", [])
     stage = {"stage": len(stages) + 1, "init": "previous stage" if previous else None, **stage}
-    note = ("Stages continue the last saved checkpoint of the previous stage (bench/train_small_model.py --init). "
+    note = ("Stages continue the last saved checkpoint of the previous stage (python -m hypic_rag.training --init). "
             "Held-out EM is full-recompute greedy exact match on synthetic questions (25% two-hop).")
     path.write_text(json.dumps({"note": note, "stages": stages + [stage]}, indent=1))
 
