@@ -152,8 +152,7 @@ def run_model(name, config, args, rng, peaks=None, on_row=None) -> dict:
                                        max_new_tokens=args.decode_tokens, min_new_tokens=args.decode_tokens,
                                        do_sample=False, pad_token_id=2)
                 else:
-                    runner.eos_ids = frozenset()
-                    runner.generate(segs, question, max_new_tokens=args.decode_tokens)
+                    runner.generate(segs, question, max_new_tokens=args.decode_tokens, ignore_eos=True)
             thr[label] = args.throughput_requests / (clock(model.device) - t0)
         row = {"segments": n, "prompt_tokens": 1 + n * args.segment_tokens + len(question),
                "bytes_per_segment": bytes_per_segment,

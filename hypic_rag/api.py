@@ -24,6 +24,7 @@ from hypic_rag.engine import HypicExecutor
 from hypic_rag.errors import RequestError, StoreError
 from hypic_rag.index.embedder import DEFAULT_EMBEDDER, Embedder
 from hypic_rag.index.segment_index import RetrievedSegment, SegmentIndex, SegmentRecord
+from hypic_rag.models.fingerprint import ModelFingerprint
 from hypic_rag.models.loader import load_model  # noqa: F401  (re-exported: hypic_rag.api.load_model)
 from hypic_rag.models.registry import model_spec
 from hypic_rag.precompute.pipeline import IngestReport, ingest_segments
@@ -116,14 +117,13 @@ class HypicRAG:
         # every setting is checked before anything touches the store (a bad one must not be persisted)
         self.max_segment_tokens = check_segment_budget(max_segment_tokens, model_spec(model).max_positions)
         self.shared_prefix = template.prefix_ids(tokenizer)
-        self.executor = HypicExecutor(model, tokenizer, config, self.shared_prefix)
-        fingerprint = self.executor.fingerprint.to_string()
+        fingerprint = ModelFingerprint.of(model, config.precompute_seam, self.shared_prefix).to_string()
         existing = (self.directory / "manifest.json").exists()
         if existing:
             Manifest.read(self.directory).check_compatible(fingerprint, self.directory)
         self.embedder = Embedder(embedder)
         self.store = TieredStore(self.directory, store_config)
-        self.executor.store = self.store
+        self.executor = HypicExecutor(model, tokenizer, config, self.shared_prefix, self.store)
         self.index = SegmentIndex(self.directory / "index", self.embedder.dim)
         if not read_only and not existing:
             Manifest(
@@ -201,7 +201,8 @@ class HypicRAG:
             if self.ray_prefill is not None:
                 self.ray_prefill.close()
             self.ray_prefill = RayPrefill.for_executor(self.executor, self.model_path, ray_config)
-            self.executor.miss_prefill = self.ray_prefill
+            self.executor = HypicExecutor(self.model, self.tokenizer, self.executor.config, self.shared_prefix,
+                                          self.store, miss_prefill=self.ray_prefill)
             self._executors.clear()
         return self.ray_prefill
 

@@ -277,9 +277,11 @@ class HypicExecutor:
         return self._fill(segs, q).logits.float()
 
     def stream(
-        self, segments: Sequence[Sequence[int]], question: Sequence[int], max_new_tokens: int | None = None
+        self, segments: Sequence[Sequence[int]], question: Sequence[int], max_new_tokens: int | None = None,
+        ignore_eos: bool = False,
     ) -> Iterator[StreamEvent]:
-        """Yield one StreamEvent per generated token, then a final event with the GenerationResult."""
+        """Yield one StreamEvent per generated token, then a final event with the GenerationResult.
+        ignore_eos decodes exactly max_new_tokens tokens (for throughput measurements)."""
         budget = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
         if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
             raise RequestError(f"max_new_tokens must be an integer >= 1, got {budget!r}")
@@ -291,7 +293,8 @@ class HypicExecutor:
         tokens: list[int] = []
         ttft = 0.0
         shown = ""
-        for token in decode(self.model, filled.cache, filled.logits, filled.position, budget, sampler, self.eos_ids):
+        stop_ids = frozenset() if ignore_eos else self.eos_ids
+        for token in decode(self.model, filled.cache, filled.logits, filled.position, budget, sampler, stop_ids):
             if not tokens:
                 ttft = clock(self.device) - started
             tokens.append(token)
@@ -315,9 +318,10 @@ class HypicExecutor:
         yield StreamEvent(token_id=None, text=None, result=result)
 
     def generate(
-        self, segments: Sequence[Sequence[int]], question: Sequence[int], max_new_tokens: int | None = None
+        self, segments: Sequence[Sequence[int]], question: Sequence[int], max_new_tokens: int | None = None,
+        ignore_eos: bool = False,
     ) -> GenerationResult:
         result = None
-        for event in self.stream(segments, question, max_new_tokens):
+        for event in self.stream(segments, question, max_new_tokens, ignore_eos):
             result = event.result or result
         return result
