@@ -13,11 +13,9 @@ import dataclasses
 import logging
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Iterator
-
-import torch
 
 from hypic_rag.config import ExecutorConfig, Mode, PromptTemplate
 from hypic_rag.engine import HypicExecutor
@@ -32,53 +30,10 @@ from hypic_rag.precompute.segmenter import Document, Segmenter, as_documents, ch
 from hypic_rag.prompt_match import plan_prompt
 from hypic_rag.store.manifest import Manifest
 from hypic_rag.store.tiered import StoreConfig, TieredStore
-from hypic_rag.types import GenerationResult, Timings
+from hypic_rag.results import QueryResult, StoreInfo  # noqa: F401  (re-exported: hypic_rag.api.QueryResult)
 
 SHIPPED_MODEL = Path(__file__).resolve().parent / "assets" / "small_model"
 log = logging.getLogger("hypic_rag")
-
-
-@dataclass(frozen=True)
-class QueryResult:
-    answer: str
-    segments: list[RetrievedSegment]
-    generation: GenerationResult
-    retrieval_seconds: float
-    tier_hits: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def segment_ids(self) -> list[str]:
-        return [s.record.segment_id for s in self.segments]
-
-    @property
-    def timings(self) -> Timings:
-        return self.generation.timings
-
-    def to_dict(self) -> dict:
-        """The result's cache and timing figures as plain JSON values (what the integrations report
-        as response metadata)."""
-        t = self.timings
-        return {
-            "segment_ids": self.segment_ids,
-            "cached_tokens": self.generation.cached_tokens,
-            "segment_hits": self.generation.segment_hits,
-            "segment_misses": self.generation.segment_misses,
-            "tier_hits": dict(self.tier_hits),
-            "finish_reason": self.generation.finish_reason,
-            "timings": {"ttft": t.ttft, "retrieval": self.retrieval_seconds, "load": t.load,
-                        "precompute_misses": t.precompute_misses, "compose": t.compose, "seam": t.seam,
-                        "prefill": t.prefill, "decode": t.decode},
-        }
-
-
-@dataclass(frozen=True)
-class StoreInfo:
-    directory: str
-    fingerprint: str
-    model_path: str | None
-    segments: int
-    documents: int
-    tiers: list
 
 
 def _is_existing_path(item) -> bool:

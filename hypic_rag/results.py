@@ -1,0 +1,51 @@
+"""What the Python API hands back: one answered question, and a store's summary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hypic_rag.index.segment_index import RetrievedSegment
+from hypic_rag.types import GenerationResult, Timings
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    answer: str
+    segments: list[RetrievedSegment]
+    generation: GenerationResult
+    retrieval_seconds: float
+    tier_hits: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def segment_ids(self) -> list[str]:
+        return [s.record.segment_id for s in self.segments]
+
+    @property
+    def timings(self) -> Timings:
+        return self.generation.timings
+
+    def to_dict(self) -> dict:
+        """The result's cache and timing figures as plain JSON values (what the integrations report
+        as response metadata)."""
+        t = self.timings
+        return {
+            "segment_ids": self.segment_ids,
+            "cached_tokens": self.generation.cached_tokens,
+            "segment_hits": self.generation.segment_hits,
+            "segment_misses": self.generation.segment_misses,
+            "tier_hits": dict(self.tier_hits),
+            "finish_reason": self.generation.finish_reason,
+            "timings": {"ttft": t.ttft, "retrieval": self.retrieval_seconds, "load": t.load,
+                        "precompute_misses": t.precompute_misses, "compose": t.compose, "seam": t.seam,
+                        "prefill": t.prefill, "decode": t.decode},
+        }
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    directory: str
+    fingerprint: str
+    model_path: str | None
+    segments: int
+    documents: int
+    tiers: list
