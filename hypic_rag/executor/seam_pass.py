@@ -33,6 +33,7 @@ import torch
 from transformers import DynamicCache
 
 from hypic_rag.executor import cache_ops
+from hypic_rag.models.function_swap import SWAP_LOCK, own_call, swapped_functions
 from hypic_rag.models.specs import MixerFamily, ModelSpec
 from hypic_rag.ops.capture import track_layers
 from hypic_rag.ops.compose import compose_state, merge_conv_tail
@@ -102,7 +103,14 @@ def _runs(widths: list[int]) -> list[tuple[int, int]]:
 @contextmanager
 def _split_at_seams(spec: ModelSpec, mixers, entries: list[SegmentEntry], question_tokens: int = 0):
     """Wrap the conv and recurrence functions so each seam starts from the state before it. With
-    question_tokens, the question is one more seam after the last segment's interior."""
+    question_tokens, the question is one more seam after the last segment's interior. The swap lock
+    is taken before the originals are read, so another thread's swap is never taken for one."""
+    with SWAP_LOCK, _split_at_seams_locked(spec, mixers, entries, question_tokens) as final_conv:
+        yield final_conv
+
+
+@contextmanager
+def _split_at_seams_locked(spec: ModelSpec, mixers, entries: list[SegmentEntry], question_tokens: int = 0):
     widths = [e.seam_tokens for e in entries[1:]] + ([question_tokens] if question_tokens else [])
     offsets = [sum(widths[:k]) for k in range(len(widths))]  # where seam k starts among the pass's tokens
     runs = _runs(widths)
@@ -241,16 +249,15 @@ def _split_at_seams(spec: ModelSpec, mixers, entries: list[SegmentEntry], questi
             state = cross_interior(state, hi - 1, layer)
         return torch.cat(outs, dim=1), state
 
-    with track_layers(spec.linear, mixers) as current:
-        try:
-            if chunk_fn is not None:
-                setattr(module, first.chunk_fn, recurrence)
-            setattr(module, _CONV_FN, conv)
-            yield final_conv
-        finally:
-            if chunk_fn is not None:
-                setattr(module, first.chunk_fn, chunk_fn)
-            setattr(module, _CONV_FN, conv_fn)
+    def passing(own, original):
+        """`own` for this pass's layers; any other model's call goes to the original unchanged."""
+        return lambda *args, **kwargs: own(*args, **kwargs) if own_call(current) else original(*args, **kwargs)
+
+    replacements = {_CONV_FN: passing(conv, conv_fn)}
+    if chunk_fn is not None:
+        replacements[first.chunk_fn] = passing(recurrence, chunk_fn)
+    with track_layers(spec.linear, mixers) as current, swapped_functions(module, replacements):
+        yield final_conv
 
 
 @torch.no_grad()
