@@ -82,3 +82,16 @@ def test_importing_the_package_sets_no_process_wide_state():
     assert out.returncode == 0, out.stderr
     changed, fla = out.stdout.split()[-2:]
     assert changed == "True" and fla == "None"  # this machine has no CUDA: fla is blocked, nothing else
+
+
+def test_only_the_registry_names_model_types_and_every_family_has_an_adapter():
+    from hypic_rag.models.families import ADAPTERS
+    from hypic_rag.models.registry import SUPPORTED
+
+    assert {info.family for info in SUPPORTED.values()} <= set(ADAPTERS)
+    downstream = [p for folder in ("executor", "ops", "store", "precompute", "index") for p in (ROOT / folder).rglob("*.py")]
+    downstream += [ROOT / "engine.py", ROOT / "api.py"]
+    for path in downstream:
+        text = path.read_text()
+        named = [t for t in SUPPORTED if f'"{t}"' in text or f"'{t}'" in text]
+        assert not named, f"{path.relative_to(ROOT)} dispatches on model types {named}"

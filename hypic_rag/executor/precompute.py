@@ -15,13 +15,12 @@ from transformers import DynamicCache
 
 from hypic_rag.errors import RequestError
 from hypic_rag.executor import cache_ops
-from hypic_rag.models.specs import MixerFamily, ModelSpec
+from hypic_rag.models.families import adapter_for
+from hypic_rag.models.specs import ModelSpec
 from hypic_rag.ops.capture import capture_recurrences
 from hypic_rag.ops.rope import shift_keys
-from hypic_rag.ops.transition import InteriorTransition, gated_delta_interior, mamba2_interior
+from hypic_rag.ops.transition import InteriorTransition
 from hypic_rag.types import AttentionLayerEntry, LinearLayerEntry, SegmentEntry
-
-_INTERIOR = {MixerFamily.GATED_DELTA: gated_delta_interior, MixerFamily.MAMBA2: mamba2_interior}
 
 
 def _row(t: torch.Tensor | None, row: int) -> torch.Tensor | None:
@@ -62,8 +61,9 @@ def precompute_segments(
     seam = min(seam_tokens, length)
     interiors: dict[int, InteriorTransition] = {}
     for layer in spec.linear:
-        if layer.family in _INTERIOR and seam < length:
-            interiors[layer.layer_idx] = _INTERIOR[layer.family](calls[layer.layer_idx], seam)
+        interior = adapter_for(layer).interior
+        if interior is not None and seam < length:
+            interiors[layer.layer_idx] = interior(calls[layer.layer_idx], seam)
     kv = {}
     for layer in spec.attention:
         keys, values = cache_ops.kv(cache, layer.layer_idx)

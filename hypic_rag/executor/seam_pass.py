@@ -33,31 +33,12 @@ import torch
 from transformers import DynamicCache
 
 from hypic_rag.executor import cache_ops
+from hypic_rag.models.families import ADAPTERS, adapter_for
 from hypic_rag.models.function_swap import SWAP_LOCK, own_call, swapped_functions
-from hypic_rag.models.specs import MixerFamily, ModelSpec
+from hypic_rag.models.specs import ModelSpec
 from hypic_rag.ops.capture import track_layers
 from hypic_rag.ops.compose import compose_state, merge_conv_tail
 from hypic_rag.types import SegmentEntry
-
-
-@dataclass(frozen=True)
-class _Recurrence:
-    """How a family's chunked recurrence function takes a sequence and a state."""
-
-    sequence_args: tuple[str, ...]  # split along dim 1 at the seams ("0": the first parameter, however named)
-    initial_state: str
-    final_state_flag: str
-
-
-_RECURRENCES = {
-    MixerFamily.GATED_DELTA: _Recurrence(("query", "key", "value", "g", "beta"), "initial_state", "output_final_state"),
-    MixerFamily.MAMBA2: _Recurrence(("0", "dt", "B", "C"), "initial_states", "return_final_states"),
-}
-# model types whose mixers make one causal_conv1d_fn call and at most one recurrence call per layer
-# on a multi-token forward (transformers 5.23); the family of each layer comes from the spec
-_SUPPORTED = {"qwen3_5_text", "qwen3_next", "kimi_linear", "falcon_h1", "bamba", "granitemoehybrid", "lfm2"}
-_CONV_FN = "causal_conv1d_fn"
-_STEP_TOKENS = 16  # Gated DeltaNet seams up to this long use the step-by-step recurrence
 
 
 @dataclass(frozen=True)
@@ -67,13 +48,16 @@ class SeamPassResult:
 
 
 def supports_batched_seams(model: torch.nn.Module, spec: ModelSpec) -> bool:
-    text = model.config.get_text_config(decoder=True)
-    if text.model_type not in _SUPPORTED or not spec.linear:
+    """Every supported model type's mixers make one conv call and at most one recurrence call per
+    layer on a multi-token forward (transformers 5.23); the pass needs one family throughout, and
+    the recurrence function where the family has one."""
+    if not spec.linear:
         return False
     family = spec.linear[0].family
-    if family is MixerFamily.CONV_ONLY:  # LFM2: the short conv is the layer's only state
-        return all(l.family is family for l in spec.linear)
-    return all(l.family is family and family in _RECURRENCES and l.chunk_fn for l in spec.linear)
+    adapter = ADAPTERS.get(family)
+    return adapter is not None and all(
+        l.family is family and (adapter.recurrence is None or l.chunk_fn) for l in spec.linear
+    )
 
 
 def _key_positions(entries: list[SegmentEntry], prefix_length: int) -> tuple[list[int], list[int]]:
@@ -117,10 +101,10 @@ def _split_at_seams_locked(spec: ModelSpec, mixers, entries: list[SegmentEntry],
     by_layer = [{l.layer_idx: l for l in e.linear} for e in entries]
     final_conv: dict[int, torch.Tensor] = {}
     first = spec.linear[0]  # every linear layer of a model lives in one modeling module
+    adapter = adapter_for(first)
     module = sys.modules[first.modeling_module]
-    conv_fn = getattr(module, _CONV_FN)
+    conv_fn = getattr(module, adapter.conv_fn)
     chunk_fn = getattr(module, first.chunk_fn) if first.chunk_fn else None  # None: conv-only layers (LFM2)
-    # A seam is a few tokens: the token-by-token recurrence beats a 64-token chunk padded around it.
     step_fn = getattr(module, first.recurrent_fn) if first.recurrent_fn else chunk_fn
 
     def interior_after(k: int) -> SegmentEntry | None:
@@ -166,7 +150,7 @@ def _split_at_seams_locked(spec: ModelSpec, mixers, entries: list[SegmentEntry],
         final_conv[layer] = window
         return torch.cat([x[..., : x.shape[-1] - total], *outs], dim=-1)
 
-    form = _RECURRENCES.get(first.family)
+    form = adapter.recurrence
     if form is not None:
         names = list(inspect.signature(chunk_fn).parameters)  # the torch function's, even when a kernel runs
         step_names = set(inspect.signature(step_fn).parameters)
@@ -189,17 +173,14 @@ def _split_at_seams_locked(spec: ModelSpec, mixers, entries: list[SegmentEntry],
         them differently."""
         args = [take(names[i], v) if names[i] in sequence_args else v for i, v in enumerate(call_args)]
         kwargs = {k: (take(k, v) if k in sequence_args else v) for k, v in call_kwargs.items()}
-        settings = {form.initial_state: state, form.final_state_flag: True}
-        if first.family is MixerFamily.MAMBA2:  # one chunk per seam instead of padding it to the model's 256
-            at = names.index("chunk_size")
-            model_chunk = int(call_kwargs.get("chunk_size", args[at] if len(args) > at else w))
-            settings["chunk_size"] = min(model_chunk, max(16, 1 << (w - 1).bit_length()))  # kernels want 2^k >= 16
+        settings = {form.initial_state: state, form.final_state_flag: True,
+                    **adapter.seam_settings(names, call_args, call_kwargs, w)}
         for key, value in settings.items():
             if key in names[: len(args)]:
                 args[names.index(key)] = value
             else:
                 kwargs[key] = value
-        if first.family is MixerFamily.GATED_DELTA and w <= _STEP_TOKENS:
+        if w <= adapter.step_seams_up_to:
             return step_fn(*args, **{k: v for k, v in kwargs.items() if k in step_names})
         return chunk_fn(*args, **kwargs)
 
@@ -235,7 +216,7 @@ def _split_at_seams_locked(spec: ModelSpec, mixers, entries: list[SegmentEntry],
         state = call_kwargs.get(form.initial_state, call_args[position] if len(call_args) > position else None)
         outs = []
         for lo, hi in runs:
-            if first.family is MixerFamily.GATED_DELTA and hi - lo > 1 and state is not None:
+            if adapter.batched_runs and hi - lo > 1 and state is not None:
                 out, state = gated_delta_run(call_args, call_kwargs, lo, hi, state, layer)
                 outs.append(out)
             else:
@@ -253,7 +234,7 @@ def _split_at_seams_locked(spec: ModelSpec, mixers, entries: list[SegmentEntry],
         """`own` for this pass's layers; any other model's call goes to the original unchanged."""
         return lambda *args, **kwargs: own(*args, **kwargs) if own_call(current) else original(*args, **kwargs)
 
-    replacements = {_CONV_FN: passing(conv, conv_fn)}
+    replacements = {adapter.conv_fn: passing(conv, conv_fn)}
     if chunk_fn is not None:
         replacements[first.chunk_fn] = passing(recurrence, chunk_fn)
     with track_layers(spec.linear, mixers) as current, swapped_functions(module, replacements):

@@ -1,0 +1,41 @@
+"""The adapter protocol every mixer family implements (see the package docstring)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from hypic_rag.models.specs import MixerFamily
+from hypic_rag.ops.capture import RecurrenceCall
+from hypic_rag.ops.transition import InteriorTransition
+
+
+@dataclass(frozen=True)
+class RecurrenceForm:
+    """How a family's chunked recurrence function takes a sequence and a state."""
+
+    sequence_args: tuple[str, ...]  # split along dim 1 at the seams ("0": the first parameter, however named)
+    initial_state: str
+    final_state_flag: str
+
+
+@dataclass(frozen=True)
+class MixerAdapter:
+    """family: the layers it serves.
+    recurrence: its chunked recurrence's argument form; None for a layer whose only state is its conv.
+    interior: E and M over tokens [start, T) from a recorded call (None: no recurrent state).
+    conv_fn: the modeling module's causal-conv function the mixer calls on a multi-token forward.
+    step_seams_up_to: seams of at most this many tokens run the token-by-token recurrence (0: never).
+    batched_runs: equal-width seams run as one call from the augmented start [0 | I].
+    """
+
+    family: MixerFamily
+    recurrence: RecurrenceForm | None
+    interior: Callable[[RecurrenceCall, int], InteriorTransition] | None
+    conv_fn: str = "causal_conv1d_fn"
+    step_seams_up_to: int = 0
+    batched_runs: bool = False
+
+    def seam_settings(self, names: list[str], call_args: tuple, call_kwargs: dict, width: int) -> dict:
+        """Extra arguments of the recurrence call for one seam of `width` tokens (none by default)."""
+        return {}
