@@ -19,6 +19,11 @@ class Mode(str, Enum):
     PIC_TRANSITION_ROPE = "pic_transition_rope"
     HYPIC = "hypic"
 
+    @property
+    def rung(self) -> "Rung":
+        """What this mode does with cached segments (one row of LADDER)."""
+        return LADDER[self]
+
     @classmethod
     def parse(cls, value: "Mode | str") -> "Mode":
         if isinstance(value, Mode):
@@ -28,6 +33,36 @@ class Mode(str, Enum):
         except ValueError:
             names = ", ".join(m.value for m in cls)
             raise RequestError(f"unknown mode {value!r}; choose one of: {names}") from None
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One rung of the ablation ladder: what a request does with the segments it is given.
+
+    segment_cache: entries come from the segment store and are composed (False: a prefill).
+    prefix_reuse: (prefill rungs) restore the longest exactly-seen prefix of segments first.
+    operator: compose linear states by S <- M S + E (False: add zero-start end states).
+    rotate_keys: re-rotate cached keys to their real offsets (False: every segment at position 0).
+    seams: recompute each later segment's first w tokens with the true context, and take the first
+        segment's exact end state (hypic); entries are then built with that seam.
+    """
+
+    segment_cache: bool
+    prefix_reuse: bool
+    operator: bool
+    rotate_keys: bool
+    seams: bool
+
+
+LADDER: dict[Mode, Rung] = {
+    Mode.FULL_RECOMPUTE: Rung(segment_cache=False, prefix_reuse=False, operator=False, rotate_keys=False, seams=False),
+    Mode.PREFIX_CACHE: Rung(segment_cache=False, prefix_reuse=True, operator=False, rotate_keys=False, seams=False),
+    Mode.PIC_ADDITION: Rung(segment_cache=True, prefix_reuse=False, operator=False, rotate_keys=False, seams=False),
+    Mode.PIC_TRANSITION: Rung(segment_cache=True, prefix_reuse=False, operator=True, rotate_keys=False, seams=False),
+    Mode.PIC_TRANSITION_ROPE: Rung(segment_cache=True, prefix_reuse=False, operator=True, rotate_keys=True,
+                                   seams=False),
+    Mode.HYPIC: Rung(segment_cache=True, prefix_reuse=False, operator=True, rotate_keys=True, seams=True),
+}
 
 
 @dataclass(frozen=True)
@@ -85,7 +120,7 @@ class ExecutorConfig:
     @property
     def precompute_seam(self) -> int:
         """The seam size segment entries are built with: w for hypic, 0 for the other cached modes."""
-        return self.seam_tokens if self.mode is Mode.HYPIC else 0
+        return self.seam_tokens if self.mode.rung.seams else 0
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 import torch
 from transformers import DynamicCache
 
-from hypic_rag.config import ExecutorConfig, Mode
+from hypic_rag.config import ExecutorConfig
 from hypic_rag.errors import RequestError
 from hypic_rag.executor import cache_ops
 from hypic_rag.executor.clock import clock
@@ -203,11 +203,10 @@ class HypicExecutor:
 
     def _fill(self, segs: list[tuple[int, ...]], question: tuple[int, ...]) -> "_Filled":
         """Steps 2-4 of the lifecycle, by mode."""
-        if self.config.mode is Mode.FULL_RECOMPUTE:
-            return self._fill_full(segs, question)
-        if self.config.mode is Mode.PREFIX_CACHE:
-            return self._fill_prefix_cache(segs, question)
-        return self._fill_composed(segs, question)
+        rung = self.config.mode.rung
+        if rung.segment_cache:
+            return self._fill_composed(segs, question)
+        return self._fill_prefix_cache(segs, question) if rung.prefix_reuse else self._fill_full(segs, question)
 
     def _fill_full(self, segs, question) -> "_Filled":
         p0 = len(self.shared_prefix)

@@ -39,3 +39,16 @@ def test_ladder_orders(family, lengths, seeds):
     print(f"mean KL to full recompute ({family} tiny):", {k: f"{v:.3e}" for k, v in kls.items()})
     assert kls["hypic"] < kls["pic_transition_rope"] < kls["pic_addition"]
     assert kls["pic_transition_rope"] <= kls["pic_transition"]
+
+
+def test_the_ladder_is_one_table_with_a_row_per_mode():
+    from hypic_rag.config import LADDER, Mode
+
+    assert set(LADDER) == set(Mode)
+    cached = [m for m in Mode if m.rung.segment_cache]
+    assert cached == [Mode.PIC_ADDITION, Mode.PIC_TRANSITION, Mode.PIC_TRANSITION_ROPE, Mode.HYPIC]
+    for lower, upper in zip(cached, cached[1:]):  # each cached rung adds one thing to the one below
+        a, b = lower.rung, upper.rung
+        assert sum((b.operator - a.operator, b.rotate_keys - a.rotate_keys, b.seams - a.seams)) == 1
+    assert ExecutorConfig(mode="pic_transition_rope", seam_tokens=8).precompute_seam == 0
+    assert ExecutorConfig(mode="hypic", seam_tokens=8).precompute_seam == 8

@@ -106,7 +106,8 @@ def compose_segments(
     then rides in that same forward and the report carries its next-token logits (otherwise the
     caller prefills the question itself)."""
     device = next(model.parameters()).device
-    if (mode is Mode.HYPIC and batched_seams and mixers is not None and len(entries) > 1
+    rung = mode.rung
+    if (rung.seams and batched_seams and mixers is not None and len(entries) > 1
             and sum(e.seam_tokens for e in entries[1:]) > 1 and supports_batched_seams(model, spec)):
         return _compose_with_one_seam_pass(model, spec, rotary_emb, cache, entries, prefix_length, mixers, question)
     offset = prefix_length
@@ -115,10 +116,10 @@ def compose_segments(
     pending: list[tuple[SegmentEntry, int, int]] = []  # the PIC rungs' K/V, appended together at the end
     started = clock(device)
     for i, entry in enumerate(entries):
-        if mode is Mode.HYPIC and i == 0:
+        if rung.seams and i == 0:
             _set_exact_end(cache, entry)
             _append_segment_kv(cache, spec, rotary_emb, entry, 0, offset)
-        elif mode is Mode.HYPIC:
+        elif rung.seams:
             seam = entry.seam_tokens
             if seam > 0:
                 t0 = clock(device)
@@ -134,8 +135,8 @@ def compose_segments(
             if entry.seam_tokens != 0:
                 raise RequestError(f"{mode.value} composes whole segments; this entry was built with a seam of "
                                  f"{entry.seam_tokens} tokens. Build entries with seam_tokens=0 for this mode.")
-            _advance_interior(cache, entry, use_operator=mode is not Mode.PIC_ADDITION, fresh_seam=False)
-            pending.append((entry, 0, offset if mode is Mode.PIC_TRANSITION_ROPE else prefix_length))
+            _advance_interior(cache, entry, use_operator=rung.operator, fresh_seam=False)
+            pending.append((entry, 0, offset if rung.rotate_keys else prefix_length))
         offset += entry.length
     _append_segments_kv(cache, spec, rotary_emb, pending)  # no forward reads them before the question
     total = clock(device) - started
