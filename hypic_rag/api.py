@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from hypic_rag.config import ExecutorConfig, Mode, PromptTemplate
+from hypic_rag.config import DecodeOptions, ExecutorConfig, Mode, PromptTemplate
 from hypic_rag.engine import HypicExecutor
 from hypic_rag.errors import RequestError, StoreError
 from hypic_rag.index.embedder import DEFAULT_EMBEDDER, Embedder
@@ -126,15 +126,11 @@ class HypicRAG:
         return cls(directory, model, tokenizer, model_path, config, template, store_config,
                    manifest.embedder, manifest.max_segment_tokens, read_only=read_only)
 
-    def executor_for(self, mode: Mode | str | None = None, temperature: float | None = None,
-                     top_p: float | None = None, seed: int | None = None) -> HypicExecutor:
-        """An executor over the same model and store with another mode or sampling setting (cached)."""
+    def executor_for(self, mode: Mode | str | None = None) -> HypicExecutor:
+        """The executor for a rung of the ladder: this store's own, or one over the same model and
+        store whose entries are built for that rung (cached). Decoding settings are per call."""
         base = self.executor.config
-        config = replace(
-            base, mode=Mode.parse(mode) if mode is not None else base.mode,
-            temperature=base.temperature if temperature is None else temperature,
-            top_p=base.top_p if top_p is None else top_p, seed=base.seed if seed is None else seed,
-        )
+        config = replace(base, mode=Mode.parse(mode) if mode is not None else base.mode)
         if config == base:
             return self.executor
         if config not in self._executors:
@@ -219,25 +215,28 @@ class HypicRAG:
 
     def stream(self, question: str, k: int = 4, mode: Mode | str | None = None,
                max_new_tokens: int | None = None, segment_ids: list[str] | None = None,
-               temperature: float | None = None) -> Iterator:
+               temperature: float | None = None, top_p: float | None = None, seed: int | None = None) -> Iterator:
         """Yield text pieces as they are generated, then the QueryResult as the last item.
 
         The question is formatted with the store's template; segments are retrieved (top k) unless
-        segment_ids names them."""
+        segment_ids names them. Decoding settings left None take the executor config's defaults."""
         t0 = time.perf_counter()
         segments = self._segments(question, k, segment_ids)
         retrieval = time.perf_counter() - t0
         token_lists = [s.record.token_ids for s in segments]
-        yield from self._run(token_lists, self.question_ids(question), segments, retrieval, mode, max_new_tokens,
-                             temperature)
+        options = self.executor.config.decode_options(max_new_tokens=max_new_tokens, temperature=temperature,
+                                                      top_p=top_p, seed=seed)
+        yield from self._run(token_lists, self.question_ids(question), segments, retrieval, mode, options)
 
     def query(self, question: str, k: int = 4, mode: Mode | str | None = None, max_new_tokens: int | None = None,
-              segment_ids: list[str] | None = None) -> QueryResult:
-        *_, result = self.stream(question, k, mode, max_new_tokens, segment_ids)
+              segment_ids: list[str] | None = None, temperature: float | None = None, top_p: float | None = None,
+              seed: int | None = None) -> QueryResult:
+        *_, result = self.stream(question, k, mode, max_new_tokens, segment_ids, temperature, top_p, seed)
         return result
 
     def stream_prompt(self, prompt: str, mode: Mode | str | None = None,
-                      max_new_tokens: int | None = None, temperature: float | None = None) -> Iterator:
+                      max_new_tokens: int | None = None, temperature: float | None = None,
+                      top_p: float | None = None, seed: int | None = None) -> Iterator:
         """Like stream, for a finished prompt with documents stuffed in as text: stored segments
         found in it are reused from the cache, other text is computed as uncached segments, and the
         text after the last segment is the question (used verbatim)."""
@@ -253,19 +252,22 @@ class HypicRAG:
             else:
                 token_lists.append(tuple(self.tokenizer.encode(piece.text, add_special_tokens=False)))
         question_ids = self.tokenizer.encode(plan.question, add_special_tokens=False)
-        yield from self._run(token_lists, question_ids, segments, retrieval, mode, max_new_tokens, temperature)
+        options = self.executor.config.decode_options(max_new_tokens=max_new_tokens, temperature=temperature,
+                                                      top_p=top_p, seed=seed)
+        yield from self._run(token_lists, question_ids, segments, retrieval, mode, options)
 
-    def query_prompt(self, prompt: str, mode: Mode | str | None = None,
-                     max_new_tokens: int | None = None) -> QueryResult:
-        *_, result = self.stream_prompt(prompt, mode, max_new_tokens)
+    def query_prompt(self, prompt: str, mode: Mode | str | None = None, max_new_tokens: int | None = None,
+                     temperature: float | None = None, top_p: float | None = None,
+                     seed: int | None = None) -> QueryResult:
+        *_, result = self.stream_prompt(prompt, mode, max_new_tokens, temperature, top_p, seed)
         return result
 
-    def _run(self, token_lists, question_ids, segments, retrieval, mode, max_new_tokens, temperature=None) -> Iterator:
+    def _run(self, token_lists, question_ids, segments, retrieval, mode, options: DecodeOptions) -> Iterator:
         with self._lock:
-            executor = self.executor_for(mode, temperature)
+            executor = self.executor_for(mode)
             before = {s.name: s.hits for s in self.store.stats()}
             result = None
-            for event in executor.stream(token_lists, question_ids, max_new_tokens):
+            for event in executor.stream(token_lists, question_ids, options=options):
                 if event.result is None:
                     yield event.text
                 else:

@@ -66,6 +66,40 @@ LADDER: dict[Mode, Rung] = {
 
 
 @dataclass(frozen=True)
+class DecodeOptions:
+    """How one request decodes (per call; ExecutorConfig holds the defaults).
+
+    max_new_tokens: generation budget; temperature: 0 is greedy, > 0 samples; top_p: nucleus mass;
+    seed: sampling seed (None: nondeterministic); ignore_eos: decode exactly max_new_tokens tokens.
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 1:
+            raise RequestError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        _check_sampling(self.temperature, self.top_p, self.seed)
+        if not isinstance(self.ignore_eos, bool):
+            raise RequestError(f"ignore_eos must be True or False, got {self.ignore_eos!r}")
+
+
+def _check_sampling(temperature, top_p, seed) -> None:
+    for name, value in (("temperature", temperature), ("top_p", top_p)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise RequestError(f"{name} must be a finite number, got {value!r}")
+    if temperature < 0:
+        raise RequestError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise RequestError(f"top_p must be in (0, 1], got {top_p}")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise RequestError(f"seed must be an integer or None, got {seed!r}")
+
+
+@dataclass(frozen=True)
 class ExecutorConfig:
     """How a request is executed.
 
@@ -100,22 +134,20 @@ class ExecutorConfig:
             raise RequestError(f"seam_tokens must be an integer >= 0, got {self.seam_tokens!r}")
         if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 0:
             raise RequestError(f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}")
-        for name in ("temperature", "top_p"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise RequestError(f"{name} must be a finite number, got {value!r}")
-        if self.temperature < 0:
-            raise RequestError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise RequestError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
-            raise RequestError(f"seed must be an integer or None, got {self.seed!r}")
+        _check_sampling(self.temperature, self.top_p, self.seed)
         if not isinstance(self.prefix_cache_entries, int) or self.prefix_cache_entries < 1:
             raise RequestError(f"prefix_cache_entries must be an integer >= 1, got {self.prefix_cache_entries!r}")
         if not isinstance(self.batched_seams, bool):
             raise RequestError(f"batched_seams must be True or False, got {self.batched_seams!r}")
         if not isinstance(self.miss_batch_size, int) or self.miss_batch_size < 1:
             raise RequestError(f"miss_batch_size must be an integer >= 1, got {self.miss_batch_size!r}")
+
+    def decode_options(self, **overrides) -> DecodeOptions:
+        """This config's decoding defaults, with the given fields (those not None) replaced."""
+        fields = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                  "seed": self.seed}
+        fields.update({k: v for k, v in overrides.items() if v is not None})
+        return DecodeOptions(**fields)
 
     @property
     def precompute_seam(self) -> int:

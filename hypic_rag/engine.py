@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 import torch
 from transformers import DynamicCache
 
-from hypic_rag.config import ExecutorConfig
+from hypic_rag.config import DecodeOptions, ExecutorConfig
 from hypic_rag.errors import RequestError
 from hypic_rag.executor import cache_ops
 from hypic_rag.executor.clock import clock
@@ -103,9 +103,11 @@ class HypicExecutor:
     def _validated_ids(self, ids: Sequence[int], what: str, allow_empty: bool = False) -> tuple[int, ...]:
         return validated_ids(ids, what, self.vocab_size, self.spec.max_positions, allow_empty)
 
-    def _validated_request(self, segments, question) -> tuple[list[tuple[int, ...]], tuple[int, ...]]:
+    def _validated_request(self, segments, question, max_new_tokens: int | None = None):
+        """(segments, question) as token-id tuples, checked to fit the model with the decode budget."""
+        budget = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
         return validated_request(segments, question, self.vocab_size, self.spec.max_positions,
-                                 len(self.shared_prefix), self.config.max_new_tokens)
+                                 len(self.shared_prefix), budget)
 
     def check_entry(self, entry: SegmentEntry) -> None:
         """Refuse an entry built for another model, setting or dtype (entries from other processes)."""
@@ -277,22 +279,26 @@ class HypicExecutor:
 
     def stream(
         self, segments: Sequence[Sequence[int]], question: Sequence[int], max_new_tokens: int | None = None,
-        ignore_eos: bool = False,
+        ignore_eos: bool = False, options: DecodeOptions | None = None,
     ) -> Iterator[StreamEvent]:
         """Yield one StreamEvent per generated token, then a final event with the GenerationResult.
-        ignore_eos decodes exactly max_new_tokens tokens (for throughput measurements)."""
-        budget = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
-        if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
-            raise RequestError(f"max_new_tokens must be an integer >= 1, got {budget!r}")
-        segs, q = self._validated_request(segments, question)
+
+        `options` sets this request's decoding (the config's defaults otherwise); max_new_tokens and
+        ignore_eos (decode exactly max_new_tokens tokens, for throughput runs) override it."""
+        options = options or self.config.decode_options()
+        if max_new_tokens is not None or ignore_eos:
+            options = replace(options, max_new_tokens=options.max_new_tokens if max_new_tokens is None
+                              else max_new_tokens, ignore_eos=ignore_eos or options.ignore_eos)
+        budget = options.max_new_tokens
+        segs, q = self._validated_request(segments, question, budget)
         started = clock(self.device)
         filled = self._fill(segs, q)
         counts = filled.counts
-        sampler = Sampler(self.config, self.device)
+        sampler = Sampler(options, self.device)
         tokens: list[int] = []
         ttft = 0.0
         shown = ""
-        stop_ids = frozenset() if ignore_eos else self.eos_ids
+        stop_ids = frozenset() if options.ignore_eos else self.eos_ids
         for token in decode(self.model, filled.cache, filled.logits, filled.position, budget, sampler, stop_ids):
             if not tokens:
                 ttft = clock(self.device) - started
@@ -318,9 +324,9 @@ class HypicExecutor:
 
     def generate(
         self, segments: Sequence[Sequence[int]], question: Sequence[int], max_new_tokens: int | None = None,
-        ignore_eos: bool = False,
+        ignore_eos: bool = False, options: DecodeOptions | None = None,
     ) -> GenerationResult:
         result = None
-        for event in self.stream(segments, question, max_new_tokens, ignore_eos):
+        for event in self.stream(segments, question, max_new_tokens, ignore_eos, options):
             result = event.result or result
         return result

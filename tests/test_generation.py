@@ -1,5 +1,6 @@
 """Streaming generation, stopping rules, and the request result."""
 
+import pytest
 import torch
 
 from conftest import get_model, random_ids
@@ -55,3 +56,24 @@ def test_request_without_segments_is_plain_prefill():
     (q,) = random_ids([6], seed=11)
     full = HypicExecutor(model, config=ExecutorConfig(mode="full_recompute")).first_token_logits([], q)
     assert (HypicExecutor(model).first_token_logits([], q) - full).abs().max() < 1e-5
+
+
+def test_decoding_is_set_per_call_without_another_executor():
+    from conftest import demo_rag
+
+    from hypic_rag.config import DecodeOptions
+    from hypic_rag.errors import RequestError
+
+    rag = demo_rag(4)
+    question = "What is the home city of the first person?"
+    a = rag.query(question, k=2, max_new_tokens=6, temperature=1.5, top_p=0.9, seed=7)
+    b = rag.query(question, k=2, max_new_tokens=6, temperature=1.5, top_p=0.9, seed=7)
+    greedy = rag.query(question, k=2, max_new_tokens=6)
+    assert a.generation.token_ids == b.generation.token_ids and rag._executors == {}
+    assert greedy.generation.token_ids == rag.query(question, k=2, max_new_tokens=6).generation.token_ids
+    with pytest.raises(RequestError, match="top_p"):
+        rag.query(question, top_p=0.0)
+    ex = HypicExecutor(get_model("qwen3_5"), config=ExecutorConfig(max_new_tokens=2))
+    *segs, q = random_ids([20, 4], seed=12)
+    sampled = ex.generate(segs, q, options=DecodeOptions(max_new_tokens=5, temperature=2.0, seed=1, ignore_eos=True))
+    assert len(sampled.token_ids) == 5 and len(ex.generate(segs, q, ignore_eos=True).token_ids) == 2

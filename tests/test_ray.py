@@ -87,7 +87,7 @@ def test_hypic_rag_use_ray_ingests_and_answers(tmp_path, executor_and_prefill):
     assert rag.ingest(demo_docs(3)).entries_computed == 3
     result = rag.query("Where was the first person born?", k=3, max_new_tokens=3)
     assert result.timings.ttft > 0 and len(result.segment_ids) == 3
-    assert rag.executor_for(temperature=0.5).miss_prefill is prefill  # same entries: same workers
+    assert rag.executor_for("hypic").miss_prefill is prefill  # same entries: same workers
     assert rag.executor_for(mode="pic_transition_rope").miss_prefill is not prefill  # seam 0 entries: local
     rag.close()
     assert prefill.actors == []

@@ -7,16 +7,16 @@ from typing import Iterator
 import torch
 from transformers import DynamicCache
 
-from hypic_rag.config import ExecutorConfig
+from hypic_rag.config import DecodeOptions
 
 
 class Sampler:
-    def __init__(self, config: ExecutorConfig, device: torch.device):
-        self.temperature = config.temperature
-        self.top_p = config.top_p
+    def __init__(self, options: DecodeOptions, device: torch.device):
+        self.temperature = options.temperature
+        self.top_p = options.top_p
         self.generator = None
-        if config.seed is not None:
-            self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        if options.seed is not None:
+            self.generator = torch.Generator(device=device).manual_seed(options.seed)
 
     def __call__(self, logits: torch.Tensor) -> int:
         """Pick the next token from logits [vocab]."""
