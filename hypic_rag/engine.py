@@ -93,7 +93,7 @@ class HypicExecutor:
             store if store is not None else MemoryTier(capacity_bytes=2**62, device=self.device, name="memory")
         )
         self.prefix_snapshots = PrefixSnapshotCache(self.config.prefix_cache_entries)
-        self.miss_prefill: MissPrefill = miss_prefill or batched_precompute
+        self.miss_prefill: MissPrefill = miss_prefill or self.precompute_many
         self._prefix_cache = self._compute_prefix_cache()
         self.checker = EntryChecker(self.fingerprint.to_string(), self.config.precompute_seam, self.dtype,
                                     lambda segs: batched_precompute(self, segs), filler_token=0)
@@ -251,7 +251,7 @@ class HypicExecutor:
         precompute_misses = 0.0
         if missing:
             t0 = clock(self.device)
-            for seg, entry in zip(missing, self.miss_prefill(self, list(missing))):
+            for seg, entry in zip(missing, self.miss_prefill(list(missing))):
                 self.check_entry(entry)  # entries from another process must match this model and setting
                 entry = on_device(entry, self.device)
                 self.store.put(self.key_of(seg), entry)

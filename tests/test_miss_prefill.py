@@ -44,9 +44,11 @@ def test_request_misses_go_through_the_miss_prefill_once_each():
     model = get_model("qwen3_5")
     calls = []
 
-    def counting(executor, segments):
+    ex = None
+
+    def counting(segments):
         calls.append(len(segments))
-        return batched_precompute(executor, segments)
+        return batched_precompute(ex, segments)
 
     ex = HypicExecutor(model, config=ExecutorConfig(seam_tokens=4, max_new_tokens=2), miss_prefill=counting)
     a, b, c, q = random_ids([30, 30, 18, 5], seed=22)
@@ -62,7 +64,7 @@ def test_entries_from_another_model_are_refused():
     model, other = get_model("qwen3_5"), get_model("qwen3_next")
     foreign = HypicExecutor(other, config=ExecutorConfig(seam_tokens=4))
     ex = HypicExecutor(model, config=ExecutorConfig(seam_tokens=4),
-                       miss_prefill=lambda _ex, segs: foreign.precompute_many(segs))
+                       miss_prefill=foreign.precompute_many)
     a, q = random_ids([20, 4], seed=23)
     with pytest.raises(ValueError, match="rebuild the store"):
         ex.generate([a], q, max_new_tokens=1)

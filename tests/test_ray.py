@@ -29,7 +29,7 @@ def segments_of(tokenizer, n):
 def test_ray_entries_equal_local_entries(executor_and_prefill):
     ex, prefill = executor_and_prefill
     segs = segments_of(ex.tokenizer, 5)
-    remote = prefill(ex, segs)
+    remote = prefill(segs)
     assert [e.token_ids for e in remote] == segs
     for seg, entry in zip(segs, remote):
         ex.check_entry(entry)

@@ -106,6 +106,7 @@ class RayPrefill:
                  expected_fingerprint: str | None = None):
         ray = _ray()
         self.ray_config = ray_config or RayConfig()
+        self.max_batch = config.miss_batch_size
         path = Path(model_path)
         if not (path / "config.json").is_file():
             raise RequestError(f"Ray workers load the model from a checkpoint directory; none at {path}")
@@ -167,9 +168,9 @@ class RayPrefill:
             loads[target] += sum(len(segments[i]) for i in group)
         return shares
 
-    def __call__(self, executor: "HypicExecutor", segments: list[tuple[int, ...]]) -> list[SegmentEntry]:
+    def __call__(self, segments: list[tuple[int, ...]]) -> list[SegmentEntry]:
         ray = _ray()
-        shares = [s for s in self.shares(segments, executor.config.miss_batch_size) if s]
+        shares = [s for s in self.shares(segments, self.max_batch) if s]
         futures = [actor.precompute.remote([segments[i] for i in share]) for actor, share in zip(self.actors, shares)]
         out: list[SegmentEntry | None] = [None] * len(segments)
         for share, blobs in zip(shares, ray.get(futures)):

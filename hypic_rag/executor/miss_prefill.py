@@ -1,7 +1,8 @@
 """Who computes a request's cache misses: the executor's own device in batches, or Ray workers.
 
-A miss prefill takes the executor and the missing segments (validated token-id tuples, no
-duplicates) and returns their entries in the same order. The executor stores them and composes.
+A miss prefill is a callable bound when the executor is built: it takes the missing segments
+(validated token-id tuples, no duplicates) and returns their entries in the same order, which the
+executor checks, stores and composes. The default is batched_precompute on the executor's own model.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 
 
 class MissPrefill(Protocol):
-    def __call__(self, executor: "HypicExecutor", segments: list[tuple[int, ...]]) -> list[SegmentEntry]: ...
+    def __call__(self, segments: list[tuple[int, ...]]) -> list[SegmentEntry]: ...
 
 
 def length_batches(segments: list[tuple[int, ...]], max_batch: int) -> list[list[int]]:

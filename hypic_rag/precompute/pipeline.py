@@ -96,7 +96,7 @@ def ingest_segments(
                 blobs = pool.map(_precompute_in_worker, [s.token_ids for _, s in todo])
                 entries = [entry_from_bytes(b) for b in blobs]
             elif todo:  # the executor's miss prefill: batched on this device, or Ray actors after use_ray()
-                entries = executor.miss_prefill(executor, [tuple(s.token_ids) for _, s in todo])
+                entries = executor.miss_prefill([tuple(s.token_ids) for _, s in todo])
                 for entry in entries:
                     executor.check_entry(entry)
             else:
