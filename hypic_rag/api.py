@@ -29,6 +29,7 @@ from hypic_rag.precompute.pipeline import IngestReport, ingest_segments
 from hypic_rag.precompute.segmenter import Document, Segmenter, as_documents, check_segment_budget, load_corpus
 from hypic_rag.prompt_match import plan_prompt
 from hypic_rag.store.manifest import Manifest
+from hypic_rag.store.memory import MemoryTier
 from hypic_rag.store.tiered import StoreConfig, TieredStore
 from hypic_rag.results import QueryResult, StoreInfo  # noqa: F401  (re-exported: hypic_rag.api.QueryResult)
 
@@ -134,9 +135,13 @@ class HypicRAG:
         if config == base:
             return self.executor
         if config not in self._executors:
-            same_entries = config.precompute_seam == base.precompute_seam  # the Ray workers build base's entries
-            self._executors[config] = HypicExecutor(self.model, self.tokenizer, config, self.shared_prefix, self.store,
-                                                    miss_prefill=self.ray_prefill if same_entries else None)
+            if config.precompute_seam == base.precompute_seam:  # the store's own entries (and Ray workers)
+                store, prefill = self.store, self.ray_prefill
+            else:  # entries this store's manifest does not record stay in memory, never on its disk
+                store = MemoryTier(self.store.config.host_bytes, device=self.executor.device, name="other-seam")
+                prefill = None
+            self._executors[config] = HypicExecutor(self.model, self.tokenizer, config, self.shared_prefix, store,
+                                                    miss_prefill=prefill)
         return self._executors[config]
 
     def use_ray(self, ray_config=None):

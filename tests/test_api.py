@@ -79,3 +79,19 @@ def test_bad_query_inputs(rag, tmp_path):
         HypicRAG.from_store(tmp_path)
     with pytest.raises(ValueError, match="store directory does not exist"):
         HypicRAG.from_store(tmp_path / "missing")
+
+
+def test_a_rung_with_other_entries_never_writes_them_into_the_store(tmp_path):
+    from conftest import demo_docs
+
+    from hypic_rag.api import SHIPPED_MODEL, HypicRAG
+
+    rag = HypicRAG.create(tmp_path / "store", model=SHIPPED_MODEL)
+    rag.ingest(demo_docs(3))
+    stored = sorted(rag.store.disk.keys())
+    result = rag.query("What is the home city of the first person?", k=3, mode="pic_transition_rope", max_new_tokens=2)
+    assert result.generation.segment_misses == 3  # seam-0 entries: computed for the request
+    assert sorted(rag.store.disk.keys()) == stored  # and kept out of a store whose manifest records seam 8
+    again = rag.query("What is the home city of the first person?", k=3, mode="pic_transition_rope", max_new_tokens=2)
+    assert again.generation.segment_hits == 3  # from memory
+    rag.close()
