@@ -93,3 +93,20 @@ def test_conv_only_family_has_no_operator():
     entry = HypicExecutor(model).precompute(random_ids([20])[0])
     assert all(l.interior_operator is None and l.end_state is None for l in entry.linear)
     assert all(l.conv_tail.shape[-1] == 3 for l in entry.linear)
+
+
+@pytest.mark.parametrize("family", ["qwen3_5", "kimi_linear", "bamba", "falcon_h1", "lfm2"])
+def test_every_adapter_extracts_the_operator_its_reference_computes(family):
+    from hypic_rag.models.families import adapter_for
+
+    model = get_model(family)
+    (ids,) = random_ids([40], seed=31)
+    spec, calls = captured_calls(model, ids)
+    for layer in spec.linear:
+        adapter = adapter_for(layer)
+        if adapter.interior is None:  # a conv-only layer has no operator to extract
+            assert adapter.operator_ref is None and adapter.recurrence is None
+            continue
+        recurrent_fn = getattr(sys.modules[layer.modeling_module], layer.recurrent_fn) if layer.recurrent_fn else None
+        fast = adapter.interior(calls[layer.layer_idx], 6).operator
+        assert rel_err(fast, adapter.operator_ref(calls[layer.layer_idx], 6, recurrent_fn)) < 1e-4

@@ -19,6 +19,9 @@ from hypic_rag.models.specs import (
 
 @dataclass(frozen=True)
 class FamilyInfo:
+    """Where a model type keeps its linear mixers and their module-level functions; everything else
+    about its family is that family's adapter (models/families)."""
+
     family: MixerFamily
     mixer_attr: str  # attribute of the decoder layer holding the linear mixer
     chunk_fn: str | None

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
+
 from hypic_rag.models.specs import MixerFamily
 from hypic_rag.ops.capture import RecurrenceCall
 from hypic_rag.ops.transition import InteriorTransition
@@ -24,6 +26,8 @@ class MixerAdapter:
     """family: the layers it serves.
     recurrence: its chunked recurrence's argument form; None for a layer whose only state is its conv.
     interior: E and M over tokens [start, T) from a recorded call (None: no recurrent state).
+    operator_ref: M from the same call the plain way (a product of per-token transitions), taking
+        (call, start, recurrent_fn): the reference `interior` is tested against.
     conv_fn: the modeling module's causal-conv function the mixer calls on a multi-token forward.
     step_seams_up_to: seams of at most this many tokens run the token-by-token recurrence (0: never).
     batched_runs: equal-width seams run as one call from the augmented start [0 | I].
@@ -32,6 +36,7 @@ class MixerAdapter:
     family: MixerFamily
     recurrence: RecurrenceForm | None
     interior: Callable[[RecurrenceCall, int], InteriorTransition] | None
+    operator_ref: Callable[..., torch.Tensor] | None
     conv_fn: str = "causal_conv1d_fn"
     step_seams_up_to: int = 0
     batched_runs: bool = False

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from hypic_rag.models.families.base import MixerAdapter, RecurrenceForm
 from hypic_rag.models.specs import MixerFamily
-from hypic_rag.ops.transition import gated_delta_interior
+from hypic_rag.ops.transition import gated_delta_interior, gated_delta_operator_ref
 
 GATED_DELTA = MixerAdapter(
     family=MixerFamily.GATED_DELTA,
     recurrence=RecurrenceForm(("query", "key", "value", "g", "beta"), "initial_state", "output_final_state"),
     interior=gated_delta_interior,
+    operator_ref=gated_delta_operator_ref,
     step_seams_up_to=16,  # a seam is a few tokens: the step recurrence beats a 64-token chunk padded around it
     batched_runs=True,
 )

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from hypic_rag.models.families.base import MixerAdapter, RecurrenceForm
 from hypic_rag.models.specs import MixerFamily
-from hypic_rag.ops.transition import mamba2_interior
+from hypic_rag.ops.transition import mamba2_interior, mamba2_operator_ref
 
 
 @dataclass(frozen=True)
@@ -24,4 +24,5 @@ MAMBA2 = Mamba2Adapter(
     family=MixerFamily.MAMBA2,
     recurrence=RecurrenceForm(("0", "dt", "B", "C"), "initial_states", "return_final_states"),
     interior=mamba2_interior,
+    operator_ref=mamba2_operator_ref,
 )

@@ -5,4 +5,4 @@ from __future__ import annotations
 from hypic_rag.models.families.base import MixerAdapter
 from hypic_rag.models.specs import MixerFamily
 
-SHORT_CONV = MixerAdapter(family=MixerFamily.CONV_ONLY, recurrence=None, interior=None)
+SHORT_CONV = MixerAdapter(family=MixerFamily.CONV_ONLY, recurrence=None, interior=None, operator_ref=None)
