@@ -23,7 +23,7 @@ from hypic_rag.errors import RequestError, StoreError
 from hypic_rag.index.embedder import DEFAULT_EMBEDDER, Embedder
 from hypic_rag.index.segment_index import RetrievedSegment, SegmentIndex, SegmentRecord
 from hypic_rag.models.fingerprint import ModelFingerprint
-from hypic_rag.models.loader import load_model  # noqa: F401  (re-exported: hypic_rag.api.load_model)
+from hypic_rag.models.loader import LoadedModel, load_model
 from hypic_rag.models.registry import model_spec
 from hypic_rag.precompute.pipeline import IngestReport, ingest_segments
 from hypic_rag.precompute.segmenter import Document, Segmenter, as_documents, check_segment_budget, load_corpus
@@ -79,7 +79,8 @@ class HypicRAG:
             Manifest.read(self.directory).check_compatible(fingerprint, self.directory)
         self.embedder = Embedder(embedder)
         self.store = TieredStore(self.directory, store_config)
-        self.executor = HypicExecutor(model, tokenizer, config, self.shared_prefix, self.store)
+        self.loaded = LoadedModel.of(model, tokenizer, model_path)  # shared by every executor below
+        self.executor = HypicExecutor(self.loaded, None, config, self.shared_prefix, self.store)
         self.index = SegmentIndex(self.directory / "index", self.embedder.dim)
         if not read_only and not existing:
             Manifest(
@@ -140,7 +141,7 @@ class HypicRAG:
             else:  # entries this store's manifest does not record stay in memory, never on its disk
                 store = MemoryTier(self.store.config.host_bytes, device=self.executor.device, name="other-seam")
                 prefill = None
-            self._executors[config] = HypicExecutor(self.model, self.tokenizer, config, self.shared_prefix, store,
+            self._executors[config] = HypicExecutor(self.loaded, None, config, self.shared_prefix, store,
                                                     miss_prefill=prefill)
         return self._executors[config]
 
@@ -157,7 +158,7 @@ class HypicRAG:
             if self.ray_prefill is not None:
                 self.ray_prefill.close()
             self.ray_prefill = RayPrefill.for_executor(self.executor, self.model_path, ray_config)
-            self.executor = HypicExecutor(self.model, self.tokenizer, self.executor.config, self.shared_prefix,
+            self.executor = HypicExecutor(self.loaded, None, self.executor.config, self.shared_prefix,
                                           self.store, miss_prefill=self.ray_prefill)
             self._executors.clear()
         return self.ray_prefill

@@ -25,12 +25,12 @@ from hypic_rag.executor import cache_ops
 from hypic_rag.executor.clock import clock
 from hypic_rag.executor.compose import compose_segments
 from hypic_rag.executor.entry_check import EntryChecker
-from hypic_rag.executor.generate import Sampler, decode, eos_ids_of
+from hypic_rag.executor.generate import Sampler, decode
 from hypic_rag.executor.miss_prefill import MissPrefill, batched_precompute
 from hypic_rag.executor.validation import validated_ids, validated_request
 from hypic_rag.executor.prefix_cache import PrefixSnapshotCache, chain_keys
 from hypic_rag.models.fingerprint import ModelFingerprint, segment_key, tokens_digest
-from hypic_rag.models.registry import linear_mixer, model_spec
+from hypic_rag.models.loader import LoadedModel
 from hypic_rag.store.base import EntryStore
 from hypic_rag.store.memory import MemoryTier, on_device
 from hypic_rag.types import GenerationResult, SegmentEntry, Timings
@@ -70,31 +70,31 @@ class HypicExecutor:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: "torch.nn.Module | LoadedModel",
         tokenizer=None,
         config: ExecutorConfig | None = None,
         shared_prefix: Sequence[int] = (),
         store: EntryStore | None = None,
         miss_prefill: MissPrefill | None = None,
     ):
-        self.model = model.eval()
-        self.tokenizer = tokenizer
+        # a LoadedModel is shared with the other executors over the model; a bare model gets its own
+        loaded = model if isinstance(model, LoadedModel) else LoadedModel.of(model, tokenizer)
+        self.loaded = loaded
+        self.model, self.tokenizer = loaded.model, loaded.tokenizer if tokenizer is None else tokenizer
         self.config = config or ExecutorConfig()
-        self.spec = model_spec(model)
-        self.mixers = {layer.layer_idx: linear_mixer(model, layer.layer_idx) for layer in self.spec.linear}
-        self.rotary_emb = getattr(getattr(model, "model", model), "rotary_emb", None)
-        self.device = next(model.parameters()).device
-        self.dtype = next(model.parameters()).dtype
-        self.vocab_size = model.config.get_text_config(decoder=True).vocab_size
-        self.eos_ids = eos_ids_of(model, tokenizer)
+        self.spec, self.mixers, self.rotary_emb = loaded.spec, loaded.mixers, loaded.rotary_emb
+        self.device, self.dtype, self.vocab_size = loaded.device, loaded.dtype, loaded.vocab_size
+        self.eos_ids = loaded.eos_ids
         self.shared_prefix = self._validated_ids(shared_prefix, "shared_prefix", allow_empty=True)
-        self.fingerprint = ModelFingerprint.of(model, self.config.precompute_seam, self.shared_prefix)
+        self.fingerprint = ModelFingerprint.of(self.model, self.config.precompute_seam, self.shared_prefix)
         self.store: EntryStore = (
             store if store is not None else MemoryTier(capacity_bytes=2**62, device=self.device, name="memory")
         )
         self.prefix_snapshots = PrefixSnapshotCache(self.config.prefix_cache_entries)
         self.miss_prefill: MissPrefill = miss_prefill or self.precompute_many
-        self._prefix_cache = self._compute_prefix_cache()
+        if self.shared_prefix not in loaded.prefix_caches:  # run once per model and prefix
+            loaded.prefix_caches[self.shared_prefix] = self._compute_prefix_cache()
+        self._prefix_cache = loaded.prefix_caches[self.shared_prefix]
         self.checker = EntryChecker(self.fingerprint.to_string(), self.config.precompute_seam, self.dtype,
                                     lambda segs: batched_precompute(self, segs), filler_token=0)
         self.dropped_entries = 0  # stored entries refused by the checks (then recomputed)

@@ -95,3 +95,15 @@ def test_a_rung_with_other_entries_never_writes_them_into_the_store(tmp_path):
     again = rag.query("What is the home city of the first person?", k=3, mode="pic_transition_rope", max_new_tokens=2)
     assert again.generation.segment_hits == 3  # from memory
     rag.close()
+
+
+def test_executors_over_one_model_share_its_bundle_and_prefix_cache(tmp_path):
+    from hypic_rag.api import SHIPPED_MODEL, HypicRAG
+    from hypic_rag.config import PromptTemplate
+
+    rag = HypicRAG.create(tmp_path / "store", model=SHIPPED_MODEL, template=PromptTemplate(system="Answer briefly."))
+    other = rag.executor_for("pic_transition_rope")
+    assert other is not rag.executor and other.loaded is rag.executor.loaded is rag.loaded
+    assert other.prefix_cache is rag.executor.prefix_cache is not None  # the system prompt ran once
+    assert other.spec is rag.executor.spec and other.fingerprint != rag.executor.fingerprint  # seam 0 vs 8
+    rag.close()

@@ -77,11 +77,11 @@ class _PrefillWorker:
                  shared_prefix: tuple[int, ...], threads: int):
         torch.set_num_threads(threads)
         import hypic_rag  # noqa: F401  (CPU guard before transformers' modeling modules)
-        from hypic_rag.models.loader import load_model
+        from hypic_rag.models.loader import LoadedModel
         from hypic_rag.engine import HypicExecutor
 
-        model, tokenizer = load_model(model_path, dtype=getattr(torch, dtype), device=device)
-        self.executor = HypicExecutor(model, tokenizer, config, shared_prefix)
+        loaded = LoadedModel.load(model_path, dtype=getattr(torch, dtype), device=device)
+        self.executor = HypicExecutor(loaded, None, config, shared_prefix)
 
     def fingerprint(self) -> str:
         return self.executor.fingerprint.to_string()

@@ -59,12 +59,4 @@ def decode(
         logits = out.logits[0, -1]
 
 
-def eos_ids_of(model: torch.nn.Module, tokenizer) -> frozenset[int]:
-    ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
-        eos = getattr(source, "eos_token_id", None)
-        if isinstance(eos, int):
-            ids.add(eos)
-        elif isinstance(eos, (list, tuple)):
-            ids.update(int(e) for e in eos)
-    return frozenset(ids)
+

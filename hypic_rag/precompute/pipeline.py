@@ -17,7 +17,7 @@ from hypic_rag.config import ExecutorConfig, PromptTemplate
 from hypic_rag.engine import HypicExecutor
 from hypic_rag.errors import RequestError
 from hypic_rag.index.segment_index import SegmentRecord
-from hypic_rag.models.loader import load_model
+from hypic_rag.models.loader import LoadedModel
 from hypic_rag.precompute.segmenter import Segment
 from hypic_rag.store.manifest import Manifest
 from hypic_rag.store.serde import entry_from_bytes, entry_to_bytes
@@ -45,9 +45,9 @@ def _init_worker(store_dir: str) -> None:
 
     torch.set_num_threads(1)
     manifest = Manifest.read(store_dir)
-    model, tokenizer = load_model(manifest.model_path, device="cpu")
-    executor = HypicExecutor(model, tokenizer, ExecutorConfig(seam_tokens=manifest.seam_tokens),
-                             PromptTemplate(**manifest.template).prefix_ids(tokenizer))
+    loaded = LoadedModel.load(manifest.model_path, device="cpu")
+    executor = HypicExecutor(loaded, None, ExecutorConfig(seam_tokens=manifest.seam_tokens),
+                             PromptTemplate(**manifest.template).prefix_ids(loaded.tokenizer))
     manifest.check_compatible(executor.fingerprint.to_string(), store_dir)
     _WORKER = executor
 
