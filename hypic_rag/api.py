@@ -24,7 +24,6 @@ from hypic_rag.index.embedder import DEFAULT_EMBEDDER, Embedder
 from hypic_rag.index.segment_index import RetrievedSegment, SegmentIndex, SegmentRecord
 from hypic_rag.models.fingerprint import ModelFingerprint
 from hypic_rag.models.loader import LoadedModel, load_model
-from hypic_rag.models.registry import model_spec
 from hypic_rag.precompute.pipeline import IngestReport, ingest_segments
 from hypic_rag.precompute.segmenter import Document, Segmenter, as_documents, check_segment_budget, load_corpus
 from hypic_rag.prompt_match import plan_prompt
@@ -70,8 +69,9 @@ class HypicRAG:
         self._lock = threading.RLock()  # one request or ingest at a time on this model and store
         self.model, self.tokenizer, self.model_path = model, tokenizer, model_path
         self.template = template
+        self.loaded = LoadedModel.of(model, tokenizer, model_path)  # shared by every executor below
         # every setting is checked before anything touches the store (a bad one must not be persisted)
-        self.max_segment_tokens = check_segment_budget(max_segment_tokens, model_spec(model).max_positions)
+        self.max_segment_tokens = check_segment_budget(max_segment_tokens, self.loaded.spec.max_positions)
         self.shared_prefix = template.prefix_ids(tokenizer)
         fingerprint = ModelFingerprint.of(model, config.precompute_seam, self.shared_prefix).to_string()
         existing = (self.directory / "manifest.json").exists()
@@ -79,7 +79,6 @@ class HypicRAG:
             Manifest.read(self.directory).check_compatible(fingerprint, self.directory)
         self.embedder = Embedder(embedder)
         self.store = TieredStore(self.directory, store_config)
-        self.loaded = LoadedModel.of(model, tokenizer, model_path)  # shared by every executor below
         self.executor = HypicExecutor(self.loaded, None, config, self.shared_prefix, self.store)
         self.index = SegmentIndex(self.directory / "index", self.embedder.dim)
         if not read_only and not existing:

@@ -167,7 +167,8 @@ class HypicExecutor:
                 from_outside = self.store.last_read_untrusted
                 problem = self.checker.problem(entry, ids)
                 if problem is not None:
-                    entry = self._drop(key, problem)
+                    self._drop(key, problem)
+                    entry = None
                 elif from_outside:
                     untrusted.append(len(entries))
             entries.append(None if entry is None else on_device(entry, self.device))
@@ -181,7 +182,6 @@ class HypicExecutor:
         log.warning("hypic_rag: dropping stored entry %s and recomputing it: %s", key[:16], problem)
         self.store.discard(key)
         self.dropped_entries += 1
-        return None
 
     def _ensure(self, ids: tuple[int, ...]) -> tuple[SegmentEntry, bool]:
         """ensure() for ids already validated (no second per-token check)."""

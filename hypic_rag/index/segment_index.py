@@ -209,7 +209,7 @@ class SegmentIndex:
             try:
                 ids, metadata = json.loads(r[5]), json.loads(r[6])
                 if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids) or not isinstance(metadata, dict):
-                    raise RequestError("token_ids or metadata of the wrong type")
+                    raise ValueError("token_ids or metadata of the wrong type")
             except ValueError as exc:
                 raise StoreError(f"{self._path}: segment {r[0]!r} has a damaged record ({exc}); {_REPAIR}") from None
             return SegmentRecord(r[0], r[1], r[2], r[3], r[4], tuple(ids), metadata)

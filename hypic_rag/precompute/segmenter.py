@@ -245,6 +245,8 @@ class Segmenter:
         done = 0
         for paragraph in re.split(r"\n\s*\n", doc.text):
             for window in _windows(paragraph.strip(), max(room, 1) * 8):
+                if not window.strip():  # a blank paragraph adds nothing
+                    continue
                 for piece in self._pieces(doc.title, window.strip(), room):
                     joined = f"{current}\n\n{piece}" if current else piece
                     if current and len(self._encode(doc.title, joined)) > self.max_tokens:
@@ -255,6 +257,8 @@ class Segmenter:
                 done += len(window)
                 if progress:
                     progress(done, len(doc.text))
+        if progress:  # paragraph breaks are not in any window: the last report is the whole text
+            progress(len(doc.text), len(doc.text))
         if current:
             chunks.append(current)
         segments = []

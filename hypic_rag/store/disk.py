@@ -158,7 +158,6 @@ class DiskTier(EntryStore):
             raise StoreError(f"could not open the disk tier in {self.directory}: {exc}; check that it is writable "
                              "and free space there") from None
         self._cache.disk.max_read_bytes = size_limit_bytes
-        self.size_limit_bytes = size_limit_bytes
         self.hits = 0
         self.misses = 0
         self.corrupt = 0
@@ -199,10 +198,7 @@ class DiskTier(EntryStore):
     def discard(self, key: str) -> None:
         """Drop a damaged entry (the row, and its file when that lies inside the layout)."""
         self.corrupt += 1
-        try:
-            self._cache.delete(key)
-        except CorruptEntryError:
-            pass
+        self._cache.delete(key)  # deletes the file only when BytesOnlyDisk.remove finds it inside the layout
 
     def put(self, key: str, entry: SegmentEntry) -> None:
         try:
