@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from hypic_rag.config import DecodeOptions, ExecutorConfig, Mode, PromptTemplate
+from hypic_rag.config import ExecutorConfig, Mode, PromptTemplate, RequestOptions
 from hypic_rag.engine import HypicExecutor
 from hypic_rag.errors import RequestError, StoreError
 from hypic_rag.index.embedder import DEFAULT_EMBEDDER, Embedder
@@ -87,7 +87,7 @@ class HypicRAG:
                 seam_tokens=config.precompute_seam, template=template.to_dict(), embedder=embedder,
                 embedding_dim=self.embedder.dim, max_segment_tokens=max_segment_tokens, store=dataclasses.asdict(store_config),
             ).write(self.directory)
-        self._executors: dict[ExecutorConfig, HypicExecutor] = {}
+        self._executors: dict[int, HypicExecutor] = {}  # by seam: entries of settings the store does not record
         self.ray_prefill = None  # set by use_ray()
 
     # ------------------------------------------------------------------ construction
@@ -128,21 +128,20 @@ class HypicRAG:
                    manifest.embedder, manifest.max_segment_tokens, read_only=read_only)
 
     def executor_for(self, mode: Mode | str | None = None) -> HypicExecutor:
-        """The executor for a rung of the ladder: this store's own, or one over the same model and
-        store whose entries are built for that rung (cached). Decoding settings are per call."""
+        """The executor whose store holds the entries a rung composes: this store's own for every rung
+        its entries serve (the prefill rungs, and the cached rungs built with the store's seam), else
+        one over the same LoadedModel with an in-memory tier for that seam's entries (cached). Mode
+        and decoding travel with each request's RequestOptions."""
         base = self.executor.config
-        config = replace(base, mode=Mode.parse(mode) if mode is not None else base.mode)
-        if config == base:
+        mode = base.mode if mode is None else Mode.parse(mode)
+        if not mode.rung.segment_cache or base.seam_for(mode) == base.precompute_seam:
             return self.executor
-        if config not in self._executors:
-            if config.precompute_seam == base.precompute_seam:  # the store's own entries (and Ray workers)
-                store, prefill = self.store, self.ray_prefill
-            else:  # entries this store's manifest does not record stay in memory, never on its disk
-                store = MemoryTier(self.store.config.host_bytes, device=self.executor.device, name="other-seam")
-                prefill = None
-            self._executors[config] = HypicExecutor(self.loaded, None, config, self.shared_prefix, store,
-                                                    miss_prefill=prefill)
-        return self._executors[config]
+        seam = base.seam_for(mode)
+        if seam not in self._executors:  # entries the store's manifest does not record stay in memory, never on disk
+            store = MemoryTier(self.store.config.host_bytes, device=self.executor.device, name="other-seam")
+            self._executors[seam] = HypicExecutor(self.loaded, None, replace(base, mode=mode), self.shared_prefix,
+                                                  store)
+        return self._executors[seam]
 
     def use_ray(self, ray_config=None):
         """Compute cache misses (at query time and in ingest) on Ray actors, each loading this store's
@@ -218,33 +217,47 @@ class HypicRAG:
         _checked_question(question)
         return self.tokenizer.encode(self.template.question.format(question=question), add_special_tokens=False)
 
+    def options(self, mode: Mode | str | None = None, max_new_tokens: int | None = None,
+                temperature: float | None = None, top_p: float | None = None, seed: int | None = None,
+                stop: str | list[str] | None = None) -> RequestOptions:
+        """One request's options: the store's defaults with the given (not None) settings replaced."""
+        return self.executor.config.request_options(mode=mode, max_new_tokens=max_new_tokens, temperature=temperature,
+                                                    top_p=top_p, seed=seed, stop=stop)
+
     def stream(self, question: str, k: int = 4, mode: Mode | str | None = None,
                max_new_tokens: int | None = None, segment_ids: list[str] | None = None,
-               temperature: float | None = None, top_p: float | None = None, seed: int | None = None) -> Iterator:
+               temperature: float | None = None, top_p: float | None = None, seed: int | None = None,
+               stop: str | list[str] | None = None, options: RequestOptions | None = None) -> Iterator:
         """Yield text pieces as they are generated, then the QueryResult as the last item.
 
         The question is formatted with the store's template; segments are retrieved (top k) unless
-        segment_ids names them. Decoding settings left None take the executor config's defaults."""
+        segment_ids names them. The rung (mode) and decoding settings are this call's: pass them
+        one by one, or as one RequestOptions (`options`); those left None take the store's defaults.
+        Decoding ends at the first stop string, which the answer does not include."""
+        options = options or self.options(mode, max_new_tokens, temperature, top_p, seed, stop)
         t0 = time.perf_counter()
         segments = self._segments(question, k, segment_ids)
         retrieval = time.perf_counter() - t0
         token_lists = [s.record.token_ids for s in segments]
-        options = self.executor.config.decode_options(max_new_tokens=max_new_tokens, temperature=temperature,
-                                                      top_p=top_p, seed=seed)
-        yield from self._run(token_lists, self.question_ids(question), segments, retrieval, mode, options)
+        yield from self._run(token_lists, self.question_ids(question), segments, retrieval, options)
 
     def query(self, question: str, k: int = 4, mode: Mode | str | None = None, max_new_tokens: int | None = None,
               segment_ids: list[str] | None = None, temperature: float | None = None, top_p: float | None = None,
-              seed: int | None = None) -> QueryResult:
-        *_, result = self.stream(question, k, mode, max_new_tokens, segment_ids, temperature, top_p, seed)
+              seed: int | None = None, stop: str | list[str] | None = None,
+              options: RequestOptions | None = None) -> QueryResult:
+        """stream(), collected: the QueryResult."""
+        *_, result = self.stream(question, k, mode, max_new_tokens, segment_ids, temperature, top_p, seed, stop,
+                                 options)
         return result
 
     def stream_prompt(self, prompt: str, mode: Mode | str | None = None,
                       max_new_tokens: int | None = None, temperature: float | None = None,
-                      top_p: float | None = None, seed: int | None = None) -> Iterator:
+                      top_p: float | None = None, seed: int | None = None, stop: str | list[str] | None = None,
+                      options: RequestOptions | None = None) -> Iterator:
         """Like stream, for a finished prompt with documents stuffed in as text: stored segments
         found in it are reused from the cache, other text is computed as uncached segments, and the
         text after the last segment is the question (used verbatim)."""
+        options = options or self.options(mode, max_new_tokens, temperature, top_p, seed, stop)
         t0 = time.perf_counter()
         plan = plan_prompt(prompt, self.index)
         retrieval = time.perf_counter() - t0
@@ -257,26 +270,26 @@ class HypicRAG:
             else:
                 token_lists.append(tuple(self.tokenizer.encode(piece.text, add_special_tokens=False)))
         question_ids = self.tokenizer.encode(plan.question, add_special_tokens=False)
-        options = self.executor.config.decode_options(max_new_tokens=max_new_tokens, temperature=temperature,
-                                                      top_p=top_p, seed=seed)
-        yield from self._run(token_lists, question_ids, segments, retrieval, mode, options)
+        yield from self._run(token_lists, question_ids, segments, retrieval, options)
 
     def query_prompt(self, prompt: str, mode: Mode | str | None = None, max_new_tokens: int | None = None,
                      temperature: float | None = None, top_p: float | None = None,
-                     seed: int | None = None) -> QueryResult:
-        *_, result = self.stream_prompt(prompt, mode, max_new_tokens, temperature, top_p, seed)
+                     seed: int | None = None, stop: str | list[str] | None = None,
+                     options: RequestOptions | None = None) -> QueryResult:
+        """stream_prompt(), collected: the QueryResult."""
+        *_, result = self.stream_prompt(prompt, mode, max_new_tokens, temperature, top_p, seed, stop, options)
         return result
 
-    def _run(self, token_lists, question_ids, segments, retrieval, mode, options: DecodeOptions) -> Iterator:
+    def _run(self, token_lists, question_ids, segments, retrieval, options: RequestOptions) -> Iterator:
         with self._lock:
-            executor = self.executor_for(mode)
+            executor = self.executor_for(options.mode)
             before = {s.name: s.hits for s in self.store.stats()}
             result = None
             for event in executor.stream(token_lists, question_ids, options=options):
-                if event.result is None:
-                    yield event.text
-                else:
+                if event.result is not None:
                     result = event.result
+                elif event.text:
+                    yield event.text
             after = {s.name: s.hits for s in self.store.stats()}
         tiers = {name: after[name] - before[name] for name in after}
         yield QueryResult(first_line(result.text or ""), segments, result, retrieval, tiers)

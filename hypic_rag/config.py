@@ -65,26 +65,51 @@ LADDER: dict[Mode, Rung] = {
 }
 
 
-@dataclass(frozen=True)
-class DecodeOptions:
-    """How one request decodes (per call; ExecutorConfig holds the defaults).
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
 
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """Everything that may change from one request to the next (ExecutorConfig holds the defaults).
+
+    mode: the rung of the ladder to run (None: the executor's own).
     max_new_tokens: generation budget; temperature: 0 is greedy, > 0 samples; top_p: nucleus mass;
-    seed: sampling seed (None: nondeterministic); ignore_eos: decode exactly max_new_tokens tokens.
+    seed: sampling seed (None: nondeterministic).
+    stop: strings that end decoding as soon as the text holds one; the answer ends before it and the
+        finish reason is "stop" (up to 16 strings of at most 256 characters).
+    ignore_eos: decode exactly max_new_tokens tokens (throughput runs).
     """
 
+    mode: Mode | None = None
     max_new_tokens: int = 64
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    stop: tuple[str, ...] = ()
     ignore_eos: bool = False
 
     def __post_init__(self) -> None:
+        if self.mode is not None:
+            object.__setattr__(self, "mode", Mode.parse(self.mode))
         if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 1:
             raise RequestError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
         _check_sampling(self.temperature, self.top_p, self.seed)
+        object.__setattr__(self, "stop", _checked_stop(self.stop))
         if not isinstance(self.ignore_eos, bool):
             raise RequestError(f"ignore_eos must be True or False, got {self.ignore_eos!r}")
+
+
+def _checked_stop(stop) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        stop = (stop,)
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
+        raise RequestError(f"stop must be a string or a list of non-empty strings, got {stop!r}")
+    if len(stop) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_CHARS for s in stop):
+        raise RequestError(f"stop takes at most {MAX_STOP_STRINGS} strings of at most {MAX_STOP_CHARS} characters")
+    return tuple(dict.fromkeys(stop))
 
 
 def _check_sampling(temperature, top_p, seed) -> None:
@@ -103,13 +128,11 @@ def _check_sampling(temperature, top_p, seed) -> None:
 class ExecutorConfig:
     """How a request is executed.
 
-    mode: which rung of the ablation ladder runs (default: hypic).
+    mode: which rung of the ablation ladder runs by default (default: hypic); a request may ask for
+        another in its RequestOptions.
     seam_tokens: w, the tokens recomputed at the start of every cached segment after the first
         (hypic only; the other cached modes precompute and compose with w = 0).
-    max_new_tokens: generation budget per request.
-    temperature: 0 means greedy decoding; > 0 samples with that temperature.
-    top_p: nucleus sampling mass (only with temperature > 0).
-    seed: sampling seed (None: nondeterministic).
+    max_new_tokens, temperature, top_p, seed: the defaults of each request's RequestOptions.
     prefix_cache_entries: how many segment-boundary snapshots the prefix_cache mode keeps.
     miss_batch_size: a request's cache misses of equal length are precomputed together, this many
         per batched forward (1: one forward per miss).
@@ -142,17 +165,22 @@ class ExecutorConfig:
         if not isinstance(self.miss_batch_size, int) or self.miss_batch_size < 1:
             raise RequestError(f"miss_batch_size must be an integer >= 1, got {self.miss_batch_size!r}")
 
-    def decode_options(self, **overrides) -> DecodeOptions:
-        """This config's decoding defaults, with the given fields (those not None) replaced."""
-        fields = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                  "seed": self.seed}
+    def request_options(self, **overrides) -> RequestOptions:
+        """This config's per-request defaults (its mode and decoding), with the given fields (those not
+        None) replaced."""
+        fields = {"mode": self.mode, "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+                  "top_p": self.top_p, "seed": self.seed}
         fields.update({k: v for k, v in overrides.items() if v is not None})
-        return DecodeOptions(**fields)
+        return RequestOptions(**fields)
+
+    def seam_for(self, mode: Mode) -> int:
+        """The seam entries are built with for `mode`: w for hypic, 0 for the other cached modes."""
+        return self.seam_tokens if mode.rung.seams else 0
 
     @property
     def precompute_seam(self) -> int:
-        """The seam size segment entries are built with: w for hypic, 0 for the other cached modes."""
-        return self.seam_tokens if self.mode.rung.seams else 0
+        """The seam size this config's own mode builds segment entries with."""
+        return self.seam_for(self.mode)
 
 
 @dataclass(frozen=True)

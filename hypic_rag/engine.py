@@ -19,13 +19,14 @@ from typing import Iterator, Sequence
 import torch
 from transformers import DynamicCache
 
-from hypic_rag.config import DecodeOptions, ExecutorConfig
+from hypic_rag.config import ExecutorConfig, Mode, RequestOptions
 from hypic_rag.errors import RequestError
 from hypic_rag.executor import cache_ops
 from hypic_rag.executor.clock import clock
 from hypic_rag.executor.compose import compose_segments
 from hypic_rag.executor.entry_check import EntryChecker
 from hypic_rag.executor.generate import Sampler, decode
+from hypic_rag.executor.text_stream import TextStream
 from hypic_rag.executor.miss_prefill import MissPrefill, batched_precompute
 from hypic_rag.executor.validation import validated_ids, validated_request
 from hypic_rag.executor.prefix_cache import PrefixSnapshotCache, chain_keys
@@ -58,7 +59,8 @@ class _Filled:
 
 @dataclass(frozen=True)
 class StreamEvent:
-    """One streamed item: a generated token (result None), or the final result (token_id None)."""
+    """One streamed item: a generated token with the text it released, text released at the end
+    (token_id None: held back while it could have begun a stop string), or the final result."""
 
     token_id: int | None
     text: str | None
@@ -203,11 +205,21 @@ class HypicExecutor:
         out = self.model(input_ids=t, past_key_values=cache, position_ids=positions, use_cache=True, logits_to_keep=1)
         return out.logits[0, -1]
 
-    def _fill(self, segs: list[tuple[int, ...]], question: tuple[int, ...]) -> "_Filled":
+    def _mode(self, mode: Mode | str | None) -> Mode:
+        """The request's rung, checked against the entries this executor's store holds."""
+        mode = self.config.mode if mode is None else Mode.parse(mode)
+        if mode.rung.segment_cache and self.config.seam_for(mode) != self.config.precompute_seam:
+            raise RequestError(
+                f"mode {mode.value} composes entries built with a {self.config.seam_for(mode)}-token seam, and this "
+                f"executor's store holds {self.config.precompute_seam}-token ones; query through HypicRAG (it keeps "
+                f"each setting's entries apart) or build an executor with mode={mode.value!r}")
+        return mode
+
+    def _fill(self, segs: list[tuple[int, ...]], question: tuple[int, ...], mode: Mode) -> "_Filled":
         """Steps 2-4 of the lifecycle, by mode."""
-        rung = self.config.mode.rung
+        rung = mode.rung
         if rung.segment_cache:
-            return self._fill_composed(segs, question)
+            return self._fill_composed(segs, question, mode)
         return self._fill_prefix_cache(segs, question) if rung.prefix_reuse else self._fill_full(segs, question)
 
     def _fill_full(self, segs, question) -> "_Filled":
@@ -236,7 +248,7 @@ class HypicExecutor:
         timings = Timings(load=load, prefill=clock(self.device) - t0)
         return _Filled(cache, logits, position + len(question), counts, timings)
 
-    def _fill_composed(self, segs, question) -> "_Filled":
+    def _fill_composed(self, segs, question, mode: Mode) -> "_Filled":
         p0 = len(self.shared_prefix)
         counts = _Counts()
         t0 = clock(self.device)
@@ -259,7 +271,7 @@ class HypicExecutor:
                     entries[i] = entry
             precompute_misses = clock(self.device) - t0
         cache = self._start_cache()
-        report = compose_segments(self.model, self.spec, self.rotary_emb, cache, entries, self.config.mode, p0,
+        report = compose_segments(self.model, self.spec, self.rotary_emb, cache, entries, mode, p0,
                                   self.mixers, self.config.batched_seams, list(question))
         counts.cached = report.end_offset - report.recomputed_tokens
         logits = report.question_logits  # the question rode in the seam pass
@@ -272,50 +284,57 @@ class HypicExecutor:
                           seam=report.seam_seconds, prefill=prefill)
         return _Filled(cache, logits, report.end_offset + len(question), counts, timings)
 
-    def first_token_logits(self, segments: Sequence[Sequence[int]], question: Sequence[int]) -> torch.Tensor:
+    def first_token_logits(self, segments: Sequence[Sequence[int]], question: Sequence[int],
+                           mode: Mode | str | None = None) -> torch.Tensor:
         """Next-token logits after the question, [vocab] fp32 (for accuracy measurements)."""
         segs, q = self._validated_request(segments, question)
-        return self._fill(segs, q).logits.float()
+        return self._fill(segs, q, self._mode(mode)).logits.float()
 
     def stream(
         self, segments: Sequence[Sequence[int]], question: Sequence[int], max_new_tokens: int | None = None,
-        ignore_eos: bool = False, options: DecodeOptions | None = None,
+        ignore_eos: bool = False, options: RequestOptions | None = None,
     ) -> Iterator[StreamEvent]:
         """Yield one StreamEvent per generated token, then a final event with the GenerationResult.
 
-        `options` sets this request's decoding (the config's defaults otherwise); max_new_tokens and
-        ignore_eos (decode exactly max_new_tokens tokens, for throughput runs) override it."""
-        options = options or self.config.decode_options()
+        `options` sets this request's mode and decoding (the config's defaults otherwise);
+        max_new_tokens and ignore_eos (decode exactly max_new_tokens tokens, for throughput runs)
+        override it. A stop string ends decoding at once; the answer's text ends before it."""
+        options = options or self.config.request_options()
         if max_new_tokens is not None or ignore_eos:
             options = replace(options, max_new_tokens=options.max_new_tokens if max_new_tokens is None
                               else max_new_tokens, ignore_eos=ignore_eos or options.ignore_eos)
+        if options.stop and self.tokenizer is None:
+            raise RequestError("stop strings need the model's tokenizer; build the executor with one")
         budget = options.max_new_tokens
+        mode = self._mode(options.mode)
         segs, q = self._validated_request(segments, question, budget)
         started = clock(self.device)
-        filled = self._fill(segs, q)
+        filled = self._fill(segs, q, mode)
         counts = filled.counts
         sampler = Sampler(options, self.device)
+        text = None if self.tokenizer is None else TextStream(self.tokenizer, options.stop, self.eos_ids)
         tokens: list[int] = []
         ttft = 0.0
-        shown = ""
         stop_ids = frozenset() if options.ignore_eos else self.eos_ids
         for token in decode(self.model, filled.cache, filled.logits, filled.position, budget, sampler, stop_ids):
             if not tokens:
                 ttft = clock(self.device) - started
             tokens.append(token)
-            delta = None
-            if self.tokenizer is not None:  # decode the whole answer so multi-byte characters come out whole
-                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-                delta, shown = text[len(shown):], text
-            yield StreamEvent(token_id=token, text=delta)
+            yield StreamEvent(token_id=token, text=None if text is None else text.push(token))
+            if text is not None and text.stopped:
+                break  # closes the decode generator: no token past the stop string is computed
+        if text is not None and not text.stopped:
+            rest = text.finish()
+            if rest:
+                yield StreamEvent(token_id=None, text=rest)
         decode_s = clock(self.device) - started - ttft
-        finish = "eos" if tokens and tokens[-1] in self.eos_ids else "length"
-        text = None
-        if self.tokenizer is not None:
-            text = self.tokenizer.decode([t for t in tokens if t not in self.eos_ids], skip_special_tokens=True)
+        if text is not None and text.stopped:
+            finish = "stop"
+        else:
+            finish = "eos" if tokens and tokens[-1] in self.eos_ids else "length"
         timings = replace(filled.timings, ttft=ttft, decode=decode_s)
         result = GenerationResult(
-            token_ids=tuple(tokens), text=text, finish_reason=finish,
+            token_ids=tuple(tokens), text=None if text is None else text.text, finish_reason=finish,
             prompt_tokens=len(self.shared_prefix) + sum(len(s) for s in segs) + len(q),
             cached_tokens=counts.cached, segment_hits=counts.hits, segment_misses=counts.misses,
             timings=timings, first_token_logits=filled.logits.float().cpu(),
@@ -324,7 +343,7 @@ class HypicExecutor:
 
     def generate(
         self, segments: Sequence[Sequence[int]], question: Sequence[int], max_new_tokens: int | None = None,
-        ignore_eos: bool = False, options: DecodeOptions | None = None,
+        ignore_eos: bool = False, options: RequestOptions | None = None,
     ) -> GenerationResult:
         result = None
         for event in self.stream(segments, question, max_new_tokens, ignore_eos, options):

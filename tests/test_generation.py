@@ -61,7 +61,7 @@ def test_request_without_segments_is_plain_prefill():
 def test_decoding_is_set_per_call_without_another_executor():
     from conftest import demo_rag
 
-    from hypic_rag.config import DecodeOptions
+    from hypic_rag.config import RequestOptions
     from hypic_rag.errors import RequestError
 
     rag = demo_rag(4)
@@ -75,5 +75,5 @@ def test_decoding_is_set_per_call_without_another_executor():
         rag.query(question, top_p=0.0)
     ex = HypicExecutor(get_model("qwen3_5"), config=ExecutorConfig(max_new_tokens=2))
     *segs, q = random_ids([20, 4], seed=12)
-    sampled = ex.generate(segs, q, options=DecodeOptions(max_new_tokens=5, temperature=2.0, seed=1, ignore_eos=True))
+    sampled = ex.generate(segs, q, options=RequestOptions(max_new_tokens=5, temperature=2.0, seed=1, ignore_eos=True))
     assert len(sampled.token_ids) == 5 and len(ex.generate(segs, q, ignore_eos=True).token_ids) == 2

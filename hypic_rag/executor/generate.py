@@ -7,11 +7,11 @@ from typing import Iterator
 import torch
 from transformers import DynamicCache
 
-from hypic_rag.config import DecodeOptions
+from hypic_rag.config import RequestOptions
 
 
 class Sampler:
-    def __init__(self, options: DecodeOptions, device: torch.device):
+    def __init__(self, options: RequestOptions, device: torch.device):
         self.temperature = options.temperature
         self.top_p = options.top_p
         self.generator = None

@@ -83,9 +83,10 @@ def test_uncached_text_falls_back_to_prefill_and_stop_sequences():
     message = chat.invoke("Some text that is in no store.\nQuestion: what?\nAnswer:")
     assert message.response_metadata["segment_ids"] == []
     full = chat.invoke("Question: where?\nAnswer:").content
-    if len(full) > 2:
-        stopped = chat.invoke("Question: where?\nAnswer:", stop=[full[1:3]]).content
-        assert stopped == full[: full.index(full[1:3])]
+    assert len(full) > 2
+    stopped = chat.invoke("Question: where?\nAnswer:", stop=[full[1:3]])
+    assert stopped.content == full[: full.index(full[1:3])]
+    assert stopped.response_metadata["finish_reason"] == "stop"  # decoding ended there, not at max_tokens
 
 
 def test_plain_llm_wrapper_and_lazy_store_dir():

@@ -30,28 +30,14 @@ class HypicEngineMixin(BaseModel):
 
 def run_generation(engine, *, prompt: str | None, question: str | None, segment_ids: list[str] | None,
                    mode: str | None, max_new_tokens: int | None, temperature: float | None, stop: list[str] | None):
-    """Yield (text_delta, None) pieces, then (None, QueryResult). Cuts the text at the first stop string."""
+    """Yield (text_delta, None) pieces, then (None, QueryResult). Decoding ends at the first stop string
+    (the engine stops there; the text excludes it and the finish reason is "stop")."""
+    options = engine.options(mode=mode, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop or None)
     if segment_ids is not None:
         if not isinstance(segment_ids, (list, tuple)) or not all(isinstance(s, str) for s in segment_ids):
             raise ValueError("segment_ids must be a list of segment id strings")
-        items = engine.stream(question, segment_ids=list(segment_ids), mode=mode, max_new_tokens=max_new_tokens,
-                              temperature=temperature)
+        items = engine.stream(question, segment_ids=list(segment_ids), options=options)
     else:
-        items = engine.stream_prompt(prompt, mode=mode, max_new_tokens=max_new_tokens, temperature=temperature)
-    emitted = ""
-    text = ""
+        items = engine.stream_prompt(prompt, options=options)
     for item in items:
-        if not isinstance(item, str):
-            yield None, item
-            return
-        text += item
-        cut = min((text.find(s) for s in (stop or []) if s and s in text), default=-1)
-        visible = text if cut < 0 else text[:cut]
-        if len(visible) > len(emitted):
-            yield visible[len(emitted):], None
-            emitted = visible
-        if cut >= 0:
-            for rest in items:  # drain to the final result; the stop string ends the visible text
-                if not isinstance(rest, str):
-                    yield None, rest
-                    return
+        yield (item, None) if isinstance(item, str) else (None, item)
