@@ -19,7 +19,7 @@ from conftest import random_ids
 from hypic_rag import ExecutorConfig, HypicExecutor
 from hypic_rag.models.registry import model_spec
 from hypic_rag.models.tiny import tiny_model
-from hypic_rag.ops import transition
+from hypic_rag.models.families import gated_delta
 from hypic_rag.ops.capture import RecurrenceCall
 from test_transition import captured_calls
 
@@ -70,10 +70,10 @@ def test_fla_interior_matches_torch_chunk_and_token_product(family, length, star
     spec, calls = captured_calls(model, ids, device="cuda")
     for layer in spec.linear:
         call = calls[layer.layer_idx]
-        fast = transition.gated_delta_interior(call, start)
-        plain = transition.gated_delta_interior(RecurrenceCall(inspect.unwrap(call.fn), call.arguments), start)
+        fast = gated_delta.gated_delta_interior(call, start)
+        plain = gated_delta.gated_delta_interior(RecurrenceCall(inspect.unwrap(call.fn), call.arguments), start)
         recurrent = inspect.unwrap(getattr(sys.modules[layer.modeling_module], layer.recurrent_fn))
-        product = transition.gated_delta_operator_ref(call, start, recurrent)
+        product = gated_delta.gated_delta_operator_ref(call, start, recurrent)
         assert torch.isfinite(fast.state).all() and torch.isfinite(fast.operator).all()
         assert rel_err(fast.state, plain.state) < 5e-3
         assert rel_err(fast.operator, plain.operator) < 5e-3

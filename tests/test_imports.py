@@ -88,7 +88,7 @@ def test_only_the_registry_names_model_types_and_every_family_has_an_adapter():
     from hypic_rag.models.families import ADAPTERS
     from hypic_rag.models.registry import SUPPORTED
 
-    assert {info.family for info in SUPPORTED.values()} <= set(ADAPTERS)
+    assert {info.adapter.family for info in SUPPORTED.values()} <= set(ADAPTERS)
     downstream = [p for folder in ("executor", "ops", "store", "precompute", "index") for p in (ROOT / folder).rglob("*.py")]
     downstream += [ROOT / "engine.py", ROOT / "api.py"]
     for path in downstream:

@@ -8,7 +8,7 @@ from hypic_rag import ExecutorConfig, HypicExecutor
 from hypic_rag.executor import cache_ops
 from hypic_rag.models.registry import model_spec
 from hypic_rag.models.specs import MixerFamily
-from hypic_rag.ops import transition
+from hypic_rag.models.families import gated_delta, mamba2
 from hypic_rag.ops.capture import capture_recurrences
 from hypic_rag.ops.compose import compose_state, compose_state_ref, merge_conv_tail
 import sys
@@ -36,9 +36,9 @@ def test_augmented_operator_equals_product_of_transitions(family, length, start)
     spec, calls = captured_calls(model, ids)
     for layer in spec.linear:
         call = calls[layer.layer_idx]
-        fast = transition.gated_delta_interior(call, start).operator
+        fast = gated_delta.gated_delta_interior(call, start).operator
         recurrent_fn = getattr(sys.modules[layer.modeling_module], layer.recurrent_fn)
-        ref = transition.gated_delta_operator_ref(call, start, recurrent_fn)
+        ref = gated_delta.gated_delta_operator_ref(call, start, recurrent_fn)
         assert fast.shape == ref.shape
         assert rel_err(fast, ref) < 1e-4
 
@@ -50,7 +50,7 @@ def test_mamba2_gate_product_equals_running_product(family):
     spec, calls = captured_calls(model, ids)
     for layer in spec.linear:
         call = calls[layer.layer_idx]
-        assert rel_err(transition.mamba2_interior(call, 8).operator, transition.mamba2_operator_ref(call, 8)) < 1e-5
+        assert rel_err(mamba2.mamba2_interior(call, 8).operator, mamba2.mamba2_operator_ref(call, 8)) < 1e-5
 
 
 @pytest.mark.parametrize("family", ["qwen3_5", "qwen3_next", "kimi_linear", "bamba", "falcon_h1"])

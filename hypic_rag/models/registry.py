@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import torch
 
 from hypic_rag.errors import UnsupportedModelError
+from hypic_rag.models.families import GATED_DELTA, KIMI_DELTA, MAMBA2, SHORT_CONV, MixerAdapter
 from hypic_rag.models.specs import (
     AttentionLayerSpec,
     LinearLayerSpec,
-    MixerFamily,
     ModelSpec,
     RopeSpec,
     rotary_dim_of,
@@ -18,30 +18,23 @@ from hypic_rag.models.specs import (
 
 
 @dataclass(frozen=True)
-class FamilyInfo:
-    """Where a model type keeps its linear mixers and their module-level functions; everything else
-    about its family is that family's adapter (models/families)."""
+class ModelTypeInfo:
+    """What a model type uses: its linear layers' adapter (models/families: the functions it wraps and
+    everything else about the family) and where its decoder layers hold that mixer."""
 
-    family: MixerFamily
+    adapter: MixerAdapter
     mixer_attr: str  # attribute of the decoder layer holding the linear mixer
-    chunk_fn: str | None
-    recurrent_fn: str | None
     nope: bool = False  # attention layers carry no rotary position in their cached keys
 
 
-_GDN = FamilyInfo(MixerFamily.GATED_DELTA, "linear_attn", "torch_chunk_gated_delta_rule", "torch_recurrent_gated_delta_rule")
-_MAMBA2 = FamilyInfo(MixerFamily.MAMBA2, "mamba", "mamba2_chunk_scan", None)
-
-SUPPORTED: dict[str, FamilyInfo] = {
-    "qwen3_5_text": _GDN,
-    "qwen3_next": _GDN,
-    "falcon_h1": _MAMBA2,
-    "bamba": _MAMBA2,
-    "granitemoehybrid": _MAMBA2,
-    "kimi_linear": FamilyInfo(
-        MixerFamily.GATED_DELTA, "self_attn", "chunk_kimi_delta_attention", "recurrent_kimi_delta_attention", nope=True
-    ),
-    "lfm2": FamilyInfo(MixerFamily.CONV_ONLY, "conv", None, None),
+SUPPORTED: dict[str, ModelTypeInfo] = {
+    "qwen3_5_text": ModelTypeInfo(GATED_DELTA, "linear_attn"),
+    "qwen3_next": ModelTypeInfo(GATED_DELTA, "linear_attn"),
+    "falcon_h1": ModelTypeInfo(MAMBA2, "mamba"),
+    "bamba": ModelTypeInfo(MAMBA2, "mamba"),
+    "granitemoehybrid": ModelTypeInfo(MAMBA2, "mamba"),
+    "kimi_linear": ModelTypeInfo(KIMI_DELTA, "self_attn", nope=True),
+    "lfm2": ModelTypeInfo(SHORT_CONV, "conv"),
 }
 
 
@@ -118,11 +111,11 @@ def model_spec(model: torch.nn.Module) -> ModelSpec:
             linear.append(
                 LinearLayerSpec(
                     layer_idx=idx,
-                    family=info.family,
+                    family=info.adapter.family,
                     conv_width=_conv_width(mixer),
                     modeling_module=type(mixer).__module__,
-                    chunk_fn=info.chunk_fn,
-                    recurrent_fn=info.recurrent_fn,
+                    chunk_fn=info.adapter.chunk_fn,
+                    recurrent_fn=info.adapter.recurrent_fn,
                 )
             )
         if cache_type in _ATTENTION_CACHE_TYPES:

@@ -24,6 +24,9 @@ class RecurrenceForm:
 @dataclass(frozen=True)
 class MixerAdapter:
     """family: the layers it serves.
+    chunk_fn / recurrent_fn: the modeling module's functions it wraps, by name: the chunked
+        recurrence (read for operators, split at seams) and the token-by-token one (reference and
+        short seams); None where the family has none.
     recurrence: its chunked recurrence's argument form; None for a layer whose only state is its conv.
     interior: E and M over tokens [start, T) from a recorded call (None: no recurrent state).
     operator_ref: M from the same call the plain way (a product of per-token transitions), taking
@@ -34,6 +37,8 @@ class MixerAdapter:
     """
 
     family: MixerFamily
+    chunk_fn: str | None
+    recurrent_fn: str | None
     recurrence: RecurrenceForm | None
     interior: Callable[[RecurrenceCall, int], InteriorTransition] | None
     operator_ref: Callable[..., torch.Tensor] | None

@@ -5,4 +5,5 @@ from __future__ import annotations
 from hypic_rag.models.families.base import MixerAdapter
 from hypic_rag.models.specs import MixerFamily
 
-SHORT_CONV = MixerAdapter(family=MixerFamily.CONV_ONLY, recurrence=None, interior=None, operator_ref=None)
+SHORT_CONV = MixerAdapter(family=MixerFamily.CONV_ONLY, chunk_fn=None, recurrent_fn=None, recurrence=None, interior=None,
+                          operator_ref=None)
