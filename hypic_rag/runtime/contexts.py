@@ -1,0 +1,83 @@
+"""The lean runtime's request state, and the context that continues it by a plain forward.
+
+LeanState is what a request has after its prompt: per attention layer the K/V of every earlier
+token with their positions (one position vector shared by all layers), per linear layer the last K
+pre-conv columns and the recurrent state. Keys are stored rotated to their real positions, so a
+later token's attention needs no mask when every cached position precedes it (a decode step); a
+forward of several new tokens uses the position-causal mask key position <= query position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class LeanState:
+    keys: list[torch.Tensor]  # per attention layer [kv_heads, T, D]
+    values: list[torch.Tensor]
+    positions: torch.Tensor  # [T] long
+    conv: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [C, K]
+    recurrent: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [H, d_k, d_v]
+
+    @classmethod
+    def empty(cls, runtime) -> "LeanState":
+        shape = (runtime.kv_heads, 0, runtime.head_dim)
+        none = [runtime.embed.new_zeros(shape) for _ in runtime.attention_layers]
+        return cls(none, [t.clone() for t in none], torch.zeros(0, dtype=torch.long, device=runtime.device))
+
+    def copy(self) -> "LeanState":
+        """A state that can be extended without touching this one (K/V are never written in place)."""
+        return LeanState(list(self.keys), list(self.values), self.positions, dict(self.conv), dict(self.recurrent))
+
+    @property
+    def length(self) -> int:
+        return int(self.positions.shape[0])
+
+
+def causal_conv(window: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Depthwise causal conv + SiLU over windows [R, C, K-1+W] (each starting with its K-1 earlier
+    columns): outputs [R, C, W]."""
+    return F.silu(F.conv1d(window, weight, groups=window.shape[1]))
+
+
+class ContinueFrom:
+    """Extend `state` by new tokens at `positions` (after every cached position), in place."""
+
+    def __init__(self, runtime, state: LeanState, positions: torch.Tensor):
+        self.runtime, self.state = runtime, state
+        n = positions.shape[0]
+        self.mask = None
+        if n > 1:
+            every = torch.cat([state.positions, positions])
+            self.mask = every[None, :] <= positions[:, None]
+        self.new_positions = positions
+        self._n = n
+
+    def conv(self, w, mixed: torch.Tensor) -> torch.Tensor:
+        k = self.runtime.conv_width
+        before = self.state.conv.get(w.layer_idx)
+        if before is None:
+            before = mixed.new_zeros(mixed.shape[1], k)
+        columns = torch.cat([before, mixed.transpose(0, 1)], dim=-1)  # [C, K + N]
+        self.state.conv[w.layer_idx] = columns[:, -k:]
+        return causal_conv(columns[None, :, 1:].to(w.conv.dtype), w.conv)[0].transpose(0, 1).to(mixed.dtype)
+
+    def recur(self, w, q, k, v, g, beta) -> torch.Tensor:
+        start = self.state.recurrent.get(w.layer_idx)
+        out, final = self.runtime.recurrence(q[None], k[None], v[None], g[None], beta[None],
+                                             None if start is None else start[None], self._n)
+        self.state.recurrent[w.layer_idx] = final[0]
+        return out[0]
+
+    def attend(self, index: int, k: torch.Tensor, v: torch.Tensor):
+        keys = torch.cat([self.state.keys[index], k.transpose(0, 1)], dim=1)
+        values = torch.cat([self.state.values[index], v.transpose(0, 1)], dim=1)
+        self.state.keys[index], self.state.values[index] = keys, values
+        return keys, values, self.mask
+
+    def finish(self) -> None:
+        self.state.positions = torch.cat([self.state.positions, self.new_positions])

@@ -1,0 +1,86 @@
+"""A request on the lean runtime: full prefill, a hypic request from cached entries, and decoding.
+
+    runtime = LeanRuntime(model, shared_prefix)          # a transformers Qwen3.5 hybrid
+    logits, state = runtime.prefill(prompt_ids)          # the plain baseline: one forward
+    logits, state = runtime.hypic(entries, question)     # every seam and the question in one forward
+    tokens = runtime.decode(state, logits, 20)
+
+Entries are the store's SegmentEntry objects (built by the transformers path's precompute after the
+same shared prefix). A request the seam chain does not cover (one segment, seams of different
+widths, an empty interior) raises RequestError from `hypic`; `covers` says so beforehand, and the
+executor runs such a request on the transformers path.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from hypic_rag.errors import RequestError
+from hypic_rag.runtime.contexts import ContinueFrom, LeanState
+from hypic_rag.runtime.qwen3_5 import LeanQwen3_5
+from hypic_rag.runtime.seam_chain import SeamChain, plan_request
+from hypic_rag.types import SegmentEntry
+
+
+class LeanRuntime:
+    def __init__(self, model: torch.nn.Module, shared_prefix: Sequence[int] = ()):
+        self.lean = LeanQwen3_5(model)
+        self.device = self.lean.device
+        self.shared_prefix = tuple(shared_prefix)
+        self.prefix_state = LeanState.empty(self.lean)
+        if self.shared_prefix:
+            self._extend(self.prefix_state, list(self.shared_prefix), 0)
+
+    def _extend(self, state: LeanState, ids: Sequence[int], start: int) -> torch.Tensor:
+        positions = torch.arange(start, start + len(ids), device=self.device)
+        context = ContinueFrom(self.lean, state, positions)
+        hidden = self.lean.forward(torch.tensor(list(ids), device=self.device), positions, context)
+        context.finish()
+        return self.lean.logits(hidden)
+
+    @torch.no_grad()
+    def prefill(self, ids: Sequence[int]) -> tuple[torch.Tensor, LeanState]:
+        """Everything after the shared prefix in one forward: (next-token logits [vocab], state)."""
+        state = self.prefix_state.copy()
+        return self._extend(state, ids, len(self.shared_prefix)), state
+
+    def covers(self, entries: Sequence[SegmentEntry], question: Sequence[int]) -> bool:
+        if len(entries) < 2 or not question:
+            return False
+        width = entries[1].seam_tokens
+        return width > 0 and all(e.seam_tokens == width and e.interior_length > 0 for e in entries[1:])
+
+    @torch.no_grad()
+    def hypic(self, entries: Sequence[SegmentEntry], question: Sequence[int],
+              run_width: int | None = None) -> tuple[torch.Tensor, LeanState]:
+        """The hypic rung: segment 0 exact, every later seam recomputed with its true context and every
+        interior composed, then the question; (next-token logits, state) after one forward. `run_width`
+        pads every run to a bucket's width (same result)."""
+        entries = list(entries)
+        if not self.covers(entries, question):
+            raise RequestError("the lean seam chain needs >= 2 segments whose later ones share one seam width "
+                               "and each have an interior, and a question; run this request on the transformers path")
+        plan = plan_request(entries, list(question), len(self.shared_prefix), self.lean.conv_width, self.device,
+                            run_width)
+        chain = SeamChain(self.lean, plan, entries, self.prefix_state)
+        hidden = self.lean.forward(plan.ids, plan.positions, chain)
+        return self.lean.logits(hidden), chain.state
+
+    @torch.no_grad()
+    def step(self, state: LeanState, token: int) -> torch.Tensor:
+        """Extend `state` by one token at the next position: that token's next-token logits."""
+        return self._extend(state, [token], int(state.positions.max()) + 1 if state.length else 0)
+
+    def decode(self, state: LeanState, logits: torch.Tensor, max_new_tokens: int,
+               eos_ids: frozenset[int] = frozenset()) -> list[int]:
+        """Greedy tokens from `logits` on, extending `state` (stops after an EOS, which is kept)."""
+        tokens: list[int] = []
+        for step in range(max_new_tokens):
+            token = int(torch.argmax(logits))
+            tokens.append(token)
+            if token in eos_ids or step == max_new_tokens - 1:
+                break
+            logits = self.step(state, token)
+        return tokens

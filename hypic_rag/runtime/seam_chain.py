@@ -1,0 +1,208 @@
+"""Every seam of a hypic request, and the question, in one lean forward whose op count does not grow
+with the number of segments.
+
+The math is executor/seam_pass.py's (read its docstring); what changes is how it is laid out:
+  - planning (host, once per request) turns the request's shape into index tensors: where each
+    new token sits, which cached K/V rows survive (segment 0 whole, every interior), the shift each
+    cached key needs, the position-causal mask, and for the causal conv which earlier column each
+    run's window starts from (a cached tail, or the fresh seam columns when an interior is shorter
+    than the kernel) and which window outputs are real;
+  - every per-segment tensor is gathered once per layer (one stack or one cat), never sliced per
+    segment; the conv of every run is one batched call over gathered windows;
+  - the linear states follow the chain S_{j+1} = M_j (A_j S_j + B_j) + E_j with the seams' own
+    (A_j, B_j) from one batched call started at [0 | I] (the question is one more run of that call;
+    runs are padded to one width with steps of zero decay and zero write strength, which leave a
+    state as it is), composed by a log-depth scan over affine maps of a fixed depth (SCAN_STEPS),
+    so every request of up to 32 segments dispatches the same ops (`affine_prefix_ref` is the
+    plain sequential reference).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from hypic_rag.runtime.contexts import LeanState, causal_conv
+from hypic_rag.types import SegmentEntry
+
+
+SCAN_STEPS = 5  # every request up to 2**5 = 32 segments scans with the same ops (one CUDA graph shape)
+
+
+def affine_prefix(p: torch.Tensor, q: torch.Tensor, min_steps: int = SCAN_STEPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inclusive prefix compositions of maps f_j(S) = p_j S + q_j: F_j = f_j o ... o f_0, as (P, Q)
+    with F_j(S) = P_j S + Q_j. p [J, H, d, d], q [J, H, d, e].
+
+    Kogge-Stone over J maps: step s composes each map with the one 2**s before it (identity before
+    the first). At least `min_steps` steps run (a step reaching past the first map composes with
+    the identity: the same result, the same ops), so every J up to 2**min_steps dispatches the same
+    ops. Each map is kept as one [P | Q] matrix over J * H: f o g = [P_f P_g | P_f Q_g + Q_f], one
+    batched matmul-add and one concatenation a step."""
+    j, h, d, e = q.shape
+    steps = max(max(j - 1, 0).bit_length(), min_steps)
+    maps = torch.cat([p, q], dim=-1).reshape(j * h, d, d + e)
+    identity = torch.cat([torch.eye(d, dtype=p.dtype, device=p.device), p.new_zeros(d, e)], dim=-1)
+    identity = identity.expand(j * h, d, d + e)
+    for step in range(steps):
+        rows = min(1 << step, j) * h
+        earlier = torch.cat([identity[:rows], maps[: j * h - rows]])
+        maps = torch.baddbmm(F.pad(maps[..., d:], (d, 0)), maps[..., :d], earlier)
+    maps = maps.view(j, h, d, d + e)
+    return maps[..., :d], maps[..., d:]
+
+
+def affine_prefix_ref(p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference: the same compositions one map after another."""
+    ps, qs = [p[0]], [q[0]]
+    for j in range(1, p.shape[0]):
+        ps.append(p[j] @ ps[-1])
+        qs.append(p[j] @ qs[-1] + q[j])
+    return torch.stack(ps), torch.stack(qs)
+
+
+@dataclass(frozen=True)
+class SeamPlan:
+    """A hypic request's shape, as index tensors on the device (see the module docstring)."""
+
+    ids: torch.Tensor  # [N] seam tokens of segments 1..n-1, then the question
+    positions: torch.Tensor  # [N]
+    seams: int  # n - 1
+    width: int  # w (every seam)
+    question: int
+    kept_rows: torch.Tensor  # rows of the concatenated entry K/V that stay cached
+    kept_positions: torch.Tensor
+    shifts: torch.Tensor  # rotation of each kept key row (its segment's offset)
+    windows: torch.Tensor  # [R * (K-1+W)] conv column sources (tails first, then new tokens)
+    outputs: torch.Tensor  # [N] rows of the flattened [R * W] run layout that are real tokens
+    slots: torch.Tensor  # [R * W] the new token in each slot of the run layout (padding: token 0)
+    valid: torch.Tensor  # [R * W, 1] 1.0 for real slots, 0.0 for padding (a step with no decay, no update)
+    conv_after: torch.Tensor  # [K] columns of the conv state after the question
+    run_width: int
+
+
+def plan_request(entries: list[SegmentEntry], question: list[int], prefix_length: int, conv_width: int,
+                 device: torch.device, run_width: int | None = None) -> SeamPlan:
+    """The plan of a hypic request with n >= 2 segments whose later ones all have a seam of the same
+    width w > 0 followed by a non-empty interior (lean_request checks this first). Runs are padded
+    to `run_width` (at least max(w, question length); a bucket's width), which changes no result."""
+    k, n, w = conv_width, len(entries), entries[1].seam_tokens
+    ids, positions, kept, kept_pos, shifts = [], [], [], [], []
+    offset, row = prefix_length, 0
+    for j, entry in enumerate(entries):
+        first = 0 if j == 0 else w
+        if j > 0:
+            ids += entry.token_ids[:w]
+            positions += range(offset, offset + w)
+        kept += range(row + first, row + entry.length)
+        kept_pos += range(offset + first, offset + entry.length)
+        shifts += [offset] * (entry.length - first)
+        row += entry.length
+        offset += entry.length
+    ids += question
+    positions += range(offset, offset + len(question))
+    run_width = max(w, len(question), run_width or 0)
+    fresh = n * k  # the new tokens' columns follow the n tails
+    stream = list(range(k))  # segment 0's tail: exact
+    windows, outputs, slots, t = [], [], [], 0
+    runs = [(j, w) for j in range(1, n)] + [(n, len(question))]
+    for r, (j, width) in enumerate(runs):
+        own = list(range(fresh + t, fresh + t + width))
+        window = stream[-(k - 1):] + own
+        windows += window + [0] * (run_width - width)
+        outputs += range(r * run_width, r * run_width + width)
+        slots += list(range(t, t + width)) + [0] * (run_width - width)
+        stream += own
+        t += width
+        if j < n:  # the interior after seam j: its last min(interior, K) columns from the cached tail
+            m = min(entries[j].interior_length, k)
+            stream += range(j * k + k - m, j * k + k)
+    as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
+    valid = torch.zeros(len(slots), 1, device=device)
+    valid[as_long(outputs)] = 1.0
+    return SeamPlan(as_long(ids), as_long(positions), n - 1, w, len(question), as_long(kept), as_long(kept_pos),
+                    as_long(shifts), as_long(windows), as_long(outputs), as_long(slots), valid, as_long(stream[-k:]),
+                    run_width)
+
+
+class SeamChain:
+    """The forward context of one hypic request; after the forward, `state` is ready for decoding.
+
+    Every per-segment tensor is gathered here, once for all layers (one concatenation or stack
+    each); the layer calls only select their layer's slice."""
+
+    def __init__(self, runtime, plan: SeamPlan, entries: list[SegmentEntry], prefix: LeanState):
+        from hypic_rag.runtime.qwen3_5 import rotate
+
+        self.runtime, self.plan = runtime, plan
+        rt, n, s = runtime, len(entries), plan.seams
+        positions = torch.cat([prefix.positions, plan.kept_positions, plan.positions])
+        self.mask = positions[None, :] <= plan.positions[:, None]
+        self.state = LeanState(list(prefix.keys), list(prefix.values), positions)
+        lin = {l.layer_idx: i for i, l in enumerate(entries[0].linear)}
+        att = {l.layer_idx: i for i, l in enumerate(entries[0].attention)}
+        self._linear_at = {idx: i for i, idx in enumerate(rt.linear_layers)}
+        linear = [lin[idx] for idx in rt.linear_layers]
+        attention = [att[idx] for idx in rt.attention_layers]
+        layers = len(linear)
+        # attention: every layer's cached rows in one gather, every cached key moved to its position at once
+        length = sum(e.length for e in entries)
+        keys = torch.cat([e.attention[a].keys for a in attention for e in entries], dim=1)
+        values = torch.cat([e.attention[a].values for a in attention for e in entries], dim=1)
+        keys = keys.view(keys.shape[0], len(attention), length, -1).index_select(2, plan.kept_rows)
+        values = values.view(values.shape[0], len(attention), length, -1).index_select(2, plan.kept_rows)
+        cos, sin = rt.rope(plan.shifts)
+        scaling = float(getattr(rt.rotary, "attention_scaling", 1.0) or 1.0)  # a shift is a pure rotation
+        keys = rotate(keys.permute(2, 0, 1, 3).float(), cos[:, None] / scaling, sin[:, None] / scaling)
+        self._keys = keys.to(values.dtype).permute(1, 2, 0, 3)  # [kv_heads, layers, kept, D]
+        self._values = values
+        # linear layers: conv tails [layers, C, n*K], interiors [layers, n-1, ...], exact first end states
+        tails = torch.stack([e.linear[i].conv_tail for i in linear for e in entries])
+        k = tails.shape[-1]
+        self._tails = tails.view(layers, n, -1, k).transpose(1, 2).reshape(layers, -1, n * k)
+        later = entries[1:]
+        self._m = torch.stack([e.linear[i].interior_operator for i in linear for e in later]).float()
+        self._e = torch.stack([e.linear[i].interior_state for i in linear for e in later]).float()
+        self._m, self._e = self._m.view(layers, s, *self._m.shape[1:]), self._e.view(layers, s, *self._e.shape[1:])
+        self._first = torch.stack([entries[0].linear[i].end_state for i in linear]).float()
+        h, d_k, d_v = self._e.shape[-3:]
+        eye = torch.eye(d_k, dtype=torch.float32, device=rt.device)
+        self._start = torch.cat([torch.zeros(s + 1, h, d_k, d_v, device=rt.device),
+                                 eye.expand(s + 1, h, d_k, d_k)], dim=-1)  # [0 | I] per run
+
+    def attend(self, index: int, k: torch.Tensor, v: torch.Tensor):
+        keys = torch.cat([self.state.keys[index], self._keys[:, index], k.transpose(0, 1)], dim=1)
+        values = torch.cat([self.state.values[index], self._values[:, index], v.transpose(0, 1)], dim=1)
+        self.state.keys[index], self.state.values[index] = keys, values
+        return keys, values, self.mask
+
+    def conv(self, w, mixed: torch.Tensor) -> torch.Tensor:
+        plan = self.plan
+        columns = torch.cat([self._tails[self._linear_at[w.layer_idx]].to(mixed.dtype), mixed.transpose(0, 1)], -1)
+        self.state.conv[w.layer_idx] = columns.index_select(1, plan.conv_after)
+        runs = plan.seams + 1
+        windows = columns.index_select(1, plan.windows).view(columns.shape[0], runs, -1).transpose(0, 1)
+        out = causal_conv(windows.to(w.conv.dtype), w.conv)  # [R, C, W]
+        return out.transpose(1, 2).reshape(runs * plan.run_width, -1).to(mixed.dtype)  # run layout [R * W, C]
+
+    def recur(self, w, q, k, v, g, beta) -> torch.Tensor:
+        """q, k, v in the run layout (from conv), g and beta per new token: every run (each seam, then
+        the question) in one call from [0 | I]; padded slots decay nothing and write nothing."""
+        plan, at, rt = self.plan, self._linear_at[w.layer_idx], self.runtime
+        runs, width, s = plan.seams + 1, plan.run_width, plan.seams
+        g = g.index_select(0, plan.slots) * plan.valid
+        beta = beta.index_select(0, plan.slots) * plan.valid.to(beta.dtype)
+        d_k, d_v = k.shape[-1], v.shape[-1]
+        v = F.pad(v, (0, d_k))  # [v | 0]
+        out, final = rt.recurrence(*(t.view(runs, width, *t.shape[1:]) for t in (q, k, v, g, beta)), self._start,
+                                   width)
+        final = final.float()  # each run's own [E | M]
+        interior_m = self._m[at]
+        maps = torch.matmul(interior_m, final[:s]) + F.pad(self._e[at], (0, d_k))  # [M_j B_j + E_j | M_j A_j]
+        prefix_p, prefix_q = affine_prefix(maps[..., d_v:], maps[..., :d_v])
+        first = self._first[at]
+        starts = torch.cat([first[None], torch.matmul(prefix_p[:s], first) + prefix_q[:s]])  # each run's start
+        self.state.recurrent[w.layer_idx] = final[s, ..., d_v:] @ starts[s] + final[s, ..., :d_v]
+        out = out[..., :d_v].float() + torch.matmul(out[..., d_v:].float().transpose(1, 2), starts).transpose(1, 2)
+        return out.reshape(runs * width, *out.shape[2:]).index_select(0, plan.outputs).to(q.dtype)

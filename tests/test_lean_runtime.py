@@ -1,0 +1,173 @@
+"""The lean runtime against the transformers path: parity (full prefill, hypic, 20 decoded tokens),
+bucket padding, capture safety and the ops a request dispatches."""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from conftest import get_model, random_ids, shipped_model
+from hypic_rag import ExecutorConfig, HypicExecutor
+from hypic_rag.config import Mode
+from hypic_rag.errors import UnsupportedModelError
+from hypic_rag.runtime.lean_request import LeanRuntime
+from hypic_rag.runtime.seam_chain import SeamChain, affine_prefix, affine_prefix_ref, plan_request
+
+PREFIX = (0, 5, 9)
+TOL = 1e-4
+
+
+def _models():
+    model, _ = shipped_model()
+    return {"tiny qwen3_5": get_model("qwen3_5"), "shipped": model}
+
+
+def _transformers_steps(executor, segs, q, mode, steps):
+    """First-token logits and the next `steps` greedy steps' logits on the transformers path."""
+    filled = executor._fill(tuple(map(tuple, segs)), tuple(q), mode)
+    cache, logits, position, out = filled.cache, filled.logits.float(), filled.position, [filled.logits.float()]
+    for _ in range(steps):
+        token = int(torch.argmax(logits))
+        with torch.no_grad():
+            logits = executor.model(input_ids=torch.tensor([[token]]), past_key_values=cache,
+                                    position_ids=torch.tensor([[position]]), use_cache=True).logits[0, -1].float()
+        position += 1
+        out.append(logits)
+    return out
+
+
+def _lean_steps(runtime, logits, state, steps):
+    out = [logits]
+    for _ in range(steps):
+        logits = runtime.step(state, int(torch.argmax(logits)))
+        out.append(logits)
+    return out
+
+
+def _max_diff(a, b):
+    return max(float((x - y).abs().max()) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("name", ["tiny qwen3_5", "shipped"])
+def test_full_prefill_and_20_decoded_tokens_match_transformers(name):
+    model = _models()[name]
+    vocab = model.config.get_text_config(decoder=True).vocab_size
+    segs, q = random_ids([40, 33, 25], seed=1, vocab=vocab), random_ids([7], seed=2, vocab=vocab)[0]
+    reference = _transformers_steps(HypicExecutor(model, shared_prefix=PREFIX), segs, q, Mode.FULL_RECOMPUTE, 20)
+    runtime = LeanRuntime(model, PREFIX)
+    logits, state = runtime.prefill([t for s in segs for t in s] + q)
+    assert _max_diff(_lean_steps(runtime, logits, state, 20), reference) < TOL
+
+
+@pytest.mark.parametrize("name", ["tiny qwen3_5", "shipped"])
+@pytest.mark.parametrize("lengths,question,seam", [
+    ([30, 25, 40, 33], 6, 8),    # question shorter than the seam: the question's run is padded
+    ([20, 24], 19, 8),           # two segments, question longer than the seam: the seam's run is padded
+    ([30, 10, 31, 9, 28], 5, 8),  # interiors shorter than the conv kernel: fresh seam columns in the tails
+    ([50, 50, 50], 12, 16),
+])
+def test_hypic_request_and_decoding_match_the_transformers_path(name, lengths, question, seam):
+    model = _models()[name]
+    vocab = model.config.get_text_config(decoder=True).vocab_size
+    segs, q = random_ids(lengths, seed=len(lengths), vocab=vocab), random_ids([question], seed=9, vocab=vocab)[0]
+    config = ExecutorConfig(mode="hypic", seam_tokens=seam)
+    executor = HypicExecutor(model, config=config, shared_prefix=PREFIX)
+    sequential = HypicExecutor(model, config=ExecutorConfig(mode="hypic", seam_tokens=seam, batched_seams=False),
+                               shared_prefix=PREFIX)
+    reference = _transformers_steps(executor, segs, q, Mode.HYPIC, 20)
+    runtime = LeanRuntime(model, PREFIX)
+    logits, state = runtime.hypic([executor.ensure(s)[0] for s in segs], q)
+    assert _max_diff(_lean_steps(runtime, logits, state, 20), reference) < TOL
+    assert float((logits - sequential.first_token_logits(segs, q)).abs().max()) < TOL  # one seam forward each
+
+
+def test_a_request_padded_into_a_larger_bucket_gives_the_same_logits():
+    model = get_model("qwen3_5")
+    segs, q = random_ids([30, 25, 40], seed=4), random_ids([5], seed=5)[0]
+    executor = HypicExecutor(model, config=ExecutorConfig(seam_tokens=8), shared_prefix=PREFIX)
+    entries = [executor.ensure(s)[0] for s in segs]
+    runtime = LeanRuntime(model, PREFIX)
+    exact, _ = runtime.hypic(entries, q)
+    for width in (16, 64):  # every run padded with steps that neither decay nor write
+        padded, _ = runtime.hypic(entries, q, run_width=width)
+        assert float((padded - exact).abs().max()) < 1e-5
+
+
+def test_the_scan_equals_the_sequential_composition_at_any_depth():
+    g = torch.Generator().manual_seed(0)
+    for maps in (1, 3, 8, 13):
+        p = torch.randn(maps, 2, 6, 6, generator=g) * 0.4
+        q = torch.randn(maps, 2, 6, 5, generator=g)
+        ref_p, ref_q = affine_prefix_ref(p, q)
+        for steps in (0, 5):
+            fast_p, fast_q = affine_prefix(p, q, min_steps=steps)
+            assert torch.allclose(fast_p, ref_p, atol=1e-5) and torch.allclose(fast_q, ref_q, atol=1e-5)
+
+
+def _request_fn(runtime):
+    def request(plan, entries, prefix_state):
+        chain = SeamChain(runtime.lean, plan, entries, prefix_state)
+        return runtime.lean.logits(runtime.lean.forward(plan.ids, plan.positions, chain))
+
+    return request
+
+
+def test_the_planned_request_compiles_as_one_graph_no_host_synchronisation():
+    """torch.compile(fullgraph=True) refuses a .item(), a data-dependent shape or any other graph break."""
+    model = get_model("qwen3_5")
+    segs, q = random_ids([24, 24, 24, 24], seed=6), random_ids([6], seed=7)[0]
+    executor = HypicExecutor(model, config=ExecutorConfig(seam_tokens=8), shared_prefix=PREFIX)
+    entries = [executor.ensure(s)[0] for s in segs]
+    runtime = LeanRuntime(model, PREFIX)
+    plan = plan_request(entries, q, len(PREFIX), runtime.lean.conv_width, torch.device("cpu"))
+    request = _request_fn(runtime)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        compiled = torch.compile(request, fullgraph=True, backend="eager")(plan, entries, runtime.prefix_state)
+        assert float((compiled - request(plan, entries, runtime.prefix_state)).abs().max()) == 0.0
+
+
+class _KernelOps(TorchDispatchMode):
+    """Counts the aten ops that compute (view and metadata ops launch no kernel and are not counted)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def _ops(fn) -> int:
+    with _KernelOps() as ops:
+        fn()
+    return ops.count
+
+
+@pytest.mark.parametrize("name", ["tiny qwen3_5", "shipped"])
+def test_a_hypic_request_dispatches_about_one_forward_whatever_the_segment_count(name):
+    model = _models()[name]
+    vocab = model.config.get_text_config(decoder=True).vocab_size
+    executor = HypicExecutor(model, config=ExecutorConfig(seam_tokens=8), shared_prefix=PREFIX)
+    runtime = LeanRuntime(model, PREFIX)
+    q = random_ids([6], seed=3, vocab=vocab)[0]
+    counts = {}
+    for n in (4, 8, 16, 32):
+        segs = random_ids([24] * n, seed=n, vocab=vocab)
+        entries = [executor.ensure(s)[0] for s in segs]
+        hypic = _ops(lambda: runtime.hypic(entries, q))
+        plain = _ops(lambda: runtime.prefill(random_ids([(n - 1) * 8 + len(q)], seed=1, vocab=vocab)[0]))
+        assert hypic <= 1.5 * plain, (n, hypic, plain)  # one forward over the same new tokens
+        transformers_path = _ops(lambda: executor.first_token_logits(segs, q))
+        assert hypic < transformers_path
+        counts[n] = hypic
+    assert max(counts.values()) <= 1.1 * min(counts.values()), counts
+
+
+def test_families_not_ported_stay_on_the_transformers_path():
+    with pytest.raises(UnsupportedModelError, match="transformers path"):
+        LeanRuntime(get_model("bamba"))
+    runtime = LeanRuntime(get_model("qwen3_5"))
+    executor = HypicExecutor(get_model("qwen3_5"), config=ExecutorConfig(seam_tokens=8))
+    one = [executor.ensure(random_ids([20], seed=1)[0])[0]]
+    assert not runtime.covers(one, [5, 6])
