@@ -65,6 +65,7 @@ LADDER: dict[Mode, Rung] = {
 }
 
 
+RUNTIMES = ("auto", "transformers", "lean")
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
 
@@ -139,6 +140,11 @@ class ExecutorConfig:
     batched_seams: recompute every seam of a request in one layer-major forward where the model
         supports it (every supported hybrid), with the question in the same forward; False runs one forward
         per segment, then the question. Same result.
+    runtime: "transformers" runs every request through transformers' forward; "lean" runs full
+        prefill, the hypic rung and decoding on the lean runtime (runtime/: ported families only,
+        qwen3_5; other requests and rungs stay on transformers), "auto" (default) is lean on a CUDA
+        device where the family is ported (a small request there is launch-bound) and transformers
+        elsewhere (on CPU the transformers seam pass is as fast). Same results to ~1e-6.
     """
 
     mode: Mode = Mode.HYPIC
@@ -150,6 +156,7 @@ class ExecutorConfig:
     prefix_cache_entries: int = 256
     miss_batch_size: int = 8
     batched_seams: bool = True
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode.parse(self.mode))
@@ -162,6 +169,8 @@ class ExecutorConfig:
             raise RequestError(f"prefix_cache_entries must be an integer >= 1, got {self.prefix_cache_entries!r}")
         if not isinstance(self.batched_seams, bool):
             raise RequestError(f"batched_seams must be True or False, got {self.batched_seams!r}")
+        if self.runtime not in RUNTIMES:
+            raise RequestError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         if not isinstance(self.miss_batch_size, int) or self.miss_batch_size < 1:
             raise RequestError(f"miss_batch_size must be an integer >= 1, got {self.miss_batch_size!r}")
 

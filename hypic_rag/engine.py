@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from transformers import DynamicCache
 
 from hypic_rag.config import ExecutorConfig, Mode, RequestOptions
-from hypic_rag.errors import RequestError
+from hypic_rag.errors import RequestError, UnsupportedModelError
 from hypic_rag.executor import cache_ops
 from hypic_rag.executor.clock import clock
 from hypic_rag.executor.compose import compose_segments
 from hypic_rag.executor.entry_check import EntryChecker
-from hypic_rag.executor.generate import Sampler, decode
+from hypic_rag.executor.generate import Sampler, decode, transformers_step
 from hypic_rag.executor.text_stream import TextStream
 from hypic_rag.executor.miss_prefill import MissPrefill, batched_precompute
 from hypic_rag.executor.validation import validated_ids, validated_request
@@ -50,7 +50,8 @@ class _Counts:
 
 @dataclass(frozen=True)
 class _Filled:
-    cache: DynamicCache
+    cache: object  # a transformers DynamicCache, or the lean runtime's LeanState
+    step: Callable[[int, int], torch.Tensor]  # (token, position) -> next logits, extending `cache`
     logits: torch.Tensor
     position: int  # the position the first generated token takes
     counts: _Counts
@@ -100,6 +101,18 @@ class HypicExecutor:
         self.checker = EntryChecker(self.fingerprint.to_string(), self.config.precompute_seam, self.dtype,
                                     lambda segs: batched_precompute(self, segs), filler_token=0)
         self.dropped_entries = 0  # stored entries refused by the checks (then recomputed)
+        self.lean = self._lean_runtime()  # None: every request runs through transformers' forward
+
+    def _lean_runtime(self):
+        wanted = self.config.runtime
+        if wanted == "transformers" or (wanted == "auto" and self.device.type != "cuda"):
+            return None
+        try:
+            return self.loaded.lean_runtime(self.shared_prefix)
+        except UnsupportedModelError:
+            if wanted == "lean":
+                raise
+            return None
 
     # ----------------------------------------------------------------------------- validation
     def _validated_ids(self, ids: Sequence[int], what: str, allow_empty: bool = False) -> tuple[int, ...]:
@@ -225,10 +238,15 @@ class HypicExecutor:
     def _fill_full(self, segs, question) -> "_Filled":
         p0 = len(self.shared_prefix)
         t0 = clock(self.device)
-        cache = self._start_cache()
         body = [t for s in segs for t in s] + list(question)
+        if self.lean is not None:
+            logits, state = self.lean.prefill(body)
+            return _Filled(state, self._lean_step(state), logits, p0 + len(body), _Counts(cached=p0),
+                           Timings(prefill=clock(self.device) - t0))
+        cache = self._start_cache()
         logits = self._prefill(cache, body, p0, logits=True)
-        return _Filled(cache, logits, p0 + len(body), _Counts(cached=p0), Timings(prefill=clock(self.device) - t0))
+        return _Filled(cache, transformers_step(self.model, cache), logits, p0 + len(body), _Counts(cached=p0),
+                       Timings(prefill=clock(self.device) - t0))
 
     def _fill_prefix_cache(self, segs, question) -> "_Filled":
         p0 = len(self.shared_prefix)
@@ -246,7 +264,7 @@ class HypicExecutor:
             self.prefix_snapshots.store(keys[i], cache)
         logits = self._prefill(cache, question, position, logits=True)
         timings = Timings(load=load, prefill=clock(self.device) - t0)
-        return _Filled(cache, logits, position + len(question), counts, timings)
+        return _Filled(cache, transformers_step(self.model, cache), logits, position + len(question), counts, timings)
 
     def _fill_composed(self, segs, question, mode: Mode) -> "_Filled":
         p0 = len(self.shared_prefix)
@@ -270,6 +288,13 @@ class HypicExecutor:
                 for i in missing[seg]:
                     entries[i] = entry
             precompute_misses = clock(self.device) - t0
+        if mode is Mode.HYPIC and self.lean is not None and self.lean.covers(entries, question):
+            t0 = clock(self.device)
+            logits, state = self.lean.hypic(entries, question)
+            counts.cached = state.length - len(question) - sum(e.seam_tokens for e in entries[1:])
+            timings = Timings(load=load, precompute_misses=precompute_misses, seam=clock(self.device) - t0)
+            return _Filled(state, self._lean_step(state), logits, p0 + sum(len(s) for s in segs) + len(question),
+                           counts, timings)
         cache = self._start_cache()
         report = compose_segments(self.model, self.spec, self.rotary_emb, cache, entries, mode, p0,
                                   self.mixers, self.config.batched_seams, list(question))
@@ -282,7 +307,11 @@ class HypicExecutor:
             prefill = clock(self.device) - t0
         timings = Timings(load=load, precompute_misses=precompute_misses, compose=report.compose_seconds,
                           seam=report.seam_seconds, prefill=prefill)
-        return _Filled(cache, logits, report.end_offset + len(question), counts, timings)
+        return _Filled(cache, transformers_step(self.model, cache), logits, report.end_offset + len(question), counts,
+                       timings)
+
+    def _lean_step(self, state) -> Callable[[int, int], torch.Tensor]:
+        return lambda token, _position: self.lean.step(state, token)
 
     def first_token_logits(self, segments: Sequence[Sequence[int]], question: Sequence[int],
                            mode: Mode | str | None = None) -> torch.Tensor:
@@ -316,7 +345,7 @@ class HypicExecutor:
         tokens: list[int] = []
         ttft = 0.0
         stop_ids = frozenset() if options.ignore_eos else self.eos_ids
-        for token in decode(self.model, filled.cache, filled.logits, filled.position, budget, sampler, stop_ids):
+        for token in decode(filled.step, filled.logits, filled.position, budget, sampler, stop_ids):
             if not tokens:
                 ttft = clock(self.device) - started
             tokens.append(token)

@@ -52,7 +52,8 @@ def test_full_prefill_and_20_decoded_tokens_match_transformers(name):
     model = _models()[name]
     vocab = model.config.get_text_config(decoder=True).vocab_size
     segs, q = random_ids([40, 33, 25], seed=1, vocab=vocab), random_ids([7], seed=2, vocab=vocab)[0]
-    reference = _transformers_steps(HypicExecutor(model, shared_prefix=PREFIX), segs, q, Mode.FULL_RECOMPUTE, 20)
+    reference = _transformers_steps(HypicExecutor(model, config=ExecutorConfig(runtime="transformers"), shared_prefix=PREFIX),
+                                    segs, q, Mode.FULL_RECOMPUTE, 20)
     runtime = LeanRuntime(model, PREFIX)
     logits, state = runtime.prefill([t for s in segs for t in s] + q)
     assert _max_diff(_lean_steps(runtime, logits, state, 20), reference) < TOL
@@ -69,10 +70,10 @@ def test_hypic_request_and_decoding_match_the_transformers_path(name, lengths, q
     model = _models()[name]
     vocab = model.config.get_text_config(decoder=True).vocab_size
     segs, q = random_ids(lengths, seed=len(lengths), vocab=vocab), random_ids([question], seed=9, vocab=vocab)[0]
-    config = ExecutorConfig(mode="hypic", seam_tokens=seam)
+    config = ExecutorConfig(mode="hypic", seam_tokens=seam, runtime="transformers")
     executor = HypicExecutor(model, config=config, shared_prefix=PREFIX)
-    sequential = HypicExecutor(model, config=ExecutorConfig(mode="hypic", seam_tokens=seam, batched_seams=False),
-                               shared_prefix=PREFIX)
+    sequential = HypicExecutor(model, config=ExecutorConfig(mode="hypic", seam_tokens=seam, batched_seams=False,
+                                                            runtime="transformers"), shared_prefix=PREFIX)
     reference = _transformers_steps(executor, segs, q, Mode.HYPIC, 20)
     runtime = LeanRuntime(model, PREFIX)
     logits, state = runtime.hypic([executor.ensure(s)[0] for s in segs], q)
@@ -148,7 +149,7 @@ def _ops(fn) -> int:
 def test_a_hypic_request_dispatches_about_one_forward_whatever_the_segment_count(name):
     model = _models()[name]
     vocab = model.config.get_text_config(decoder=True).vocab_size
-    executor = HypicExecutor(model, config=ExecutorConfig(seam_tokens=8), shared_prefix=PREFIX)
+    executor = HypicExecutor(model, config=ExecutorConfig(seam_tokens=8, runtime="transformers"), shared_prefix=PREFIX)
     runtime = LeanRuntime(model, PREFIX)
     q = random_ids([6], seed=3, vocab=vocab)[0]
     counts = {}
@@ -171,3 +172,23 @@ def test_families_not_ported_stay_on_the_transformers_path():
     executor = HypicExecutor(get_model("qwen3_5"), config=ExecutorConfig(seam_tokens=8))
     one = [executor.ensure(random_ids([20], seed=1)[0])[0]]
     assert not runtime.covers(one, [5, 6])
+
+
+def test_the_executor_runs_full_prefill_hypic_and_decoding_on_the_lean_runtime_when_asked():
+    model = get_model("qwen3_5")
+    segs, q = random_ids([30, 25, 40], seed=11), random_ids([6], seed=12)[0]
+    for mode in ("hypic", "full_recompute"):
+        plain = HypicExecutor(model, config=ExecutorConfig(mode=mode, runtime="transformers"), shared_prefix=PREFIX)
+        lean = HypicExecutor(model, config=ExecutorConfig(mode=mode, runtime="lean"), shared_prefix=PREFIX,
+                             store=plain.store)
+        assert lean.lean is not None and plain.lean is None
+        expected = plain.generate(segs, q, max_new_tokens=12, ignore_eos=True)
+        got = lean.generate(segs, q, max_new_tokens=12, ignore_eos=True)
+        assert got.token_ids == expected.token_ids and got.cached_tokens == expected.cached_tokens
+        assert got.segment_hits + got.segment_misses == expected.segment_hits + expected.segment_misses
+        assert float((got.first_token_logits - expected.first_token_logits).abs().max()) < TOL
+    one = lean.generate(segs[:1], q, max_new_tokens=3)  # one segment: the transformers path, same answer
+    assert one.token_ids == plain.generate(segs[:1], q, max_new_tokens=3).token_ids
+    with pytest.raises(UnsupportedModelError):
+        HypicExecutor(get_model("bamba"), config=ExecutorConfig(runtime="lean"))
+    assert HypicExecutor(get_model("bamba")).lean is None  # auto: the transformers path

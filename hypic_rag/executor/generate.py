@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from transformers import DynamicCache
@@ -31,32 +31,35 @@ class Sampler:
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
 
+def transformers_step(model: torch.nn.Module, cache: DynamicCache) -> Callable[[int, int], torch.Tensor]:
+    """One decode step on the transformers path: (token, position) -> next-token logits [vocab]."""
+
+    device = next(model.parameters()).device
+
+    def step(token: int, position: int) -> torch.Tensor:
+        out = model(input_ids=torch.tensor([[token]], device=device), past_key_values=cache,
+                    position_ids=torch.tensor([[position]], device=device), use_cache=True)
+        return out.logits[0, -1]
+
+    return step
+
+
 @torch.no_grad()
 def decode(
-    model: torch.nn.Module,
-    cache: DynamicCache,
+    step: Callable[[int, int], torch.Tensor],
     first_logits: torch.Tensor,
     position: int,
     max_new_tokens: int,
     sampler: Sampler,
     eos_ids: frozenset[int],
 ) -> Iterator[int]:
-    """Yield generated token ids; stops after an EOS token (which is yielded) or max_new_tokens."""
-    device = first_logits.device
+    """Yield generated token ids; stops after an EOS token (which is yielded) or max_new_tokens.
+    `step(token, position)` extends the request's state by one token and returns the next logits."""
     logits = first_logits
-    for step in range(max_new_tokens):
+    for i in range(max_new_tokens):
         token = sampler(logits)
         yield token
-        if token in eos_ids or step == max_new_tokens - 1:
+        if token in eos_ids or i == max_new_tokens - 1:
             return
-        out = model(
-            input_ids=torch.tensor([[token]], device=device),
-            past_key_values=cache,
-            position_ids=torch.tensor([[position]], device=device),
-            use_cache=True,
-        )
+        logits = step(token, position)
         position += 1
-        logits = out.logits[0, -1]
-
-
-

@@ -45,7 +45,9 @@ class LoadedModel:
     """One model and what every executor over it needs, read once.
 
     prefix_caches: the cache after each shared prefix, filled by the executors (read-only: an
-    executor copies one before extending it), so executors for several rungs run a prefix once."""
+    executor copies one before extending it), so executors for several rungs run a prefix once.
+    lean_runtimes: the lean runtime over this model after each shared prefix (runtime/), built on
+    first use by the executors that run on it."""
 
     model: torch.nn.Module
     tokenizer: object
@@ -58,6 +60,15 @@ class LoadedModel:
     eos_ids: frozenset[int]
     model_path: Path | None = None
     prefix_caches: dict = field(default_factory=dict, repr=False)
+    lean_runtimes: dict = field(default_factory=dict, repr=False)
+
+    def lean_runtime(self, shared_prefix: tuple[int, ...]):
+        """The lean runtime after `shared_prefix` (UnsupportedModelError for a family not ported)."""
+        if shared_prefix not in self.lean_runtimes:
+            from hypic_rag.runtime.lean_request import LeanRuntime
+
+            self.lean_runtimes[shared_prefix] = LeanRuntime(self.model, shared_prefix)
+        return self.lean_runtimes[shared_prefix]
 
     @classmethod
     def of(cls, model: torch.nn.Module, tokenizer=None, model_path: str | Path | None = None) -> "LoadedModel":
