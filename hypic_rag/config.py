@@ -141,7 +141,8 @@ class ExecutorConfig:
         supports it (every supported hybrid), with the question in the same forward; False runs one forward
         per segment, then the question. Same result.
     runtime: "transformers" runs every request through transformers' forward; "lean" runs full
-        prefill, the hypic rung and decoding on the lean runtime (runtime/: ported families only,
+        prefill, the prefix_cache baseline (the uncovered rest in one forward), the hypic rung and
+        decoding on the lean runtime (runtime/: ported families only,
         qwen3_5; other requests and rungs stay on transformers), "auto" (default) is lean on a CUDA
         device where the family is ported (a small request there is launch-bound) and transformers
         elsewhere (on CPU the transformers seam pass is as fast). Same results to ~1e-6.

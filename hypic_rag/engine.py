@@ -32,6 +32,7 @@ from hypic_rag.executor.validation import validated_ids, validated_request
 from hypic_rag.executor.prefix_cache import PrefixSnapshotCache, chain_keys
 from hypic_rag.models.fingerprint import ModelFingerprint, segment_key, tokens_digest
 from hypic_rag.models.loader import LoadedModel
+from hypic_rag.runtime.contexts import LeanState
 from hypic_rag.store.base import EntryStore
 from hypic_rag.store.memory import MemoryTier, on_device
 from hypic_rag.types import GenerationResult, SegmentEntry, Timings
@@ -93,7 +94,6 @@ class HypicExecutor:
         self.store: EntryStore = (
             store if store is not None else MemoryTier(capacity_bytes=2**62, device=self.device, name="memory")
         )
-        self.prefix_snapshots = PrefixSnapshotCache(self.config.prefix_cache_entries)
         self.miss_prefill: MissPrefill = miss_prefill or self.precompute_many
         if self.shared_prefix not in loaded.prefix_caches:  # run once per model and prefix
             loaded.prefix_caches[self.shared_prefix] = self._compute_prefix_cache()
@@ -102,6 +102,8 @@ class HypicExecutor:
                                     lambda segs: batched_precompute(self, segs), filler_token=0)
         self.dropped_entries = 0  # stored entries refused by the checks (then recomputed)
         self.lean = self._lean_runtime()  # None: every request runs through transformers' forward
+        self.prefix_snapshots = PrefixSnapshotCache(  # the prefix_cache rung's boundary snapshots
+            self.config.prefix_cache_entries, copy=cache_ops.clone_cache if self.lean is None else LeanState.copy)
 
     def _lean_runtime(self):
         wanted = self.config.runtime
@@ -253,6 +255,16 @@ class HypicExecutor:
         t0 = clock(self.device)
         keys = chain_keys(tokens_digest(self.shared_prefix), segs)
         covered, cache = self.prefix_snapshots.longest(keys)
+        if self.lean is not None:  # the uncovered rest in one forward, a snapshot at every boundary
+            state = cache if cache is not None else self.lean.prefix_state.copy()
+            load = clock(self.device) - t0
+            counts = _Counts(hits=covered, misses=len(segs) - covered, cached=state.length)
+            t0 = clock(self.device)
+            logits, state, snapshots = self.lean.prefix_fill(state, segs[covered:], question)
+            for key, snapshot in zip(keys[covered:], snapshots):
+                self.prefix_snapshots.store(key, snapshot)
+            return _Filled(state, self._lean_step(state), logits, state.length, counts,
+                           Timings(load=load, prefill=clock(self.device) - t0))
         cache = cache if cache is not None else self._start_cache()
         load = clock(self.device) - t0
         position = p0 + sum(len(s) for s in segs[:covered])

@@ -177,7 +177,7 @@ def test_families_not_ported_stay_on_the_transformers_path():
 def test_the_executor_runs_full_prefill_hypic_and_decoding_on_the_lean_runtime_when_asked():
     model = get_model("qwen3_5")
     segs, q = random_ids([30, 25, 40], seed=11), random_ids([6], seed=12)[0]
-    for mode in ("hypic", "full_recompute"):
+    for mode in ("hypic", "full_recompute", "prefix_cache"):
         plain = HypicExecutor(model, config=ExecutorConfig(mode=mode, runtime="transformers"), shared_prefix=PREFIX)
         lean = HypicExecutor(model, config=ExecutorConfig(mode=mode, runtime="lean"), shared_prefix=PREFIX,
                              store=plain.store)
@@ -192,3 +192,23 @@ def test_the_executor_runs_full_prefill_hypic_and_decoding_on_the_lean_runtime_w
     with pytest.raises(UnsupportedModelError):
         HypicExecutor(get_model("bamba"), config=ExecutorConfig(runtime="lean"))
     assert HypicExecutor(get_model("bamba")).lean is None  # auto: the transformers path
+
+
+def test_the_prefix_cache_baseline_prefills_the_rest_in_one_forward_with_a_snapshot_at_every_boundary():
+    model = get_model("qwen3_5")
+    pool = random_ids([30, 25, 40, 22, 35], seed=13)
+    q = random_ids([6], seed=14)[0]
+    lean = HypicExecutor(model, config=ExecutorConfig(mode="prefix_cache", runtime="lean"), shared_prefix=PREFIX)
+    full = HypicExecutor(model, config=ExecutorConfig(mode="full_recompute", runtime="transformers"),
+                         shared_prefix=PREFIX)
+    first = lean.generate(pool[:4], q, max_new_tokens=8, ignore_eos=True)
+    assert (first.segment_hits, first.segment_misses) == (0, 4) and len(lean.prefix_snapshots) == 4
+    for segs in (pool[:2] + [pool[4]], pool[:4], pool[:3]):  # restores 2, 4 and 3 segments
+        got = lean.generate(segs, q, max_new_tokens=8, ignore_eos=True)
+        want = full.generate(segs, q, max_new_tokens=8, ignore_eos=True)
+        assert got.token_ids == want.token_ids
+        assert float((got.first_token_logits - want.first_token_logits).abs().max()) < TOL
+    runtime = lean.lean
+    ops_full = _ops(lambda: runtime.prefill([t for s in pool for t in s] + q))
+    ops_prefix = _ops(lambda: runtime.prefix_fill(runtime.prefix_state.copy(), pool, q))
+    assert ops_prefix <= 1.5 * ops_full  # one forward, not one per segment

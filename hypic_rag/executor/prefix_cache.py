@@ -26,8 +26,13 @@ def chain_keys(prefix_digest: str, segments: list[tuple[int, ...]]) -> list[str]
 
 
 class PrefixSnapshotCache:
-    def __init__(self, capacity: int):
+    """Snapshots by chain key. `copy` makes the private copy stored and handed out: a deep copy of a
+    transformers cache (its tensors are extended in place), or LeanState.copy (the lean runtime
+    never writes K/V in place, so a snapshot holds them by reference)."""
+
+    def __init__(self, capacity: int, copy=cache_ops.clone_cache):
         self.capacity = capacity
+        self.copy = copy
         self._snapshots: OrderedDict[str, DynamicCache] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -43,12 +48,12 @@ class PrefixSnapshotCache:
                 self._snapshots.move_to_end(keys[n - 1])
                 self.hits += n
                 self.misses += len(keys) - n
-                return n, cache_ops.clone_cache(snap)
+                return n, self.copy(snap)
         self.misses += len(keys)
         return 0, None
 
     def store(self, key: str, cache: DynamicCache) -> None:
-        self._snapshots[key] = cache_ops.clone_cache(cache)
+        self._snapshots[key] = self.copy(cache)
         self._snapshots.move_to_end(key)
         while len(self._snapshots) > self.capacity:
             self._snapshots.popitem(last=False)

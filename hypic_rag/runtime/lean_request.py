@@ -3,6 +3,7 @@
     runtime = LeanRuntime(model, shared_prefix)          # a transformers Qwen3.5 hybrid
     logits, state = runtime.prefill(prompt_ids)          # the plain baseline: one forward
     logits, state = runtime.hypic(entries, question)     # every seam and the question in one forward
+    logits, state, snapshots = runtime.prefix_fill(restored, segments, question)  # prefix-cache baseline
     tokens = runtime.decode(state, logits, 20)
 
 Entries are the store's SegmentEntry objects (built by the transformers path's precompute after the
@@ -19,6 +20,7 @@ import torch
 
 from hypic_rag.errors import RequestError
 from hypic_rag.runtime.contexts import ContinueFrom, LeanState
+from hypic_rag.runtime.prefix_runs import PrefixRuns
 from hypic_rag.runtime.qwen3_5 import LeanQwen3_5
 from hypic_rag.runtime.seam_chain import SeamChain, plan_request
 from hypic_rag.types import SegmentEntry
@@ -67,6 +69,20 @@ class LeanRuntime:
         chain = SeamChain(self.lean, plan, entries, self.prefix_state)
         hidden = self.lean.forward(plan.ids, plan.positions, chain)
         return self.lean.logits(hidden), chain.state
+
+    @torch.no_grad()
+    def prefix_fill(self, state: LeanState, segments: Sequence[Sequence[int]],
+                    question: Sequence[int]) -> tuple[torch.Tensor, LeanState, list[LeanState]]:
+        """The prefix-cache baseline after a restored `state` (the longest seen prefix, or the shared
+        prefix's): the uncovered `segments` and the question in one forward. Returns (logits, state,
+        a snapshot at the end of each segment)."""
+        widths = [len(s) for s in segments] + [len(question)]
+        start = state.length
+        positions = torch.arange(start, start + sum(widths), device=self.device)
+        context = PrefixRuns(self.lean, state, positions, widths)
+        ids = torch.tensor([t for s in segments for t in s] + list(question), device=self.device)
+        hidden = self.lean.forward(ids, positions, context)
+        return self.lean.logits(hidden), state, context.snapshots()
 
     @torch.no_grad()
     def step(self, state: LeanState, token: int) -> torch.Tensor:

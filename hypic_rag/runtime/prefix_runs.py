@@ -1,0 +1,96 @@
+"""The prefix-cache baseline on the lean runtime, as vLLM and SGLang run it for hybrids: the longest
+exactly-seen prefix of segments is restored, everything after it is prefilled in ONE forward, and
+a snapshot is kept at every segment boundary (K/V by reference, linear state and conv columns
+at that boundary) for later requests.
+
+A plain forward only returns the linear state after its last token. Here each uncovered segment
+(and the question) is one run of the same batched recurrence call, started from [0 | I] and
+padded to one width with steps that neither decay nor write; the chain over runs (no cached
+interiors between them: S_{r+1} = A_r S_r + B_r) gives the state at every boundary, by the same
+fixed-depth scan as the seam chain. Attention is ordinary causal attention over the restored K/V
+and the new tokens. So one forward yields the answer's logits and every boundary's snapshot.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from hypic_rag.runtime.contexts import ContinueFrom, LeanState, causal_conv
+from hypic_rag.runtime.seam_chain import affine_prefix
+
+
+class PrefixRuns(ContinueFrom):
+    """Continue `state` by the runs `widths` (uncovered segments, then the question) in one forward."""
+
+    def __init__(self, runtime, state: LeanState, positions: torch.Tensor, widths: list[int]):
+        super().__init__(runtime, state, positions)
+        k, device = runtime.conv_width, runtime.device
+        self.widths, self.width = widths, max(widths)
+        stream, windows, outputs, slots, ends, t = list(range(k)), [], [], [], [], 0
+        for r, w in enumerate(widths):
+            own = list(range(k + t, k + t + w))
+            windows += stream[-(k - 1):] + own + [0] * (self.width - w)
+            outputs += range(r * self.width, r * self.width + w)
+            slots += list(range(t, t + w)) + [0] * (self.width - w)
+            stream += own
+            ends.append(stream[-k:])
+            t += w
+        as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
+        self.windows, self.outputs, self.slots = as_long(windows), as_long(outputs), as_long(slots)
+        self.ends = as_long(ends)  # [R, K] conv columns after each run
+        self.valid = torch.zeros(len(slots), 1, device=device)
+        self.valid[self.outputs] = 1.0
+        self.boundary_conv: dict[int, torch.Tensor] = {}  # layer -> [R, C, K]
+        self.boundary_state: dict[int, torch.Tensor] = {}  # layer -> [R, H, d_k, d_v] after each run
+
+    def conv(self, w, mixed: torch.Tensor) -> torch.Tensor:
+        k, runs = self.runtime.conv_width, len(self.widths)
+        before = self.state.conv.get(w.layer_idx)
+        if before is None:
+            before = mixed.new_zeros(mixed.shape[1], k)
+        columns = torch.cat([before.to(mixed.dtype), mixed.transpose(0, 1)], dim=-1)
+        self.boundary_conv[w.layer_idx] = columns[:, self.ends].transpose(0, 1)
+        self.state.conv[w.layer_idx] = self.boundary_conv[w.layer_idx][-1]
+        windows = columns.index_select(1, self.windows).view(columns.shape[0], runs, -1).transpose(0, 1)
+        out = causal_conv(windows.to(w.conv.dtype), w.conv)
+        return out.transpose(1, 2).reshape(runs * self.width, -1).to(mixed.dtype)  # run layout
+
+    def recur(self, w, q, k, v, g, beta) -> torch.Tensor:
+        runs, width = len(self.widths), self.width
+        g = g.index_select(0, self.slots) * self.valid
+        beta = beta.index_select(0, self.slots) * self.valid.to(beta.dtype)
+        d_k, d_v, heads = k.shape[-1], v.shape[-1], v.shape[-2]
+        v = F.pad(v, (0, d_k))
+        start = torch.cat([q.new_zeros(runs, heads, d_k, d_v, dtype=torch.float32),
+                           torch.eye(d_k, device=q.device).expand(runs, heads, d_k, d_k)], dim=-1)
+        out, final = self.runtime.recurrence(*(t.view(runs, width, *t.shape[1:]) for t in (q, k, v, g, beta)),
+                                             start, width)
+        final = final.float()
+        first = self.state.recurrent.get(w.layer_idx)
+        first = q.new_zeros(heads, d_k, d_v, dtype=torch.float32) if first is None else first.float()
+        prefix_p, prefix_q = affine_prefix(final[..., d_v:], final[..., :d_v])
+        after = torch.matmul(prefix_p, first) + prefix_q  # the state after each run
+        starts = torch.cat([first[None], after[:-1]])
+        self.boundary_state[w.layer_idx] = after
+        self.state.recurrent[w.layer_idx] = after[-1]
+        out = out[..., :d_v].float() + torch.matmul(out[..., d_v:].float().transpose(1, 2), starts).transpose(1, 2)
+        return out.reshape(runs * width, *out.shape[2:]).index_select(0, self.outputs).to(q.dtype)
+
+    def snapshots(self) -> list[LeanState]:
+        """The state after each run but the last (each uncovered segment's boundary): K/V as views of
+        the request's own tensors, no copy."""
+        self.finish()
+        out, length = [], self.state.length - sum(self.widths)
+        for r, w in enumerate(self.widths[:-1]):
+            length += w
+            out.append(LeanState([kv[:, :length] for kv in self.state.keys], [kv[:, :length] for kv in self.state.values],
+                                 self.state.positions[:length],
+                                 {i: c[r] for i, c in self.boundary_conv.items()},
+                                 {i: s[r] for i, s in self.boundary_state.items()}))
+        return out
+
+    def finish(self) -> None:
+        if not getattr(self, "_finished", False):
+            super().finish()
+            self._finished = True
