@@ -23,30 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import hypic_rag  # noqa: F401
 from hypic_rag import ExecutorConfig, HypicExecutor
 from hypic_rag.executor.clock import clock
 from hypic_rag.models.tiny import qwen3_5_style_config
+from hypic_rag.runtime.dispatch_count import kernel_ops as ops_of
 
 QUESTION_TOKENS = 24
-
-
-class KernelOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += not func.is_view
-        return func(*args, **(kwargs or {}))
-
-
-def ops_of(fn) -> int:
-    with KernelOps() as ops:
-        fn()
-    return ops.count
 
 
 def timed(device, fn) -> float:

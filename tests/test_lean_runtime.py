@@ -3,12 +3,12 @@ bucket padding, capture safety and the ops a request dispatches."""
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import get_model, random_ids, shipped_model
 from hypic_rag import ExecutorConfig, HypicExecutor
 from hypic_rag.config import Mode
 from hypic_rag.errors import UnsupportedModelError
+from hypic_rag.runtime.dispatch_count import kernel_ops as _ops
 from hypic_rag.runtime.lean_request import LeanRuntime
 from hypic_rag.runtime.seam_chain import SeamChain, affine_prefix, affine_prefix_ref, plan_request
 
@@ -125,24 +125,6 @@ def test_the_planned_request_compiles_as_one_graph_no_host_synchronisation():
     with torch.no_grad():
         compiled = torch.compile(request, fullgraph=True, backend="eager")(plan, entries, runtime.prefix_state)
         assert float((compiled - request(plan, entries, runtime.prefix_state)).abs().max()) == 0.0
-
-
-class _KernelOps(TorchDispatchMode):
-    """Counts the aten ops that compute (view and metadata ops launch no kernel and are not counted)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += not func.is_view
-        return func(*args, **(kwargs or {}))
-
-
-def _ops(fn) -> int:
-    with _KernelOps() as ops:
-        fn()
-    return ops.count
 
 
 @pytest.mark.parametrize("name", ["tiny qwen3_5", "shipped"])
