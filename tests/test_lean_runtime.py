@@ -194,3 +194,18 @@ def test_the_prefix_cache_baseline_prefills_the_rest_in_one_forward_with_a_snaps
     ops_full = _ops(lambda: runtime.prefill([t for s in pool for t in s] + q))
     ops_prefix = _ops(lambda: runtime.prefix_fill(runtime.prefix_state.copy(), pool, q))
     assert ops_prefix <= 1.5 * ops_full  # one forward, not one per segment
+
+
+def test_bf16_runs_on_the_lean_runtime_as_on_a_gpu():
+    from hypic_rag.models.tiny import tiny_model
+
+    model = tiny_model("qwen3_5").to(torch.bfloat16)  # its own copy: the shared tiny model stays fp32
+    segs, q = random_ids([30, 25, 40], seed=15), random_ids([6], seed=16)[0]
+    for mode in ("hypic", "full_recompute", "prefix_cache"):
+        plain = HypicExecutor(model, config=ExecutorConfig(mode=mode, runtime="transformers"), shared_prefix=PREFIX)
+        lean = HypicExecutor(model, config=ExecutorConfig(mode=mode, runtime="lean"), shared_prefix=PREFIX,
+                             store=plain.store)
+        want = plain.generate(segs, q, max_new_tokens=6, ignore_eos=True)
+        got = lean.generate(segs, q, max_new_tokens=6, ignore_eos=True)
+        assert got.token_ids == want.token_ids
+        assert float((got.first_token_logits - want.first_token_logits).abs().max()) < 0.05
