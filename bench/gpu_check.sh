@@ -4,6 +4,11 @@
 # 8 minutes on a fresh machine without network. Run from the repository root through the device
 # tool, carrying the wheels and Triton's autotuning cache:
 #     run(command="bash bench/gpu_check.sh", carry=[".whl", ".triton-cache"], timeout_s=540)
+# The wheels (git-ignored, 37 MB; the device image lacks these versions), built here with:
+#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#       transformers==5.23.0 flash-linear-attention==0.6.0 fla-core==0.6.0 diskcache==5.6.3 faiss-cpu==1.15.1 \
+#       huggingface-hub==2.4.0 tokenizers==0.23.3 safetensors==0.8.0
 # Results land in $OUT (lean_ttft_gpu.{md,json}, ttft_gpu.{md,json,png}, gpu_tests.txt and the
 # refreshed triton-cache.tgz); copy the reports into bench/results and commit them.
 set -u
