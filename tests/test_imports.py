@@ -95,3 +95,16 @@ def test_only_the_registry_names_model_types_and_every_family_has_an_adapter():
         text = path.read_text()
         named = [t for t in SUPPORTED if f'"{t}"' in text or f"'{t}'" in text]
         assert not named, f"{path.relative_to(ROOT)} dispatches on model types {named}"
+
+
+def test_every_package_ships_its_type_marker():
+    """PEP 561: type checkers read the annotations of the library and both integrations."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for project, package in ((root, "hypic_rag"), (root / "integrations/langchain", "langchain_hypic_rag"),
+                             (root / "integrations/llama_index", "llama_index_hypic_rag")):
+        assert (project / package / "py.typed").is_file()
+        data = tomllib.loads((project / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+        assert "py.typed" in data[package]
