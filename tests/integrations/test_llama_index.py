@@ -58,3 +58,16 @@ def test_lazy_store_dir():
     assert isinstance(llm.complete("Question: where?\nAnswer:").text, str)
     with pytest.raises(ValueError, match="pass rag="):
         HypicRAGLLM().complete("x")
+
+
+def test_llm_honours_stop_temperature_and_seed_per_call():
+    rag = demo_rag()
+    llm = HypicRAGLLM(rag=rag, max_new_tokens=12)
+    prompt = "Question: where?\nAnswer:"
+    full = llm.complete(prompt, temperature=0.0).text
+    assert len(full) > 2
+    stopped = llm.complete(prompt, stop=[full[1:3]])
+    assert stopped.text == full[: full.index(full[1:3])] and stopped.raw["finish_reason"] == "stop"
+    hot = [llm.complete(prompt, temperature=1.5, seed=s).text for s in (1, 1, 2, 3, 4)]
+    assert hot[0] == hot[1] and len(set(hot)) > 1  # the seed fixes a sample; temperature makes them differ
+    assert HypicRAGLLM(rag=rag, max_new_tokens=12, stop=[full[1:3]]).complete(prompt).text == stopped.text

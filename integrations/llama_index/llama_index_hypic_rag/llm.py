@@ -15,6 +15,10 @@ class HypicRAGLLM(CustomLLM):
     store_dir: str | None = Field(default=None, description="store built by `hypic-rag precompute`")
     max_new_tokens: int = Field(default=64)
     mode: str | None = Field(default=None, description="rung of the ablation ladder (default: the store's)")
+    temperature: float | None = Field(default=None, description="0 is greedy (default: the store's)")
+    top_p: float | None = Field(default=None)
+    seed: int | None = Field(default=None)
+    stop: list[str] | None = Field(default=None, description="strings that end decoding (excluded from the text)")
     model_name: str = Field(default="hypic-rag")
     _rag: Any = PrivateAttr(default=None)
 
@@ -41,8 +45,15 @@ class HypicRAGLLM(CustomLLM):
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        items = self.engine().stream_prompt(prompt, mode=kwargs.get("mode", self.mode),
-                                            max_new_tokens=kwargs.get("max_new_tokens", self.max_new_tokens))
+        """Per call, kwargs override the fields: mode, max_new_tokens (or max_tokens), temperature, top_p,
+        seed, stop. A stop string ends decoding; the text ends before it."""
+        engine = self.engine()
+        options = engine.options(
+            mode=kwargs.get("mode", self.mode),
+            max_new_tokens=kwargs.get("max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens)),
+            temperature=kwargs.get("temperature", self.temperature), top_p=kwargs.get("top_p", self.top_p),
+            seed=kwargs.get("seed", self.seed), stop=kwargs.get("stop", self.stop) or None)
+        items = engine.stream_prompt(prompt, options=options)
         text = ""
         for item in items:
             if isinstance(item, str):
