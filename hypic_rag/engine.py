@@ -305,8 +305,7 @@ class HypicExecutor:
             logits, state = self.lean.hypic(entries, question)
             counts.cached = state.length - len(question) - sum(e.seam_tokens for e in entries[1:])
             timings = Timings(load=load, precompute_misses=precompute_misses, seam=clock(self.device) - t0)
-            return _Filled(state, self._lean_step(state), logits, p0 + sum(len(s) for s in segs) + len(question),
-                           counts, timings)
+            return _Filled(state, self._lean_step(state), logits, state.length, counts, timings)
         cache = self._start_cache()
         report = compose_segments(self.model, self.spec, self.rotary_emb, cache, entries, mode, p0,
                                   self.mixers, self.config.batched_seams, list(question))

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 class LeanState:
     keys: list[torch.Tensor]  # per attention layer [kv_heads, T, D]
     values: list[torch.Tensor]
-    positions: torch.Tensor  # [T] long
+    positions: torch.Tensor  # [T] long: every position 0..T-1 once (in any order: a hypic state lists seams last)
     conv: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [C, K]
     recurrent: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [H, d_k, d_v]
 

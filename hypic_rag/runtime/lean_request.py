@@ -86,8 +86,9 @@ class LeanRuntime:
 
     @torch.no_grad()
     def step(self, state: LeanState, token: int) -> torch.Tensor:
-        """Extend `state` by one token at the next position: that token's next-token logits."""
-        return self._extend(state, [token], int(state.positions.max()) + 1 if state.length else 0)
+        """Extend `state` by one token at the next position (its length: a state holds every position
+        from 0 once), returning that token's next-token logits."""
+        return self._extend(state, [token], state.length)
 
     def decode(self, state: LeanState, logits: torch.Tensor, max_new_tokens: int,
                eos_ids: frozenset[int] = frozenset()) -> list[int]:

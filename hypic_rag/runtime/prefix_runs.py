@@ -14,10 +14,9 @@ and the new tokens. So one forward yields the answer's logits and every boundary
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from hypic_rag.runtime.contexts import ContinueFrom, LeanState, causal_conv
-from hypic_rag.runtime.seam_chain import affine_prefix
+from hypic_rag.runtime.contexts import ContinueFrom, LeanState
+from hypic_rag.runtime.seam_chain import affine_prefix, conv_runs, identity_starts, recur_runs, true_outputs
 
 
 class PrefixRuns(ContinueFrom):
@@ -43,6 +42,8 @@ class PrefixRuns(ContinueFrom):
         self.valid[self.outputs] = 1.0
         self.boundary_conv: dict[int, torch.Tensor] = {}  # layer -> [R, C, K]
         self.boundary_state: dict[int, torch.Tensor] = {}  # layer -> [R, H, d_k, d_v] after each run
+        rt = runtime
+        self._start = identity_starts(len(widths), rt.value_heads, rt.key_dim, rt.value_dim, device)
 
     def conv(self, w, mixed: torch.Tensor) -> torch.Tensor:
         k, runs = self.runtime.conv_width, len(self.widths)
@@ -52,30 +53,20 @@ class PrefixRuns(ContinueFrom):
         columns = torch.cat([before.to(mixed.dtype), mixed.transpose(0, 1)], dim=-1)
         self.boundary_conv[w.layer_idx] = columns[:, self.ends].transpose(0, 1)
         self.state.conv[w.layer_idx] = self.boundary_conv[w.layer_idx][-1]
-        windows = columns.index_select(1, self.windows).view(columns.shape[0], runs, -1).transpose(0, 1)
-        out = causal_conv(windows.to(w.conv.dtype), w.conv)
-        return out.transpose(1, 2).reshape(runs * self.width, -1).to(mixed.dtype)  # run layout
+        return conv_runs(columns, self.windows, runs, w.conv)  # run layout
 
     def recur(self, w, q, k, v, g, beta) -> torch.Tensor:
-        runs, width = len(self.widths), self.width
-        g = g.index_select(0, self.slots) * self.valid
-        beta = beta.index_select(0, self.slots) * self.valid.to(beta.dtype)
-        d_k, d_v, heads = k.shape[-1], v.shape[-1], v.shape[-2]
-        v = F.pad(v, (0, d_k))
-        start = torch.cat([q.new_zeros(runs, heads, d_k, d_v, dtype=torch.float32),
-                           torch.eye(d_k, device=q.device).expand(runs, heads, d_k, d_k)], dim=-1)
-        out, final = self.runtime.recurrence(*(t.view(runs, width, *t.shape[1:]) for t in (q, k, v, g, beta)),
-                                             start, width)
-        final = final.float()
+        d_v, heads = v.shape[-1], v.shape[-2]
+        out, final = recur_runs(self.runtime, q, k, v, g, beta, self.slots, self.valid, len(self.widths), self.width,
+                                self._start)
         first = self.state.recurrent.get(w.layer_idx)
-        first = q.new_zeros(heads, d_k, d_v, dtype=torch.float32) if first is None else first.float()
+        first = q.new_zeros(heads, k.shape[-1], d_v, dtype=torch.float32) if first is None else first.float()
         prefix_p, prefix_q = affine_prefix(final[..., d_v:], final[..., :d_v])
         after = torch.matmul(prefix_p, first) + prefix_q  # the state after each run
         starts = torch.cat([first[None], after[:-1]])
         self.boundary_state[w.layer_idx] = after
         self.state.recurrent[w.layer_idx] = after[-1]
-        out = out[..., :d_v].float() + torch.matmul(out[..., d_v:].float().transpose(1, 2), starts).transpose(1, 2)
-        return out.reshape(runs * width, *out.shape[2:]).index_select(0, self.outputs).to(q.dtype)
+        return true_outputs(out, starts, d_v, self.outputs, q.dtype)
 
     def snapshots(self) -> list[LeanState]:
         """The state after each run but the last (each uncovered segment's boundary): K/V as views of

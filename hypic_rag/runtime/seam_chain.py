@@ -62,6 +62,38 @@ def affine_prefix_ref(p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, t
     return torch.stack(ps), torch.stack(qs)
 
 
+def identity_starts(runs: int, heads: int, d_k: int, d_v: int, device: torch.device) -> torch.Tensor:
+    """[0 | I] per run, [runs, H, d_k, d_v + d_k] fp32: a run from it returns its own [E | M]."""
+    eye = torch.eye(d_k, dtype=torch.float32, device=device)
+    return torch.cat([torch.zeros(runs, heads, d_k, d_v, device=device), eye.expand(runs, heads, d_k, d_k)], dim=-1)
+
+
+def conv_runs(columns: torch.Tensor, windows: torch.Tensor, runs: int, weight: torch.Tensor) -> torch.Tensor:
+    """The causal conv of every run at once: `windows` picks each run's K-1 earlier columns and its
+    own (padded) from `columns` [C, cols]; returns the run layout [runs * W, C]."""
+    gathered = columns.index_select(1, windows).view(columns.shape[0], runs, -1).transpose(0, 1)
+    out = causal_conv(gathered.to(weight.dtype), weight)  # [R, C, W]
+    return out.transpose(1, 2).reshape(-1, columns.shape[0]).to(columns.dtype)
+
+
+def recur_runs(runtime, q, k, v, g, beta, slots, valid, runs: int, width: int, start: torch.Tensor):
+    """Every run in one recurrence call from `start` ([0 | I] per run): q, k, v in the run layout, g and
+    beta per new token (gathered into the layout; padded slots neither decay nor write). Returns the
+    augmented outputs [R, W, H, d_v + d_k] and each run's own [E | M], fp32."""
+    g = g.index_select(0, slots) * valid
+    beta = beta.index_select(0, slots) * valid.to(beta.dtype)
+    v = F.pad(v, (0, k.shape[-1]))  # [v | 0]
+    out, final = runtime.recurrence(*(t.view(runs, width, *t.shape[1:]) for t in (q, k, v, g, beta)), start, width)
+    return out, final.float()
+
+
+def true_outputs(out: torch.Tensor, starts: torch.Tensor, d_v: int, outputs: torch.Tensor, dtype) -> torch.Tensor:
+    """o_t = o0_t + (q_t^T M_<=t) S_start of each run (the recurrence is linear in its start), back to
+    one row per new token [N, H, d_v]."""
+    out = out[..., :d_v].float() + torch.matmul(out[..., d_v:].float().transpose(1, 2), starts).transpose(1, 2)
+    return out.reshape(-1, *out.shape[2:]).index_select(0, outputs).to(dtype)
+
+
 @dataclass(frozen=True)
 class SeamPlan:
     """A hypic request's shape, as index tensors on the device (see the module docstring)."""
@@ -166,10 +198,7 @@ class SeamChain:
         self._e = torch.stack([e.linear[i].interior_state for i in linear for e in later]).float()
         self._m, self._e = self._m.view(layers, s, *self._m.shape[1:]), self._e.view(layers, s, *self._e.shape[1:])
         self._first = torch.stack([entries[0].linear[i].end_state for i in linear]).float()
-        h, d_k, d_v = self._e.shape[-3:]
-        eye = torch.eye(d_k, dtype=torch.float32, device=rt.device)
-        self._start = torch.cat([torch.zeros(s + 1, h, d_k, d_v, device=rt.device),
-                                 eye.expand(s + 1, h, d_k, d_k)], dim=-1)  # [0 | I] per run
+        self._start = identity_starts(s + 1, *self._e.shape[-3:], rt.device)
 
     def attend(self, index: int, k: torch.Tensor, v: torch.Tensor):
         keys = torch.cat([self.state.keys[index], self._keys[:, index], k.transpose(0, 1)], dim=1)
@@ -181,28 +210,18 @@ class SeamChain:
         plan = self.plan
         columns = torch.cat([self._tails[self._linear_at[w.layer_idx]].to(mixed.dtype), mixed.transpose(0, 1)], -1)
         self.state.conv[w.layer_idx] = columns.index_select(1, plan.conv_after)
-        runs = plan.seams + 1
-        windows = columns.index_select(1, plan.windows).view(columns.shape[0], runs, -1).transpose(0, 1)
-        out = causal_conv(windows.to(w.conv.dtype), w.conv)  # [R, C, W]
-        return out.transpose(1, 2).reshape(runs * plan.run_width, -1).to(mixed.dtype)  # run layout [R * W, C]
+        return conv_runs(columns, plan.windows, plan.seams + 1, w.conv)  # run layout [R * W, C]
 
     def recur(self, w, q, k, v, g, beta) -> torch.Tensor:
         """q, k, v in the run layout (from conv), g and beta per new token: every run (each seam, then
         the question) in one call from [0 | I]; padded slots decay nothing and write nothing."""
         plan, at, rt = self.plan, self._linear_at[w.layer_idx], self.runtime
-        runs, width, s = plan.seams + 1, plan.run_width, plan.seams
-        g = g.index_select(0, plan.slots) * plan.valid
-        beta = beta.index_select(0, plan.slots) * plan.valid.to(beta.dtype)
-        d_k, d_v = k.shape[-1], v.shape[-1]
-        v = F.pad(v, (0, d_k))  # [v | 0]
-        out, final = rt.recurrence(*(t.view(runs, width, *t.shape[1:]) for t in (q, k, v, g, beta)), self._start,
-                                   width)
-        final = final.float()  # each run's own [E | M]
+        s, d_v = plan.seams, v.shape[-1]
+        out, final = recur_runs(rt, q, k, v, g, beta, plan.slots, plan.valid, s + 1, plan.run_width, self._start)
         interior_m = self._m[at]
-        maps = torch.matmul(interior_m, final[:s]) + F.pad(self._e[at], (0, d_k))  # [M_j B_j + E_j | M_j A_j]
+        maps = torch.matmul(interior_m, final[:s]) + F.pad(self._e[at], (0, k.shape[-1]))  # [M_j B_j + E_j | M_j A_j]
         prefix_p, prefix_q = affine_prefix(maps[..., d_v:], maps[..., :d_v])
         first = self._first[at]
         starts = torch.cat([first[None], torch.matmul(prefix_p[:s], first) + prefix_q[:s]])  # each run's start
         self.state.recurrent[w.layer_idx] = final[s, ..., d_v:] @ starts[s] + final[s, ..., :d_v]
-        out = out[..., :d_v].float() + torch.matmul(out[..., d_v:].float().transpose(1, 2), starts).transpose(1, 2)
-        return out.reshape(runs * width, *out.shape[2:]).index_select(0, plan.outputs).to(q.dtype)
+        return true_outputs(out, starts, d_v, plan.outputs, q.dtype)
