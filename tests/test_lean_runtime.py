@@ -1,5 +1,7 @@
-"""The lean runtime against the transformers path: parity (full prefill, hypic, 20 decoded tokens),
-bucket padding, capture safety and the ops a request dispatches."""
+"""The lean runtime against the transformers path, for each ported family (Gated DeltaNet: Qwen3.5;
+Mamba2: Bamba, Granite-4.0-H with experts and RoPE, and dense with NoPE): parity (full prefill,
+every rung, hypic, 20 decoded tokens), bucket padding, capture safety and the ops a request
+dispatches."""
 
 import pytest
 import torch
@@ -10,15 +12,21 @@ from hypic_rag.config import Mode
 from hypic_rag.errors import UnsupportedModelError
 from hypic_rag.runtime.dispatch_count import kernel_ops as _ops
 from hypic_rag.runtime.lean_request import LeanRuntime
-from hypic_rag.runtime.seam_chain import SeamChain, affine_prefix, affine_prefix_ref, plan_request
+from hypic_rag.runtime.scan import affine_prefix, affine_prefix_ref, scalar_prefix
+from hypic_rag.runtime.seam_chain import SeamChain, plan_request
 
 PREFIX = (0, 5, 9)
 TOL = 1e-4
 
 
+TINY = {"tiny qwen3_5": "qwen3_5", "tiny bamba": "bamba", "tiny granite": "granitemoehybrid",
+        "tiny granite dense": "granitemoehybrid_dense"}
+PORTED = list(TINY) + ["shipped"]
+
+
 def _models():
     model, _ = shipped_model()
-    return {"tiny qwen3_5": get_model("qwen3_5"), "shipped": model}
+    return {**{name: get_model(family) for name, family in TINY.items()}, "shipped": model}
 
 
 def _transformers_steps(executor, segs, q, mode, steps):
@@ -47,7 +55,7 @@ def _max_diff(a, b):
     return max(float((x - y).abs().max()) for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("name", ["tiny qwen3_5", "shipped"])
+@pytest.mark.parametrize("name", PORTED)
 def test_full_prefill_and_20_decoded_tokens_match_transformers(name):
     model = _models()[name]
     vocab = model.config.get_text_config(decoder=True).vocab_size
@@ -59,7 +67,7 @@ def test_full_prefill_and_20_decoded_tokens_match_transformers(name):
     assert _max_diff(_lean_steps(runtime, logits, state, 20), reference) < TOL
 
 
-@pytest.mark.parametrize("name", ["tiny qwen3_5", "shipped"])
+@pytest.mark.parametrize("name", PORTED)
 @pytest.mark.parametrize("lengths,question,seam", [
     ([30, 25, 40, 33], 6, 8),    # question shorter than the seam: the question's run is padded
     ([20, 24], 19, 8),           # two segments, question longer than the seam: the seam's run is padded
@@ -81,8 +89,9 @@ def test_hypic_request_and_decoding_match_the_transformers_path(name, lengths, q
     assert float((logits - sequential.first_token_logits(segs, q)).abs().max()) < TOL  # one seam forward each
 
 
-def test_a_request_padded_into_a_larger_bucket_gives_the_same_logits():
-    model = get_model("qwen3_5")
+@pytest.mark.parametrize("family", ["qwen3_5", "bamba"])
+def test_a_request_padded_into_a_larger_bucket_gives_the_same_logits(family):
+    model = get_model(family)
     segs, q = random_ids([30, 25, 40], seed=4), random_ids([5], seed=5)[0]
     executor = HypicExecutor(model, config=ExecutorConfig(seam_tokens=8), shared_prefix=PREFIX)
     entries = [executor.ensure(s)[0] for s in segs]
@@ -102,6 +111,12 @@ def test_the_scan_equals_the_sequential_composition_at_any_depth():
         for steps in (0, 5):
             fast_p, fast_q = affine_prefix(p, q, min_steps=steps)
             assert torch.allclose(fast_p, ref_p, atol=1e-5) and torch.allclose(fast_q, ref_q, atol=1e-5)
+        decays = torch.rand(maps, 3, 1, 1, generator=g) * 0.9 + 0.05  # Mamba2: scalar decays in (0, 1)
+        decays[0, 0] = 0.0  # a decay that underflowed: nothing before it survives
+        q = torch.randn(maps, 3, 1, 7, generator=g)
+        ref_p, ref_q = affine_prefix_ref(decays, q)
+        fast_p, fast_q = scalar_prefix(decays, q)
+        assert torch.allclose(fast_p, ref_p, atol=1e-6) and torch.allclose(fast_q, ref_q, atol=1e-5)
 
 
 def _request_fn(runtime):
@@ -112,9 +127,10 @@ def _request_fn(runtime):
     return request
 
 
-def test_the_planned_request_compiles_as_one_graph_no_host_synchronisation():
+@pytest.mark.parametrize("family", ["qwen3_5", "bamba", "granitemoehybrid_dense"])
+def test_the_planned_request_compiles_as_one_graph_no_host_synchronisation(family):
     """torch.compile(fullgraph=True) refuses a .item(), a data-dependent shape or any other graph break."""
-    model = get_model("qwen3_5")
+    model = get_model(family)
     segs, q = random_ids([24, 24, 24, 24], seed=6), random_ids([6], seed=7)[0]
     executor = HypicExecutor(model, config=ExecutorConfig(seam_tokens=8), shared_prefix=PREFIX)
     entries = [executor.ensure(s)[0] for s in segs]
@@ -127,7 +143,7 @@ def test_the_planned_request_compiles_as_one_graph_no_host_synchronisation():
         assert float((compiled - request(plan, entries, runtime.prefix_state)).abs().max()) == 0.0
 
 
-@pytest.mark.parametrize("name", ["tiny qwen3_5", "shipped"])
+@pytest.mark.parametrize("name", ["tiny qwen3_5", "tiny bamba", "tiny granite dense", "shipped"])
 def test_a_hypic_request_dispatches_about_one_forward_whatever_the_segment_count(name):
     model = _models()[name]
     vocab = model.config.get_text_config(decoder=True).vocab_size
@@ -149,17 +165,20 @@ def test_a_hypic_request_dispatches_about_one_forward_whatever_the_segment_count
 
 def test_families_not_ported_stay_on_the_transformers_path():
     with pytest.raises(UnsupportedModelError, match="transformers path"):
-        LeanRuntime(get_model("bamba"))
+        LeanRuntime(get_model("falcon_h1"))
     runtime = LeanRuntime(get_model("qwen3_5"))
     executor = HypicExecutor(get_model("qwen3_5"), config=ExecutorConfig(seam_tokens=8))
     one = [executor.ensure(random_ids([20], seed=1)[0])[0]]
     assert not runtime.covers(one, [5, 6])
 
 
-def test_the_executor_runs_full_prefill_hypic_and_decoding_on_the_lean_runtime_when_asked():
-    model = get_model("qwen3_5")
+@pytest.mark.parametrize("family", ["qwen3_5", "bamba", "granitemoehybrid"])
+def test_the_executor_runs_every_rung_and_decoding_on_the_lean_runtime_when_asked(family):
+    """Full prefill, the prefix cache and hypic run on the lean runtime; the PIC rungs compose on the
+    transformers path inside the same executor. Every rung decodes what the transformers path does."""
+    model = get_model(family)
     segs, q = random_ids([30, 25, 40], seed=11), random_ids([6], seed=12)[0]
-    for mode in ("hypic", "full_recompute", "prefix_cache"):
+    for mode in Mode:
         plain = HypicExecutor(model, config=ExecutorConfig(mode=mode, runtime="transformers"), shared_prefix=PREFIX)
         lean = HypicExecutor(model, config=ExecutorConfig(mode=mode, runtime="lean"), shared_prefix=PREFIX,
                              store=plain.store)
@@ -172,12 +191,13 @@ def test_the_executor_runs_full_prefill_hypic_and_decoding_on_the_lean_runtime_w
     one = lean.generate(segs[:1], q, max_new_tokens=3)  # one segment: the transformers path, same answer
     assert one.token_ids == plain.generate(segs[:1], q, max_new_tokens=3).token_ids
     with pytest.raises(UnsupportedModelError):
-        HypicExecutor(get_model("bamba"), config=ExecutorConfig(runtime="lean"))
-    assert HypicExecutor(get_model("bamba")).lean is None  # auto: the transformers path
+        HypicExecutor(get_model("falcon_h1"), config=ExecutorConfig(runtime="lean"))
+    assert HypicExecutor(get_model("bamba")).lean is None  # auto on a CPU: the transformers path
 
 
-def test_the_prefix_cache_baseline_prefills_the_rest_in_one_forward_with_a_snapshot_at_every_boundary():
-    model = get_model("qwen3_5")
+@pytest.mark.parametrize("family", ["qwen3_5", "bamba"])
+def test_the_prefix_cache_baseline_prefills_the_rest_in_one_forward_with_a_snapshot_at_every_boundary(family):
+    model = get_model(family)
     pool = random_ids([30, 25, 40, 22, 35], seed=13)
     q = random_ids([6], seed=14)[0]
     lean = HypicExecutor(model, config=ExecutorConfig(mode="prefix_cache", runtime="lean"), shared_prefix=PREFIX)
@@ -196,10 +216,11 @@ def test_the_prefix_cache_baseline_prefills_the_rest_in_one_forward_with_a_snaps
     assert ops_prefix <= 1.5 * ops_full  # one forward, not one per segment
 
 
-def test_bf16_runs_on_the_lean_runtime_as_on_a_gpu():
+@pytest.mark.parametrize("family", ["qwen3_5", "bamba"])
+def test_bf16_runs_on_the_lean_runtime_as_on_a_gpu(family):
     from hypic_rag.models.tiny import tiny_model
 
-    model = tiny_model("qwen3_5").to(torch.bfloat16)  # its own copy: the shared tiny model stays fp32
+    model = tiny_model(family).to(torch.bfloat16)  # its own copy: the shared tiny model stays fp32
     segs, q = random_ids([30, 25, 40], seed=15), random_ids([6], seed=16)[0]
     for mode in ("hypic", "full_recompute", "prefix_cache"):
         plain = HypicExecutor(model, config=ExecutorConfig(mode=mode, runtime="transformers"), shared_prefix=PREFIX)

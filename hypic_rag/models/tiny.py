@@ -75,6 +75,20 @@ def _bamba(num_layers: int, attn_layers: tuple[int, ...]):
     )
 
 
+def _granite(experts: int, rope: bool):
+    from transformers import GraniteMoeHybridConfig
+
+    return GraniteMoeHybridConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, layer_types=["linear_attention", "full_attention", "linear_attention"],
+        mamba_n_heads=4, mamba_d_head=32, mamba_d_state=16, mamba_n_groups=2, mamba_d_conv=4, mamba_chunk_size=16,
+        num_local_experts=experts, num_experts_per_tok=2, shared_intermediate_size=96,
+        position_embedding_type="rope" if rope else None, embedding_multiplier=1.5, residual_multiplier=0.5,
+        attention_multiplier=0.2, logits_scaling=2.0, max_position_embeddings=4096, eos_token_id=1,
+        bos_token_id=0, pad_token_id=2,
+    )
+
+
 def _kimi_linear():
     from transformers import KimiLinearConfig
 
@@ -99,8 +113,9 @@ def _lfm2():
 
 
 def tiny_config(family: str):
-    """Configs by name: qwen3_5, qwen3_next, falcon_h1, bamba, kimi_linear, lfm2 (hybrids), and
-    qwen3_5_linear_only / bamba_linear_only (one linear layer, no attention)."""
+    """Configs by name: qwen3_5, qwen3_next, falcon_h1, bamba, granitemoehybrid (with experts and RoPE),
+    granitemoehybrid_dense (NoPE), kimi_linear, lfm2 (hybrids), and qwen3_5_linear_only /
+    bamba_linear_only (one linear layer, no attention)."""
     gdn3to1 = ("linear_attention", "linear_attention", "linear_attention", "full_attention")
     builders = {
         "qwen3_5": lambda: _qwen3_5(gdn3to1),
@@ -109,6 +124,8 @@ def tiny_config(family: str):
         "falcon_h1": lambda: _falcon_h1(2),
         "bamba": lambda: _bamba(3, (1,)),
         "bamba_linear_only": lambda: _bamba(1, ()),
+        "granitemoehybrid": lambda: _granite(4, rope=True),  # experts + shared MLP, RoPE, every multiplier set
+        "granitemoehybrid_dense": lambda: _granite(0, rope=False),  # shared MLP only, NoPE (as Granite-4.0-H ships)
         "kimi_linear": _kimi_linear,
         "lfm2": _lfm2,
     }

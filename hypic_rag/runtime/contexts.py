@@ -21,7 +21,7 @@ class LeanState:
     values: list[torch.Tensor]
     positions: torch.Tensor  # [T] long: every position 0..T-1 once (in any order: a hypic state lists seams last)
     conv: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [C, K]
-    recurrent: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [H, d_k, d_v]
+    recurrent: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> the family's state (fp32)
 
     @classmethod
     def empty(cls, runtime) -> "LeanState":
@@ -38,10 +38,10 @@ class LeanState:
         return int(self.positions.shape[0])
 
 
-def causal_conv(window: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def causal_conv(window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Depthwise causal conv + SiLU over windows [R, C, K-1+W] (each starting with its K-1 earlier
     columns): outputs [R, C, W]."""
-    return F.silu(F.conv1d(window, weight, groups=window.shape[1]))
+    return F.silu(F.conv1d(window, weight, bias, groups=window.shape[1]))
 
 
 class ContinueFrom:
@@ -64,14 +64,14 @@ class ContinueFrom:
             before = mixed.new_zeros(mixed.shape[1], k)
         columns = torch.cat([before, mixed.transpose(0, 1)], dim=-1)  # [C, K + N]
         self.state.conv[w.layer_idx] = columns[:, -k:]
-        return causal_conv(columns[None, :, 1:].to(w.conv.dtype), w.conv)[0].transpose(0, 1).to(mixed.dtype)
+        out = causal_conv(columns[None, :, 1:].to(w.conv.dtype), w.conv, w.conv_bias)[0]
+        return out.transpose(0, 1).to(mixed.dtype)
 
-    def recur(self, w, q, k, v, g, beta) -> torch.Tensor:
-        start = self.state.recurrent.get(w.layer_idx)
-        out, final = self.runtime.recurrence(q[None], k[None], v[None], g[None], beta[None],
-                                             None if start is None else start[None], self._n)
-        self.state.recurrent[w.layer_idx] = final[0]
-        return out[0]
+    def recur(self, w, inputs) -> torch.Tensor:
+        """The layer's recurrence over the new tokens from the state's (the family's inputs, token order)."""
+        out, self.state.recurrent[w.layer_idx] = w.recurrence.continue_from(
+            inputs, self.state.recurrent.get(w.layer_idx), self._n)
+        return out
 
     def attend(self, index: int, k: torch.Tensor, v: torch.Tensor):
         keys = torch.cat([self.state.keys[index], k.transpose(0, 1)], dim=1)

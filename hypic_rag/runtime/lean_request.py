@@ -1,6 +1,6 @@
 """A request on the lean runtime: full prefill, a hypic request from cached entries, and decoding.
 
-    runtime = LeanRuntime(model, shared_prefix)          # a transformers Qwen3.5 hybrid
+    runtime = LeanRuntime(model, shared_prefix)          # a transformers Qwen3.5, Bamba or Granite-4.0-H
     logits, state = runtime.prefill(prompt_ids)          # the plain baseline: one forward
     logits, state = runtime.hypic(entries, question)     # every seam and the question in one forward
     logits, state, snapshots = runtime.prefix_fill(restored, segments, question)  # prefix-cache baseline
@@ -18,17 +18,32 @@ from typing import Sequence
 
 import torch
 
-from hypic_rag.errors import RequestError
+from hypic_rag.errors import RequestError, UnsupportedModelError
 from hypic_rag.runtime.contexts import ContinueFrom, LeanState
 from hypic_rag.runtime.prefix_runs import PrefixRuns
+from hypic_rag.runtime.mamba2_hybrid import LeanMamba2Hybrid
+from hypic_rag.runtime.mamba2_hybrid import MODEL_TYPES as MAMBA2_TYPES
+from hypic_rag.runtime.qwen3_5 import MODEL_TYPES as QWEN3_5_TYPES
 from hypic_rag.runtime.qwen3_5 import LeanQwen3_5
 from hypic_rag.runtime.seam_chain import SeamChain, plan_request
 from hypic_rag.types import SegmentEntry
 
 
+LEAN_MODEL_TYPES = {**{t: LeanQwen3_5 for t in QWEN3_5_TYPES}, **{t: LeanMamba2Hybrid for t in MAMBA2_TYPES}}
+
+
+def lean_model(model: torch.nn.Module):
+    """The lean forward over `model`'s parameters, or UnsupportedModelError naming the ported types."""
+    model_type = model.config.get_text_config(decoder=True).model_type
+    if model_type not in LEAN_MODEL_TYPES:
+        raise UnsupportedModelError(
+            f"the lean runtime covers {', '.join(sorted(LEAN_MODEL_TYPES))}; {model_type} runs on the transformers path")
+    return LEAN_MODEL_TYPES[model_type](model)
+
+
 class LeanRuntime:
     def __init__(self, model: torch.nn.Module, shared_prefix: Sequence[int] = ()):
-        self.lean = LeanQwen3_5(model)
+        self.lean = lean_model(model)
         self.device = self.lean.device
         self.shared_prefix = tuple(shared_prefix)
         self.prefix_state = LeanState.empty(self.lean)

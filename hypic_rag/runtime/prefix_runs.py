@@ -4,7 +4,7 @@ a snapshot is kept at every segment boundary (K/V by reference, linear state and
 at that boundary) for later requests.
 
 A plain forward only returns the linear state after its last token. Here each uncovered segment
-(and the question) is one run of the same batched recurrence call, started from [0 | I] and
+(and the question) is one run of the same batched recurrence call (runtime/recurrences.py) and
 padded to one width with steps that neither decay nor write; the chain over runs (no cached
 interiors between them: S_{r+1} = A_r S_r + B_r) gives the state at every boundary, by the same
 fixed-depth scan as the seam chain. Attention is ordinary causal attention over the restored K/V
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from hypic_rag.runtime.contexts import ContinueFrom, LeanState
-from hypic_rag.runtime.seam_chain import affine_prefix, conv_runs, identity_starts, recur_runs, true_outputs
+from hypic_rag.runtime.seam_chain import conv_runs
 
 
 class PrefixRuns(ContinueFrom):
@@ -41,9 +41,7 @@ class PrefixRuns(ContinueFrom):
         self.valid = torch.zeros(len(slots), 1, device=device)
         self.valid[self.outputs] = 1.0
         self.boundary_conv: dict[int, torch.Tensor] = {}  # layer -> [R, C, K]
-        self.boundary_state: dict[int, torch.Tensor] = {}  # layer -> [R, H, d_k, d_v] after each run
-        rt = runtime
-        self._start = identity_starts(len(widths), rt.value_heads, rt.key_dim, rt.value_dim, device)
+        self.boundary_state: dict[int, torch.Tensor] = {}  # layer -> [R, ...] the state after each run
 
     def conv(self, w, mixed: torch.Tensor) -> torch.Tensor:
         k, runs = self.runtime.conv_width, len(self.widths)
@@ -53,20 +51,20 @@ class PrefixRuns(ContinueFrom):
         columns = torch.cat([before.to(mixed.dtype), mixed.transpose(0, 1)], dim=-1)
         self.boundary_conv[w.layer_idx] = columns[:, self.ends].transpose(0, 1)
         self.state.conv[w.layer_idx] = self.boundary_conv[w.layer_idx][-1]
-        return conv_runs(columns, self.windows, runs, w.conv)  # run layout
+        return conv_runs(columns, self.windows, runs, w)  # run layout
 
-    def recur(self, w, q, k, v, g, beta) -> torch.Tensor:
-        d_v, heads = v.shape[-1], v.shape[-2]
-        out, final = recur_runs(self.runtime, q, k, v, g, beta, self.slots, self.valid, len(self.widths), self.width,
-                                self._start)
+    def recur(self, w, inputs) -> torch.Tensor:
+        kind = w.recurrence
+        aux, runs = kind.runs(inputs, self.slots, self.valid, len(self.widths), self.width)  # [B | A] per run
+        e = runs.shape[-1] - runs.shape[-2]
         first = self.state.recurrent.get(w.layer_idx)
-        first = q.new_zeros(heads, k.shape[-1], d_v, dtype=torch.float32) if first is None else first.float()
-        prefix_p, prefix_q = affine_prefix(final[..., d_v:], final[..., :d_v])
+        first = runs.new_zeros(runs.shape[1:-1] + (e,)) if first is None else kind.matrix(first)
+        prefix_p, prefix_q = kind.prefix(runs[..., e:], runs[..., :e])
         after = torch.matmul(prefix_p, first) + prefix_q  # the state after each run
         starts = torch.cat([first[None], after[:-1]])
-        self.boundary_state[w.layer_idx] = after
-        self.state.recurrent[w.layer_idx] = after[-1]
-        return true_outputs(out, starts, d_v, self.outputs, q.dtype)
+        self.boundary_state[w.layer_idx] = kind.native(after)
+        self.state.recurrent[w.layer_idx] = self.boundary_state[w.layer_idx][-1]
+        return kind.outputs(aux, starts, self.outputs, inputs[0].dtype)
 
     def snapshots(self) -> list[LeanState]:
         """The state after each run but the last (each uncovered segment's boundary): K/V as views of

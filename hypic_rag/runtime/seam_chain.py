@@ -10,11 +10,12 @@ The math is executor/seam_pass.py's (read its docstring); what changes is how it
   - every per-segment tensor is gathered once per layer (one stack or one cat), never sliced per
     segment; the conv of every run is one batched call over gathered windows;
   - the linear states follow the chain S_{j+1} = M_j (A_j S_j + B_j) + E_j with the seams' own
-    (A_j, B_j) from one batched call started at [0 | I] (the question is one more run of that call;
+    (A_j, B_j) from one batched call of the family's recurrence (runtime/recurrences.py; the
+    question is one more run of that call;
     runs are padded to one width with steps of zero decay and zero write strength, which leave a
-    state as it is), composed by a log-depth scan over affine maps of a fixed depth (SCAN_STEPS),
-    so every request of up to 32 segments dispatches the same ops (`affine_prefix_ref` is the
-    plain sequential reference).
+    state as it is), composed by the family's prefix composition (runtime/scan.py: a log-depth scan of fixed depth
+    for matrices, a closed form for scalar decays), so every request of up to 32 segments
+    dispatches the same ops.
 """
 
 from __future__ import annotations
@@ -28,70 +29,12 @@ from hypic_rag.runtime.contexts import LeanState, causal_conv
 from hypic_rag.types import SegmentEntry
 
 
-SCAN_STEPS = 5  # every request up to 2**5 = 32 segments scans with the same ops (one CUDA graph shape)
-
-
-def affine_prefix(p: torch.Tensor, q: torch.Tensor, min_steps: int = SCAN_STEPS) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inclusive prefix compositions of maps f_j(S) = p_j S + q_j: F_j = f_j o ... o f_0, as (P, Q)
-    with F_j(S) = P_j S + Q_j. p [J, H, d, d], q [J, H, d, e].
-
-    Kogge-Stone over J maps: step s composes each map with the one 2**s before it (identity before
-    the first). At least `min_steps` steps run (a step reaching past the first map composes with
-    the identity: the same result, the same ops), so every J up to 2**min_steps dispatches the same
-    ops. Each map is kept as one [P | Q] matrix over J * H: f o g = [P_f P_g | P_f Q_g + Q_f], one
-    batched matmul-add and one concatenation a step."""
-    j, h, d, e = q.shape
-    steps = max(max(j - 1, 0).bit_length(), min_steps)
-    maps = torch.cat([p, q], dim=-1).reshape(j * h, d, d + e)
-    identity = torch.cat([torch.eye(d, dtype=p.dtype, device=p.device), p.new_zeros(d, e)], dim=-1)
-    identity = identity.expand(j * h, d, d + e)
-    for step in range(steps):
-        rows = min(1 << step, j) * h
-        earlier = torch.cat([identity[:rows], maps[: j * h - rows]])
-        maps = torch.baddbmm(F.pad(maps[..., d:], (d, 0)), maps[..., :d], earlier)
-    maps = maps.view(j, h, d, d + e)
-    return maps[..., :d], maps[..., d:]
-
-
-def affine_prefix_ref(p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference: the same compositions one map after another."""
-    ps, qs = [p[0]], [q[0]]
-    for j in range(1, p.shape[0]):
-        ps.append(p[j] @ ps[-1])
-        qs.append(p[j] @ qs[-1] + q[j])
-    return torch.stack(ps), torch.stack(qs)
-
-
-def identity_starts(runs: int, heads: int, d_k: int, d_v: int, device: torch.device) -> torch.Tensor:
-    """[0 | I] per run, [runs, H, d_k, d_v + d_k] fp32: a run from it returns its own [E | M]."""
-    eye = torch.eye(d_k, dtype=torch.float32, device=device)
-    return torch.cat([torch.zeros(runs, heads, d_k, d_v, device=device), eye.expand(runs, heads, d_k, d_k)], dim=-1)
-
-
-def conv_runs(columns: torch.Tensor, windows: torch.Tensor, runs: int, weight: torch.Tensor) -> torch.Tensor:
+def conv_runs(columns: torch.Tensor, windows: torch.Tensor, runs: int, w) -> torch.Tensor:
     """The causal conv of every run at once: `windows` picks each run's K-1 earlier columns and its
     own (padded) from `columns` [C, cols]; returns the run layout [runs * W, C]."""
     gathered = columns.index_select(1, windows).view(columns.shape[0], runs, -1).transpose(0, 1)
-    out = causal_conv(gathered.to(weight.dtype), weight)  # [R, C, W]
+    out = causal_conv(gathered.to(w.conv.dtype), w.conv, w.conv_bias)  # [R, C, W]
     return out.transpose(1, 2).reshape(-1, columns.shape[0]).to(columns.dtype)
-
-
-def recur_runs(runtime, q, k, v, g, beta, slots, valid, runs: int, width: int, start: torch.Tensor):
-    """Every run in one recurrence call from `start` ([0 | I] per run): q, k, v in the run layout, g and
-    beta per new token (gathered into the layout; padded slots neither decay nor write). Returns the
-    augmented outputs [R, W, H, d_v + d_k] and each run's own [E | M], fp32."""
-    g = g.index_select(0, slots) * valid
-    beta = beta.index_select(0, slots) * valid.to(beta.dtype)
-    v = F.pad(v, (0, k.shape[-1]))  # [v | 0]
-    out, final = runtime.recurrence(*(t.view(runs, width, *t.shape[1:]) for t in (q, k, v, g, beta)), start, width)
-    return out, final.float()
-
-
-def true_outputs(out: torch.Tensor, starts: torch.Tensor, d_v: int, outputs: torch.Tensor, dtype) -> torch.Tensor:
-    """o_t = o0_t + (q_t^T M_<=t) S_start of each run (the recurrence is linear in its start), back to
-    one row per new token [N, H, d_v]."""
-    out = out[..., :d_v].float() + torch.matmul(out[..., d_v:].float().transpose(1, 2), starts).transpose(1, 2)
-    return out.reshape(-1, *out.shape[2:]).index_select(0, outputs).to(dtype)
 
 
 @dataclass(frozen=True)
@@ -165,7 +108,7 @@ class SeamChain:
     each); the layer calls only select their layer's slice."""
 
     def __init__(self, runtime, plan: SeamPlan, entries: list[SegmentEntry], prefix: LeanState):
-        from hypic_rag.runtime.qwen3_5 import rotate
+        from hypic_rag.runtime.lean_model import rotate
 
         self.runtime, self.plan = runtime, plan
         rt, n, s = runtime, len(entries), plan.seams
@@ -184,21 +127,23 @@ class SeamChain:
         values = torch.cat([e.attention[a].values for a in attention for e in entries], dim=1)
         keys = keys.view(keys.shape[0], len(attention), length, -1).index_select(2, plan.kept_rows)
         values = values.view(values.shape[0], len(attention), length, -1).index_select(2, plan.kept_rows)
-        cos, sin = rt.rope(plan.shifts)
-        scaling = float(getattr(rt.rotary, "attention_scaling", 1.0) or 1.0)  # a shift is a pure rotation
-        keys = rotate(keys.permute(2, 0, 1, 3).float(), cos[:, None] / scaling, sin[:, None] / scaling)
-        self._keys = keys.to(values.dtype).permute(1, 2, 0, 3)  # [kv_heads, layers, kept, D]
+        rope = rt.rope(plan.shifts)
+        if rope is not None:  # NoPE keys stay as they are
+            cos, sin = rope
+            scaling = float(getattr(rt.rotary, "attention_scaling", 1.0) or 1.0)  # a shift is a pure rotation
+            keys = rotate(keys.permute(2, 0, 1, 3).float(), cos[:, None] / scaling, sin[:, None] / scaling)
+            keys = keys.to(values.dtype).permute(1, 2, 0, 3)
+        self._keys = keys  # [kv_heads, layers, kept, D]
         self._values = values
         # linear layers: conv tails [layers, C, n*K], interiors [layers, n-1, ...], exact first end states
         tails = torch.stack([e.linear[i].conv_tail for i in linear for e in entries])
         k = tails.shape[-1]
         self._tails = tails.view(layers, n, -1, k).transpose(1, 2).reshape(layers, -1, n * k)
-        later = entries[1:]
-        self._m = torch.stack([e.linear[i].interior_operator for i in linear for e in later]).float()
-        self._e = torch.stack([e.linear[i].interior_state for i in linear for e in later]).float()
+        later, kind = entries[1:], rt.linear_weights[rt.linear_layers[0]].recurrence  # one family per model
+        self._m = kind.entry_operator(torch.stack([e.linear[i].interior_operator for i in linear for e in later]))
+        self._e = kind.matrix(torch.stack([e.linear[i].interior_state for i in linear for e in later]))
         self._m, self._e = self._m.view(layers, s, *self._m.shape[1:]), self._e.view(layers, s, *self._e.shape[1:])
-        self._first = torch.stack([entries[0].linear[i].end_state for i in linear]).float()
-        self._start = identity_starts(s + 1, *self._e.shape[-3:], rt.device)
+        self._first = kind.matrix(torch.stack([entries[0].linear[i].end_state for i in linear]))
 
     def attend(self, index: int, k: torch.Tensor, v: torch.Tensor):
         keys = torch.cat([self.state.keys[index], self._keys[:, index], k.transpose(0, 1)], dim=1)
@@ -210,18 +155,19 @@ class SeamChain:
         plan = self.plan
         columns = torch.cat([self._tails[self._linear_at[w.layer_idx]].to(mixed.dtype), mixed.transpose(0, 1)], -1)
         self.state.conv[w.layer_idx] = columns.index_select(1, plan.conv_after)
-        return conv_runs(columns, plan.windows, plan.seams + 1, w.conv)  # run layout [R * W, C]
+        return conv_runs(columns, plan.windows, plan.seams + 1, w)  # run layout [R * W, C]
 
-    def recur(self, w, q, k, v, g, beta) -> torch.Tensor:
-        """q, k, v in the run layout (from conv), g and beta per new token: every run (each seam, then
-        the question) in one call from [0 | I]; padded slots decay nothing and write nothing."""
-        plan, at, rt = self.plan, self._linear_at[w.layer_idx], self.runtime
-        s, d_v = plan.seams, v.shape[-1]
-        out, final = recur_runs(rt, q, k, v, g, beta, plan.slots, plan.valid, s + 1, plan.run_width, self._start)
-        interior_m = self._m[at]
-        maps = torch.matmul(interior_m, final[:s]) + F.pad(self._e[at], (0, k.shape[-1]))  # [M_j B_j + E_j | M_j A_j]
-        prefix_p, prefix_q = affine_prefix(maps[..., d_v:], maps[..., :d_v])
+    def recur(self, w, inputs) -> torch.Tensor:
+        """Every run (each seam, then the question) in one call of the layer's recurrence from zero
+        (inputs in the run layout from conv, per-token ones gathered into it; padded slots decay nothing
+        and write nothing), chained through the cached interiors by the fixed-depth scan."""
+        plan, at, kind = self.plan, self._linear_at[w.layer_idx], w.recurrence
+        s = plan.seams
+        aux, runs = kind.runs(inputs, plan.slots, plan.valid, s + 1, plan.run_width)  # [R, H, d, e + d]: [B | A]
+        e = self._e.shape[-1]
+        maps = torch.matmul(self._m[at], runs[:s]) + F.pad(self._e[at], (0, runs.shape[-1] - e))  # [M B + E | M A]
+        prefix_p, prefix_q = kind.prefix(maps[..., e:], maps[..., :e])
         first = self._first[at]
         starts = torch.cat([first[None], torch.matmul(prefix_p[:s], first) + prefix_q[:s]])  # each run's start
-        self.state.recurrent[w.layer_idx] = final[s, ..., d_v:] @ starts[s] + final[s, ..., :d_v]
-        return true_outputs(out, starts, d_v, plan.outputs, q.dtype)
+        self.state.recurrent[w.layer_idx] = kind.native(runs[s, ..., e:] @ starts[s] + runs[s, ..., :e])
+        return kind.outputs(aux, starts, plan.outputs, inputs[0].dtype)
