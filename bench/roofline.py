@@ -79,3 +79,14 @@ def request_floors(model, segments: int, segment_tokens: int, question_tokens: i
     return {"full_floor_s": full_bytes / bw + full_flops / f, "hypic_floor_s": hypic_bytes / bw + hypic_flops / f,
             "full_flops": full_flops, "full_bytes": full_bytes, "hypic_flops": hypic_flops, "hypic_bytes": hypic_bytes,
             "hypic_forwards": forwards}
+
+
+def decode_floor(model, context_tokens: int, peaks: dict) -> float:
+    """Seconds: the floor of one decode step after `context_tokens` (every weight and the K/V read
+    once, 2 * params FLOPs)."""
+    shape = _shape(model.config)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    kv_bytes = 2 * shape["attn_layers"] * model.config.num_key_value_heads * model.config.head_dim \
+        * model.dtype.itemsize * context_tokens
+    dense = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+    return (weight_bytes + kv_bytes) / peaks["copy_bytes_per_s"] + 2 * dense / peaks["bf16_flops_per_s"]

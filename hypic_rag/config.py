@@ -137,6 +137,8 @@ class ExecutorConfig:
     prefix_cache_entries: how many segment-boundary snapshots the prefix_cache mode keeps.
     miss_batch_size: a request's cache misses of equal length are precomputed together, this many
         per batched forward (1: one forward per miss).
+    miss_batch_tokens: on the lean runtime, a request's misses of any lengths are precomputed in one
+        forward of up to this many tokens (more misses: a forward per this many tokens).
     batched_seams: recompute every seam of a request in one layer-major forward where the model
         supports it (every supported hybrid), with the question in the same forward; False runs one forward
         per segment, then the question. Same result.
@@ -156,6 +158,7 @@ class ExecutorConfig:
     seed: int | None = None
     prefix_cache_entries: int = 256
     miss_batch_size: int = 8
+    miss_batch_tokens: int = 32768
     batched_seams: bool = True
     runtime: str = "auto"
 
@@ -174,6 +177,8 @@ class ExecutorConfig:
             raise RequestError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         if not isinstance(self.miss_batch_size, int) or self.miss_batch_size < 1:
             raise RequestError(f"miss_batch_size must be an integer >= 1, got {self.miss_batch_size!r}")
+        if not isinstance(self.miss_batch_tokens, int) or self.miss_batch_tokens < 1:
+            raise RequestError(f"miss_batch_tokens must be an integer >= 1, got {self.miss_batch_tokens!r}")
 
     def request_options(self, **overrides) -> RequestOptions:
         """This config's per-request defaults (its mode and decoding), with the given fields (those not

@@ -163,3 +163,50 @@ def test_one_seam_pass_equals_a_forward_per_seam_on_cuda(family):
     one = HypicExecutor(model, config=ExecutorConfig(seam_tokens=8)).first_token_logits(segs, q)
     each = HypicExecutor(model, config=ExecutorConfig(seam_tokens=8, batched_seams=False)).first_token_logits(segs, q)
     assert rel_err(one, each) < 2e-3  # fla's chunked and fused-recurrent kernels differ at tf32 level
+
+
+LEAN_FAMILIES = ["qwen3_5", "bamba", "granitemoehybrid"]
+
+
+@pytest.mark.parametrize("family", LEAN_FAMILIES)
+def test_lean_runtime_on_cuda_matches_the_transformers_path_on_cuda(family):
+    """Full prefill, the prefix-cache baseline, a cold hypic request (its misses precomputed on the lean
+    runtime) and the same request warm, against transformers' forward on the same device."""
+    from hypic_rag.runtime.lean_request import LeanRuntime  # noqa: F401  (the import path the executor takes)
+
+    model = cuda_model(family)
+    *segs, q = random_ids([70, 45, 90, 33, 6], seed=5)
+    for mode in ("full_recompute", "prefix_cache", "hypic"):
+        plain = HypicExecutor(model, config=ExecutorConfig(mode=mode, runtime="transformers"))
+        lean = HypicExecutor(model, config=ExecutorConfig(mode=mode, runtime="lean"))
+        assert lean.lean is not None and plain.lean is None
+        want = plain.first_token_logits(segs, q)
+        for _ in range(2):  # cold, then warm (hypic: every entry stored by the cold request)
+            got = lean.first_token_logits(segs, q)
+            assert got.is_cuda and rel_err(got, want) < 5e-3, mode
+    decoded = HypicExecutor(model, config=ExecutorConfig(mode="hypic", runtime="lean")).generate(
+        segs, q, max_new_tokens=12, ignore_eos=True)
+    assert len(decoded.token_ids) == 12
+
+
+def test_mamba2_scan_runs_as_fla_simple_gla():
+    """Mamba2's SSD scan through fla's simple-GLA kernel (q = C, k = B, v = x dt, g = A dt) equals
+    transformers' plain chunk scan, from a zero and a given start, in outputs and final state."""
+    pytest.importorskip("fla")
+    from hypic_rag.runtime.lean_request import LeanRuntime
+    from hypic_rag.runtime.recurrences import Mamba2Recurrence
+
+    lean = LeanRuntime(cuda_model("bamba")).lean
+    fast = lean.linear_weights[lean.linear_layers[0]].recurrence
+    assert fast.fla is not None
+    plain = Mamba2Recurrence(fast.a, fast.skip[:, 0], fast.head_dim, fast.chunk_scan, fast.model_chunk)
+    plain.fla = None
+    g = torch.Generator(device="cuda").manual_seed(0)
+    runs, steps, heads, p, n = 3, 70, fast.a.shape[0], fast.head_dim, lean.state_size
+    x = torch.randn(runs, steps, heads, p, device="cuda", generator=g)
+    dt = torch.rand(runs, steps, heads, device="cuda", generator=g) * 0.1
+    b = torch.randn(runs, steps, lean.groups, n, device="cuda", generator=g)
+    c = torch.randn(runs, steps, lean.groups, n, device="cuda", generator=g)
+    for start in (None, torch.randn(runs, heads, p, n, device="cuda", generator=g)):
+        (out_fast, final_fast), (out_plain, final_plain) = fast.scan(x, dt, b, c, start), plain.scan(x, dt, b, c, start)
+        assert rel_err(out_fast, out_plain) < 5e-3 and rel_err(final_fast, final_plain) < 5e-3

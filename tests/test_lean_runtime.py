@@ -230,3 +230,51 @@ def test_bf16_runs_on_the_lean_runtime_as_on_a_gpu(family):
         got = lean.generate(segs, q, max_new_tokens=6, ignore_eos=True)
         assert got.token_ids == want.token_ids
         assert float((got.first_token_logits - want.first_token_logits).abs().max()) < 0.05
+
+
+@pytest.mark.parametrize("family", ["qwen3_5", "bamba", "granitemoehybrid"])
+def test_a_cold_requests_misses_precompute_in_one_forward_to_the_transformers_entries(family):
+    """Segments of any lengths (shorter than the seam, shorter than the conv kernel, long), each after
+    the shared prefix, in one forward: every entry equals executor/precompute.py's and passes the
+    executor's entry checks."""
+    model = get_model(family)
+    executor = HypicExecutor(model, config=ExecutorConfig(seam_tokens=8, runtime="transformers"), shared_prefix=PREFIX)
+    runtime = LeanRuntime(model, PREFIX)
+    segs = random_ids([30, 25, 40, 6, 8, 9, 2], seed=17)
+    entries = runtime.precompute(segs, 8, executor.fingerprint.to_string())
+    for seg, entry in zip(segs, entries):
+        assert executor.checker.problem(entry, tuple(seg)) is None
+        want = executor.precompute(seg)
+        for got_layer, want_layer in zip(entry.linear, want.linear):
+            for name in ("end_state", "interior_state", "interior_operator", "conv_tail"):
+                got, expected = getattr(got_layer, name), getattr(want_layer, name)
+                assert (got is None) == (expected is None), (name, len(seg))
+                if got is not None:
+                    assert float((got.float() - expected.float()).abs().max()) < TOL, (name, len(seg))
+        for got_layer, want_layer in zip(entry.attention, want.attention):
+            assert float((got_layer.keys - want_layer.keys).abs().max()) < TOL
+            assert float((got_layer.values - want_layer.values).abs().max()) < TOL
+    ops = _ops(lambda: runtime.precompute(segs, 8, "x"))
+    assert ops <= 2 * _ops(lambda: runtime.prefill([t for s in segs for t in s]))  # one forward, not one per length
+
+
+@pytest.mark.parametrize("family", ["qwen3_5", "bamba"])
+def test_a_request_at_zero_hits_runs_its_misses_and_its_seams_on_the_lean_runtime(family):
+    model = get_model(family)
+    segs, q = random_ids([30, 25, 40, 33], seed=18), random_ids([6], seed=19)[0]
+    plain = HypicExecutor(model, config=ExecutorConfig(mode="hypic", runtime="transformers"), shared_prefix=PREFIX)
+    lean = HypicExecutor(model, config=ExecutorConfig(mode="hypic", runtime="lean"), shared_prefix=PREFIX)
+    want = plain.generate(segs, q, max_new_tokens=8, ignore_eos=True)
+    got = lean.generate(segs, q, max_new_tokens=8, ignore_eos=True)  # an empty store: every segment misses
+    assert (got.segment_hits, got.segment_misses) == (0, 4) and len(lean.store) == 4
+    assert got.token_ids == want.token_ids
+    assert float((got.first_token_logits - want.first_token_logits).abs().max()) < TOL
+    counts = {}
+    for n in (3, 12):  # two forwards (the misses, then every seam and the question) whatever the segment count
+        cold = HypicExecutor(model, config=ExecutorConfig(mode="hypic", runtime="lean"), shared_prefix=PREFIX)
+        cold.generate(random_ids([20], seed=20), q, max_new_tokens=1)  # the entry checker's reference, built once
+        many = random_ids([30] * n, seed=n)
+        counts[n] = _ops(lambda: cold.first_token_logits(many, q))
+        one_forward = _ops(lambda: cold.lean.prefill(random_ids([(n - 1) * 8 + len(q)], seed=1)[0]))
+        assert counts[n] <= 3.5 * one_forward, (n, counts[n], one_forward)
+    assert max(counts.values()) <= 1.1 * min(counts.values()), counts

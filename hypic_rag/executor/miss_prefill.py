@@ -31,9 +31,28 @@ def length_batches(segments: list[tuple[int, ...]], max_batch: int) -> list[list
     return groups
 
 
+def token_batches(segments: list[tuple[int, ...]], max_tokens: int) -> list[list[int]]:
+    """Consecutive indices of `segments` grouped into runs of at most `max_tokens` tokens (a longer
+    segment is a group of its own)."""
+    groups: list[list[int]] = []
+    used = 0
+    for i, ids in enumerate(segments):
+        if not groups or used + len(ids) > max_tokens:
+            groups.append([])
+            used = 0
+        groups[-1].append(i)
+        used += len(ids)
+    return groups
+
+
 def batched_precompute(executor: "HypicExecutor", segments: list[tuple[int, ...]],
                        max_batch: int | None = None) -> list[SegmentEntry]:
-    """Entries of `segments` computed on the executor's device, equal lengths in one forward."""
+    """Entries of `segments` computed on the executor's device: on the lean runtime every length in
+    one forward (config.miss_batch_tokens at a time), on transformers' equal lengths in one forward."""
+    if getattr(executor, "lean", None) is not None:
+        seam, fingerprint = executor.config.precompute_seam, executor.fingerprint.to_string()
+        return [entry for group in token_batches(segments, executor.config.miss_batch_tokens)
+                for entry in executor.lean.precompute([segments[i] for i in group], seam, fingerprint)]
     max_batch = max_batch or executor.config.miss_batch_size
     out: list[SegmentEntry | None] = [None] * len(segments)
     for group in length_batches(segments, max_batch):

@@ -36,6 +36,20 @@ def qwen3_5_style_config(vocab: int, hidden: int, layers: int | tuple[str, ...],
     )
 
 
+def bamba_style_config(vocab: int, hidden: int, layers: int, *, max_positions: int = 32768):
+    """A Bamba config at bench sizes: Mamba2 layers with one full-attention layer in four (as the
+    Qwen3.5-style one), Mamba2 heads of 64, state 64, one group, 8 attention heads over 2 KV heads."""
+    from transformers import BambaConfig
+
+    return BambaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
+        num_attention_heads=8, num_key_value_heads=2, mamba_n_heads=2 * hidden // 64, mamba_d_head=64,
+        mamba_d_state=64, mamba_n_groups=1, mamba_d_conv=4, mamba_chunk_size=256,
+        attn_layer_indices=[i for i in range(layers) if (i + 1) % 4 == 0],
+        max_position_embeddings=max_positions, eos_token_id=1, bos_token_id=0, pad_token_id=2,
+    )
+
+
 def _qwen3_5(layers: tuple[str, ...]):
     return qwen3_5_style_config(VOCAB, 64, layers, intermediate=128)
 

@@ -4,6 +4,7 @@
     logits, state = runtime.prefill(prompt_ids)          # the plain baseline: one forward
     logits, state = runtime.hypic(entries, question)     # every seam and the question in one forward
     logits, state, snapshots = runtime.prefix_fill(restored, segments, question)  # prefix-cache baseline
+    entries = runtime.precompute(segments, seam, fingerprint)  # a cold request's misses, one forward
     tokens = runtime.decode(state, logits, 20)
 
 Entries are the store's SegmentEntry objects (built by the transformers path's precompute after the
@@ -26,6 +27,7 @@ from hypic_rag.runtime.mamba2_hybrid import MODEL_TYPES as MAMBA2_TYPES
 from hypic_rag.runtime.qwen3_5 import MODEL_TYPES as QWEN3_5_TYPES
 from hypic_rag.runtime.qwen3_5 import LeanQwen3_5
 from hypic_rag.runtime.seam_chain import SeamChain, plan_request
+from hypic_rag.runtime.segment_runs import SegmentRuns
 from hypic_rag.types import SegmentEntry
 
 
@@ -84,6 +86,14 @@ class LeanRuntime:
         chain = SeamChain(self.lean, plan, entries, self.prefix_state)
         hidden = self.lean.forward(plan.ids, plan.positions, chain)
         return self.lean.logits(hidden), chain.state
+
+    @torch.no_grad()
+    def precompute(self, segments: Sequence[Sequence[int]], seam: int, fingerprint: str) -> list[SegmentEntry]:
+        """Entries of `segments` (any lengths, at least one token each), each after the shared prefix,
+        from one forward over all of them (runtime/segment_runs.py): a cold request's misses."""
+        context = SegmentRuns(self.lean, self.prefix_state, [tuple(int(t) for t in s) for s in segments], seam)
+        self.lean.forward(context.ids, context.positions, context)
+        return context.entries(fingerprint)
 
     @torch.no_grad()
     def prefix_fill(self, state: LeanState, segments: Sequence[Sequence[int]],

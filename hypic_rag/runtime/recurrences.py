@@ -37,6 +37,7 @@ def _expand_groups(t: torch.Tensor, heads: int) -> torch.Tensor:
 
 class GatedDeltaRecurrence:
     prefix = staticmethod(affine_prefix)
+    per_token = (3, 4)  # g and beta come one row per new token; q, k, v in the context's layout
 
     """The gated delta rule. inputs = (q, k, v, g, beta): q, k, v per row of the context's layout
     ([rows, H, D]), g and beta per new token ([N, H])."""
@@ -85,6 +86,10 @@ class GatedDeltaRecurrence:
     @staticmethod
     def entry_operator(operator: torch.Tensor) -> torch.Tensor:
         return operator.float()
+
+    @staticmethod
+    def operator_native(matrix: torch.Tensor) -> torch.Tensor:
+        return matrix
 
 
 class Mamba2Recurrence:
@@ -146,6 +151,7 @@ class Mamba2Recurrence:
         return out.reshape(-1, heads, p).index_select(0, rows)  # fp32, as the chunk scan returns it
 
     prefix = staticmethod(scalar_prefix)
+    per_token = (1,)  # dt
 
     @staticmethod
     def matrix(state: torch.Tensor) -> torch.Tensor:
@@ -157,6 +163,10 @@ class Mamba2Recurrence:
     @staticmethod
     def entry_operator(operator: torch.Tensor) -> torch.Tensor:
         return operator.float()[..., None, None]
+
+    @staticmethod
+    def operator_native(matrix: torch.Tensor) -> torch.Tensor:
+        return matrix[..., 0, 0]
 
 
 def _fla_simple_gla():

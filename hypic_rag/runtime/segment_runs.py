@@ -1,0 +1,144 @@
+"""The cold path on the lean runtime: every missing segment of a request precomputed in ONE forward.
+
+Each segment continues the shared prefix on its own (what executor/precompute.py does with one
+transformers forward per length group), so the segments ride side by side in one flat forward:
+  - attention: every new token sees the shared prefix and the earlier tokens of its own segment
+    (a position-causal mask within each segment); each segment's keys are rotated back by the
+    prefix length for its entry, as precompute stores them;
+  - conv: each segment's window starts from the shared prefix's conv columns, all segments in one
+    batched call (segment layout: one row block per segment, padded to the longest);
+  - recurrence: two batched calls per layer, one over every seam (width w) and one over every
+    interior (width of the longest), both through the family's `runs` from zero; the seam's end
+    state is A S_prefix + B, the interior's own (E, M) is the entry's, the true outputs follow
+    from each run's start, and the segment's end state is M S_seam_end + E.
+The forward's outputs equal a plain forward of each segment after the prefix; the entries equal
+executor/precompute.py's (tests/test_lean_runtime.py compares both).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hypic_rag.ops.rope import shift_keys
+from hypic_rag.runtime.contexts import LeanState
+from hypic_rag.runtime.seam_chain import conv_runs
+from hypic_rag.types import AttentionLayerEntry, LinearLayerEntry, SegmentEntry
+
+
+def _long(xs, device) -> torch.Tensor:
+    return torch.tensor(xs, dtype=torch.long, device=device)
+
+
+class _Runs:
+    """Index tensors of one batched recurrence call over one piece (seam or interior) of every segment."""
+
+    def __init__(self, pieces: list[tuple[int, int, int]], device):
+        """pieces: per segment (first token index, segment-layout row of that token, length)."""
+        self.width = max(max(n for _, _, n in pieces), 1)
+        layout, slots, rows = [], [], []
+        for r, (token, row, n) in enumerate(pieces):
+            layout += list(range(row, row + n)) + [0] * (self.width - n)
+            slots += list(range(token, token + n)) + [0] * (self.width - n)
+            rows += range(r * self.width, r * self.width + n)
+        self.runs = len(pieces)
+        self.layout, self.slots, self.rows = _long(layout, device), _long(slots, device), _long(rows, device)
+        self.valid = torch.zeros(len(slots), 1, device=device)
+        self.valid[self.rows] = 1.0
+
+
+class SegmentRuns:
+    """The forward context of a batch of segments, each after `prefix`; `entries()` after the forward."""
+
+    def __init__(self, runtime, prefix: LeanState, segments: list[tuple[int, ...]], seam: int):
+        self.runtime, self.prefix, self.segments = runtime, prefix, segments
+        device, k = runtime.device, runtime.conv_width
+        p0, lengths = prefix.length, [len(s) for s in segments]
+        self.seams = [min(seam, n) for n in lengths]
+        self.starts = [sum(lengths[:j]) for j in range(len(lengths))]
+        width = max(lengths)
+        self.width = width
+        ids, positions, owner, windows, tails = [], [], [], [], []
+        for j, (seg, start) in enumerate(zip(segments, self.starts)):
+            n = len(seg)
+            ids += seg
+            positions += range(p0, p0 + n)
+            owner += [j] * n
+            own = list(range(k + start, k + start + n))
+            windows += list(range(1, k)) + own + [0] * (width - n)
+            tails += (list(range(k)) + own)[-k:]
+        self.ids, self.positions = _long(ids, device), _long(positions, device)
+        owner_t = _long(owner, device)
+        new = (owner_t[None, :] == owner_t[:, None]) & (self.positions[None, :] <= self.positions[:, None])
+        self.mask = torch.cat([torch.ones(len(ids), p0, dtype=torch.bool, device=device), new], dim=1)
+        self.windows, self.tails = _long(windows, device), _long(tails, device)
+        self.seam_runs = _Runs([(s, j * width, w) for j, (s, w) in enumerate(zip(self.starts, self.seams))], device)
+        self.interior_runs = _Runs([(s + w, j * width + w, n - w) for j, (s, w, n) in
+                                    enumerate(zip(self.starts, self.seams, lengths))], device)
+        order = []  # token t of segment j: its row in [seam outputs | interior outputs]
+        seam_total, seam_seen, interior_seen = sum(self.seams), 0, 0
+        for w, n in zip(self.seams, lengths):
+            order += range(seam_seen, seam_seen + w)
+            order += range(seam_total + interior_seen, seam_total + interior_seen + n - w)
+            seam_seen, interior_seen = seam_seen + w, interior_seen + n - w
+        self.order = _long(order, device)
+        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.conv_tails: dict[int, torch.Tensor] = {}
+        self.states: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # end, E, M per segment
+
+    def attend(self, index: int, k: torch.Tensor, v: torch.Tensor):
+        self.kv[index] = (k.transpose(0, 1), v.transpose(0, 1))
+        keys = torch.cat([self.prefix.keys[index], k.transpose(0, 1)], dim=1)
+        values = torch.cat([self.prefix.values[index], v.transpose(0, 1)], dim=1)
+        return keys, values, self.mask
+
+    def conv(self, w, mixed: torch.Tensor) -> torch.Tensor:
+        k = self.runtime.conv_width
+        before = self.prefix.conv.get(w.layer_idx)
+        if before is None:
+            before = mixed.new_zeros(mixed.shape[1], k)
+        columns = torch.cat([before.to(mixed.dtype), mixed.transpose(0, 1)], dim=-1)
+        self.conv_tails[w.layer_idx] = columns.index_select(1, self.tails).view(columns.shape[0], -1, k)
+        return conv_runs(columns, self.windows, len(self.segments), w)  # segment layout [n * width, C]
+
+    def recur(self, w, inputs) -> torch.Tensor:
+        """Every seam from the prefix's state, every interior from its seam's end: two calls."""
+        kind, s, i, dtype = w.recurrence, self.seam_runs, self.interior_runs, inputs[0].dtype
+        aux, maps = kind.runs(self._gather(kind, inputs, s), s.slots, s.valid, s.runs, s.width)  # [B | A] per seam
+        e = maps.shape[-1] - maps.shape[-2]
+        start = self.prefix.recurrent.get(w.layer_idx)
+        start = maps.new_zeros(maps.shape[1:-1] + (e,)) if start is None else kind.matrix(start)
+        seam_out = kind.outputs(aux, start.expand(s.runs, *start.shape), s.rows, dtype)
+        seam_end = torch.matmul(maps[..., e:], start) + maps[..., :e]
+        aux, maps = kind.runs(self._gather(kind, inputs, i), i.slots, i.valid, i.runs, i.width)  # [E | M] each
+        interior_out = kind.outputs(aux, seam_end, i.rows, dtype)
+        end = torch.matmul(maps[..., e:], seam_end) + maps[..., :e]
+        self.states[w.layer_idx] = (kind.native(end), kind.native(maps[..., :e]), kind.operator_native(maps[..., e:]))
+        return torch.cat([seam_out, interior_out]).index_select(0, self.order)
+
+    @staticmethod
+    def _gather(kind, inputs, runs: _Runs) -> tuple:
+        """The conv's outputs (segment layout) into the runs' layout; per-token inputs as they are."""
+        return tuple(t if n in kind.per_token else t.index_select(0, runs.layout) for n, t in enumerate(inputs))
+
+    def entries(self, fingerprint: str) -> list[SegmentEntry]:
+        """One SegmentEntry per segment, as executor/precompute.py builds them (views of this batch's
+        tensors: no copy per segment; a store that serialises an entry copies it then)."""
+        rt, p0 = self.runtime, self.prefix.length
+        keys = {}
+        for index, (k, v) in self.kv.items():
+            if rt.rotary is not None and p0:
+                k = shift_keys(k, rt.rotary, -p0)
+            keys[index] = (k, v)
+        out = []
+        for j, (seg, start, seam) in enumerate(zip(self.segments, self.starts, self.seams)):
+            n = len(seg)
+            interior = seam < n
+            linear = tuple(
+                LinearLayerEntry(idx, self.states[idx][0][j], self.states[idx][1][j] if interior else None,
+                                 self.states[idx][2][j] if interior else None, self.conv_tails[idx][:, j])
+                for idx in rt.linear_layers)
+            attention = tuple(AttentionLayerEntry(idx, keys[a][0][:, start:start + n], keys[a][1][:, start:start + n])
+                              for a, idx in enumerate(rt.attention_layers))
+            out.append(SegmentEntry(token_ids=tuple(seg), seam_tokens=seam, fingerprint=fingerprint,
+                                    linear=linear, attention=attention))
+        return out
