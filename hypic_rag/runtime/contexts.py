@@ -44,6 +44,15 @@ def causal_conv(window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return F.silu(F.conv1d(window, weight, bias, groups=window.shape[1]))
 
 
+def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
+              scale: float) -> torch.Tensor:
+    """Queries q [N, heads, D] over keys/values [kv_heads, T, D] (grouped heads), mask [N, T] or None;
+    outputs [N, heads, D]."""
+    out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys[None], values[None], attn_mask=mask,
+                                         scale=scale, enable_gqa=q.shape[1] != keys.shape[0])
+    return out[0].transpose(0, 1)
+
+
 class ContinueFrom:
     """Extend `state` by new tokens at `positions` (after every cached position), in place."""
 
@@ -73,11 +82,12 @@ class ContinueFrom:
             inputs, self.state.recurrent.get(w.layer_idx), self._n)
         return out
 
-    def attend(self, index: int, k: torch.Tensor, v: torch.Tensor):
+    def attend(self, index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        """Append the new K/V of attention layer `index` to the state; the new queries' outputs [N, heads, D]."""
         keys = torch.cat([self.state.keys[index], k.transpose(0, 1)], dim=1)
         values = torch.cat([self.state.values[index], v.transpose(0, 1)], dim=1)
         self.state.keys[index], self.state.values[index] = keys, values
-        return keys, values, self.mask
+        return attention(q, keys, values, self.mask, scale)
 
     def finish(self) -> None:
         self.state.positions = torch.cat([self.state.positions, self.new_positions])

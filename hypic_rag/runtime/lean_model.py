@@ -131,10 +131,7 @@ class LeanHybrid:
             q, k = rms_norm(q, w.q_norm, self.eps), rms_norm(k, w.k_norm, self.eps)
         if rope is not None:
             q, k = rotate(q, *rope), rotate(k, *rope)
-        keys, values, mask = context.attend(w.index, k, v)  # [kv_heads, T, D] each, mask [N, T] or None
-        out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys[None], values[None], attn_mask=mask,
-                                             scale=w.scaling, enable_gqa=self.heads != self.kv_heads)
-        out = out[0].transpose(0, 1).reshape(n, -1)
+        out = context.attend(w.index, q, k, v, w.scaling).reshape(n, -1)  # the context knows where the keys are
         if gate is not None:
             out = out * torch.sigmoid(gate.reshape(n, -1))
         return linear(out, w.o, bo)

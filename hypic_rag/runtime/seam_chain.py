@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from hypic_rag.runtime.contexts import LeanState, causal_conv
+from hypic_rag.runtime.contexts import LeanState, attention, causal_conv
 from hypic_rag.types import SegmentEntry
 
 
@@ -145,11 +145,11 @@ class SeamChain:
         self._m, self._e = self._m.view(layers, s, *self._m.shape[1:]), self._e.view(layers, s, *self._e.shape[1:])
         self._first = kind.matrix(torch.stack([entries[0].linear[i].end_state for i in linear]))
 
-    def attend(self, index: int, k: torch.Tensor, v: torch.Tensor):
+    def attend(self, index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         keys = torch.cat([self.state.keys[index], self._keys[:, index], k.transpose(0, 1)], dim=1)
         values = torch.cat([self.state.values[index], self._values[:, index], v.transpose(0, 1)], dim=1)
         self.state.keys[index], self.state.values[index] = keys, values
-        return keys, values, self.mask
+        return attention(q, keys, values, self.mask, scale)
 
     def conv(self, w, mixed: torch.Tensor) -> torch.Tensor:
         plan = self.plan

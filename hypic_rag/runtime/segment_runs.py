@@ -2,9 +2,10 @@
 
 Each segment continues the shared prefix on its own (what executor/precompute.py does with one
 transformers forward per length group), so the segments ride side by side in one flat forward:
-  - attention: every new token sees the shared prefix and the earlier tokens of its own segment
-    (a position-causal mask within each segment); each segment's keys are rotated back by the
-    prefix length for its entry, as precompute stores them;
+  - attention: every new token sees the shared prefix and the earlier tokens of its own segment,
+    one batch row per segment (segment layout), so it costs what per-segment forwards would, not
+    the square of the whole batch; each segment's keys are rotated back by the prefix length for
+    its entry, as precompute stores them;
   - conv: each segment's window starts from the shared prefix's conv columns, all segments in one
     batched call (segment layout: one row block per segment, padded to the longest);
   - recurrence: two batched calls per layer, one over every seam (width w) and one over every
@@ -18,6 +19,7 @@ executor/precompute.py's (tests/test_lean_runtime.py compares both).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from hypic_rag.ops.rope import shift_keys
 from hypic_rag.runtime.contexts import LeanState
@@ -57,19 +59,20 @@ class SegmentRuns:
         self.starts = [sum(lengths[:j]) for j in range(len(lengths))]
         width = max(lengths)
         self.width = width
-        ids, positions, owner, windows, tails = [], [], [], [], []
+        ids, positions, windows, tails = [], [], [], []
         for j, (seg, start) in enumerate(zip(segments, self.starts)):
             n = len(seg)
             ids += seg
             positions += range(p0, p0 + n)
-            owner += [j] * n
             own = list(range(k + start, k + start + n))
             windows += list(range(1, k)) + own + [0] * (width - n)
             tails += (list(range(k)) + own)[-k:]
         self.ids, self.positions = _long(ids, device), _long(positions, device)
-        owner_t = _long(owner, device)
-        new = (owner_t[None, :] == owner_t[:, None]) & (self.positions[None, :] <= self.positions[:, None])
-        self.mask = torch.cat([torch.ones(len(ids), p0, dtype=torch.bool, device=device), new], dim=1)
+        layout = [start + t if t < n else 0 for start, n in zip(self.starts, lengths) for t in range(width)]
+        self.layout_tokens = _long(layout, device)  # the token in each row of the segment layout (padding: 0)
+        self.token_rows = _long([j * width + t for j, n in enumerate(lengths) for t in range(n)], device)
+        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()  # padded rows: discarded
+        self.mask = torch.cat([torch.ones(width, p0, dtype=torch.bool, device=device), causal], dim=1)
         self.windows, self.tails = _long(windows, device), _long(tails, device)
         self.seam_runs = _Runs([(s, j * width, w) for j, (s, w) in enumerate(zip(self.starts, self.seams))], device)
         self.interior_runs = _Runs([(s + w, j * width + w, n - w) for j, (s, w, n) in
@@ -85,11 +88,20 @@ class SegmentRuns:
         self.conv_tails: dict[int, torch.Tensor] = {}
         self.states: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # end, E, M per segment
 
-    def attend(self, index: int, k: torch.Tensor, v: torch.Tensor):
+    def attend(self, index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        """Each segment's queries over the prefix and its own keys, one batch row per segment."""
         self.kv[index] = (k.transpose(0, 1), v.transpose(0, 1))
-        keys = torch.cat([self.prefix.keys[index], k.transpose(0, 1)], dim=1)
-        values = torch.cat([self.prefix.values[index], v.transpose(0, 1)], dim=1)
-        return keys, values, self.mask
+        n, width = len(self.segments), self.width
+
+        def rows(t: torch.Tensor) -> torch.Tensor:  # [N, h, D] -> [n, h, width, D]
+            return t.index_select(0, self.layout_tokens).view(n, width, *t.shape[1:]).transpose(1, 2)
+
+        prefix_k, prefix_v = self.prefix.keys[index], self.prefix.values[index]
+        keys = torch.cat([prefix_k.expand(n, *prefix_k.shape), rows(k)], dim=2)
+        values = torch.cat([prefix_v.expand(n, *prefix_v.shape), rows(v)], dim=2)
+        out = F.scaled_dot_product_attention(rows(q), keys, values, attn_mask=self.mask, scale=scale,
+                                             enable_gqa=q.shape[1] != k.shape[1])  # [n, heads, width, D]
+        return out.transpose(1, 2).reshape(n * width, *q.shape[1:]).index_select(0, self.token_rows)
 
     def conv(self, w, mixed: torch.Tensor) -> torch.Tensor:
         k = self.runtime.conv_width
