@@ -12,10 +12,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from hypic_rag.config import ExecutorConfig, Mode, PromptTemplate, RequestOptions
 from hypic_rag.engine import HypicExecutor
@@ -26,7 +25,8 @@ from hypic_rag.models.fingerprint import ModelFingerprint
 from hypic_rag.models.loader import LoadedModel, load_model
 from hypic_rag.precompute.pipeline import IngestReport, ingest_segments
 from hypic_rag.precompute.segmenter import Document, Segmenter, as_documents, check_segment_budget, load_corpus
-from hypic_rag.prompt_match import plan_prompt
+from hypic_rag.request_methods import RequestMethods, first_line  # noqa: F401  (first_line re-exported)
+from hypic_rag.request_worker import RequestWorker
 from hypic_rag.store.manifest import Manifest
 from hypic_rag.store.memory import MemoryTier
 from hypic_rag.store.tiered import StoreConfig, TieredStore
@@ -56,17 +56,14 @@ def _checked_question(question) -> str:
     return question
 
 
-def first_line(text: str) -> str:
-    return text.strip().split("\n", 1)[0].strip()
-
-
-class HypicRAG:
+class HypicRAG(RequestMethods):
     def __init__(self, directory, model, tokenizer, model_path, config, template, store_config, embedder,
                  max_segment_tokens, read_only=False):
         self.directory = Path(directory)
         if self.directory.exists() and not self.directory.is_dir():
             raise StoreError(f"{self.directory} is a file, not a store directory; pass a directory")
-        self._lock = threading.RLock()  # one request or ingest at a time on this model and store
+        self._lock = threading.RLock()  # guards the executors; only ever held on the worker thread by requests
+        self._worker = RequestWorker()  # the one owner of the model: requests and ingests run there in turn
         self.model, self.tokenizer, self.model_path = model, tokenizer, model_path
         self.template = template
         self.loaded = LoadedModel.of(model, tokenizer, model_path)  # shared by every executor below
@@ -152,14 +149,17 @@ class HypicRAG:
         if self.model_path is None:
             raise RequestError("Ray workers load the model from a checkpoint path: create this HypicRAG with "
                              "model='path/to/checkpoint' instead of a loaded model")
-        with self._lock:
-            if self.ray_prefill is not None:
-                self.ray_prefill.close()
-            self.ray_prefill = RayPrefill.for_executor(self.executor, self.model_path, ray_config)
-            self.executor = HypicExecutor(self.loaded, None, self.executor.config, self.shared_prefix,
-                                          self.store, miss_prefill=self.ray_prefill)
-            self._executors.clear()
-        return self.ray_prefill
+        def swap():
+            with self._lock:
+                if self.ray_prefill is not None:
+                    self.ray_prefill.close()
+                self.ray_prefill = RayPrefill.for_executor(self.executor, self.model_path, ray_config)
+                self.executor = HypicExecutor(self.loaded, None, self.executor.config, self.shared_prefix,
+                                              self.store, miss_prefill=self.ray_prefill)
+                self._executors.clear()
+            return self.ray_prefill
+
+        return self._worker.run(swap)  # after the requests already queued
 
     # ------------------------------------------------------------------ ingest
     def ingest(self, items: Iterable[str | Path | dict | Document], batch_size: int = 16, workers: int = 1,
@@ -188,8 +188,11 @@ class HypicRAG:
             segments += segmenter.split(d, None if split_progress is None else
                                         (lambda done, _, b=before: split_progress(b + done, total)))
             before += len(d.text)
-        with self._lock:
-            return ingest_segments(self, segments, len(docs), tuple(skipped), batch_size, workers, progress)
+        def run():
+            with self._lock:
+                return ingest_segments(self, segments, len(docs), tuple(skipped), batch_size, workers, progress)
+
+        return self._worker.run(run)  # on the model's owner, between requests
 
     # ------------------------------------------------------------------ query
     def retrieve(self, question: str, k: int = 4) -> list[RetrievedSegment]:
@@ -224,76 +227,6 @@ class HypicRAG:
         return self.executor.config.request_options(mode=mode, max_new_tokens=max_new_tokens, temperature=temperature,
                                                     top_p=top_p, seed=seed, stop=stop)
 
-    def stream(self, question: str, k: int = 4, mode: Mode | str | None = None,
-               max_new_tokens: int | None = None, segment_ids: list[str] | None = None,
-               temperature: float | None = None, top_p: float | None = None, seed: int | None = None,
-               stop: str | list[str] | None = None, options: RequestOptions | None = None) -> Iterator:
-        """Yield text pieces as they are generated, then the QueryResult as the last item.
-
-        The question is formatted with the store's template; segments are retrieved (top k) unless
-        segment_ids names them. The rung (mode) and decoding settings are this call's: pass them
-        one by one, or as one RequestOptions (`options`); those left None take the store's defaults.
-        Decoding ends at the first stop string, which the answer does not include."""
-        options = options or self.options(mode, max_new_tokens, temperature, top_p, seed, stop)
-        t0 = time.perf_counter()
-        segments = self._segments(question, k, segment_ids)
-        retrieval = time.perf_counter() - t0
-        token_lists = [s.record.token_ids for s in segments]
-        yield from self._run(token_lists, self.question_ids(question), segments, retrieval, options)
-
-    def query(self, question: str, k: int = 4, mode: Mode | str | None = None, max_new_tokens: int | None = None,
-              segment_ids: list[str] | None = None, temperature: float | None = None, top_p: float | None = None,
-              seed: int | None = None, stop: str | list[str] | None = None,
-              options: RequestOptions | None = None) -> QueryResult:
-        """stream(), collected: the QueryResult."""
-        *_, result = self.stream(question, k, mode, max_new_tokens, segment_ids, temperature, top_p, seed, stop,
-                                 options)
-        return result
-
-    def stream_prompt(self, prompt: str, mode: Mode | str | None = None,
-                      max_new_tokens: int | None = None, temperature: float | None = None,
-                      top_p: float | None = None, seed: int | None = None, stop: str | list[str] | None = None,
-                      options: RequestOptions | None = None) -> Iterator:
-        """Like stream, for a finished prompt with documents stuffed in as text: stored segments
-        found in it are reused from the cache, other text is computed as uncached segments, and the
-        text after the last segment is the question (used verbatim)."""
-        options = options or self.options(mode, max_new_tokens, temperature, top_p, seed, stop)
-        t0 = time.perf_counter()
-        plan = plan_prompt(prompt, self.index)
-        retrieval = time.perf_counter() - t0
-        token_lists, segments = [], []
-        for piece in plan.pieces:
-            if piece.record is not None:
-                record = self._checked(piece.record)
-                token_lists.append(record.token_ids)
-                segments.append(RetrievedSegment(record, float("nan"), len(segments)))
-            else:
-                token_lists.append(tuple(self.tokenizer.encode(piece.text, add_special_tokens=False)))
-        question_ids = self.tokenizer.encode(plan.question, add_special_tokens=False)
-        yield from self._run(token_lists, question_ids, segments, retrieval, options)
-
-    def query_prompt(self, prompt: str, mode: Mode | str | None = None, max_new_tokens: int | None = None,
-                     temperature: float | None = None, top_p: float | None = None,
-                     seed: int | None = None, stop: str | list[str] | None = None,
-                     options: RequestOptions | None = None) -> QueryResult:
-        """stream_prompt(), collected: the QueryResult."""
-        *_, result = self.stream_prompt(prompt, mode, max_new_tokens, temperature, top_p, seed, stop, options)
-        return result
-
-    def _run(self, token_lists, question_ids, segments, retrieval, options: RequestOptions) -> Iterator:
-        with self._lock:
-            executor = self.executor_for(options.mode)
-            before = {s.name: s.hits for s in self.store.stats()}
-            result = None
-            for event in executor.stream(token_lists, question_ids, options=options):
-                if event.result is not None:
-                    result = event.result
-                elif event.text:
-                    yield event.text
-            after = {s.name: s.hits for s in self.store.stats()}
-        tiers = {name: after[name] - before[name] for name in after}
-        yield QueryResult(first_line(result.text or ""), segments, result, retrieval, tiers)
-
     def _segments(self, question: str, k: int, segment_ids: list[str] | None) -> list[RetrievedSegment]:
         if segment_ids is None:
             return self.retrieve(question, k)
@@ -313,6 +246,8 @@ class HypicRAG:
                          len({r.doc_id for r in records}), self.store.stats())
 
     def close(self) -> None:
+        """Finish the requests already queued, then release the store, the index and any Ray workers."""
+        self._worker.close()
         if self.ray_prefill is not None:
             self.ray_prefill.close()
             self.ray_prefill = None

@@ -97,3 +97,33 @@ def test_plain_llm_wrapper_and_lazy_store_dir():
     assert isinstance(text, str)
     with pytest.raises(ValueError, match="pass rag="):
         HypicRAGLLM().invoke("x")
+
+
+def test_concurrent_ainvoke_then_astream_and_astream_events():
+    """The reported sequence: four ainvoke at once, then astream (it raised 'cannot release un-acquired
+    lock' and could hang), then astream_events; on a thread pool of eight."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from langchain_core.language_models import BaseLLM
+
+    rag = demo_rag()
+    prompt = f"Where was {demo_docs(12)[2]['title']} born?"
+    chat, llm = ChatHypicRAG(rag=rag, max_tokens=6), HypicRAGLLM(rag=rag, max_tokens=6)
+
+    async def main():
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(8))
+        answers = await asyncio.gather(*[chat.ainvoke(prompt) for _ in range(4)])
+        chunks = [c async for c in chat.astream(prompt)]
+        events = [e async for e in chat.astream_events(prompt, version="v2")]
+        texts = await asyncio.gather(*[llm.ainvoke(prompt) for _ in range(3)])
+        pieces = [p async for p in llm.astream(prompt)]
+        return answers, chunks, events, texts, pieces
+
+    answers, chunks, events, texts, pieces = asyncio.run(asyncio.wait_for(main(), 180))
+    assert len({a.content for a in answers}) == 1 and answers[0].content
+    assert "".join(c.content for c in chunks) == answers[0].content
+    streamed = [e["data"]["chunk"].content for e in events if e["event"] == "on_chat_model_stream"]
+    assert "".join(streamed) == answers[0].content
+    assert len(set(texts)) == 1 and "".join(pieces) == texts[0]
+    assert ChatHypicRAG._astream is not BaseChatModel._astream and HypicRAGLLM._astream is not BaseLLM._astream

@@ -71,3 +71,48 @@ def test_llm_honours_stop_temperature_and_seed_per_call():
     hot = [llm.complete(prompt, temperature=1.5, seed=s).text for s in (1, 1, 2, 3, 4)]
     assert hot[0] == hot[1] and len(set(hot)) > 1  # the seed fixes a sample; temperature makes them differ
     assert HypicRAGLLM(rag=rag, max_new_tokens=12, stop=[full[1:3]]).complete(prompt).text == stopped.text
+
+
+def test_one_callback_event_per_call_sync_and_async():
+    """complete, stream_complete, acomplete and astream_complete each emit one LLM event (token counters
+    built on the events count each call once)."""
+    import asyncio
+
+    from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler
+
+    handler = LlamaDebugHandler()
+    llm = HypicRAGLLM(rag=demo_rag(), max_new_tokens=6, callback_manager=CallbackManager([handler]))
+    prompt = "Question: where?\nAnswer:"
+    want = llm.complete(prompt).text
+    assert "".join(r.delta for r in llm.stream_complete(prompt)) == want
+
+    async def both():
+        text = (await llm.acomplete(prompt)).text
+        pieces = [r.delta async for r in await llm.astream_complete(prompt)]
+        return text, "".join(pieces)
+
+    assert asyncio.run(both()) == (want, want)
+    assert len(handler.get_event_pairs(CBEventType.LLM)) == 4
+
+
+def test_astream_complete_tasks_at_once_and_a_cancelled_one():
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    llm = HypicRAGLLM(rag=demo_rag(), max_new_tokens=6)
+    prompts = [f"Question: where was {d['title']} born?\nAnswer:" for d in demo_docs(12)[:3]]
+    want = [llm.complete(p).text for p in prompts]
+
+    async def one(prompt):
+        return "".join([r.delta async for r in await llm.astream_complete(prompt)])
+
+    async def main():
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(8))
+        cancelled = asyncio.create_task(one(prompts[0]))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        got = await asyncio.gather(*[one(p) for p in prompts])
+        return got, await asyncio.gather(cancelled, return_exceptions=True)
+
+    got, (outcome,) = asyncio.run(asyncio.wait_for(main(), 120))
+    assert got == want and isinstance(outcome, asyncio.CancelledError)

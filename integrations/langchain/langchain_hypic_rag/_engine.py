@@ -28,16 +28,27 @@ class HypicEngineMixin(BaseModel):
         return self._opened
 
 
-def run_generation(engine, *, prompt: str | None, question: str | None, segment_ids: list[str] | None,
-                   mode: str | None, max_new_tokens: int | None, temperature: float | None, stop: list[str] | None):
-    """Yield (text_delta, None) pieces, then (None, QueryResult). Decoding ends at the first stop string
-    (the engine stops there; the text excludes it and the finish reason is "stop")."""
+def _stream_of(engine, asynchronous: bool, *, prompt, question, segment_ids, mode, max_new_tokens, temperature,
+               stop, timeout):
     options = engine.options(mode=mode, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop or None)
     if segment_ids is not None:
         if not isinstance(segment_ids, (list, tuple)) or not all(isinstance(s, str) for s in segment_ids):
             raise ValueError("segment_ids must be a list of segment id strings")
-        items = engine.stream(question, segment_ids=list(segment_ids), options=options)
-    else:
-        items = engine.stream_prompt(prompt, options=options)
-    for item in items:
+        method = engine.astream if asynchronous else engine.stream
+        return method(question, segment_ids=list(segment_ids), options=options, timeout=timeout)
+    method = engine.astream_prompt if asynchronous else engine.stream_prompt
+    return method(prompt, options=options, timeout=timeout)
+
+
+def run_generation(engine, **request):
+    """Yield (text_delta, None) pieces, then (None, QueryResult). Decoding ends at the first stop string
+    (the engine stops there; the text excludes it and the finish reason is "stop"). The request runs
+    on the engine's worker thread; closing this generator cancels it."""
+    for item in _stream_of(engine, False, **request):
+        yield (item, None) if isinstance(item, str) else (None, item)
+
+
+async def arun_generation(engine, **request):
+    """run_generation for asyncio (native: no thread holds the model while the loop waits)."""
+    async for item in _stream_of(engine, True, **request):
         yield (item, None) if isinstance(item, str) else (None, item)

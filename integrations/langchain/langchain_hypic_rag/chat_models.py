@@ -7,17 +7,17 @@ stored segments found in the prompt are composed from the cache, the rest is pre
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Iterator
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams
-from langchain_core.language_models.chat_models import generate_from_stream
+from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from pydantic import Field
 
-from langchain_hypic_rag._engine import HypicEngineMixin, run_generation
+from langchain_hypic_rag._engine import HypicEngineMixin, arun_generation, run_generation
 
 
 def _text(message: BaseMessage) -> str:
@@ -57,35 +57,45 @@ class ChatHypicRAG(HypicEngineMixin, BaseChatModel):
             params["ls_stop"] = stop or self.stop
         return params
 
-    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+    def _request(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict) -> dict:
         if not messages:
             raise ValueError("ChatHypicRAG needs at least one message")
         humans = [m for m in messages if isinstance(m, HumanMessage)]
-        pieces = run_generation(
-            self.engine(),
-            prompt="\n".join(_text(m) for m in messages),
-            question=_text(humans[-1] if humans else messages[-1]),
-            segment_ids=kwargs.get("segment_ids"),
-            mode=kwargs.get("mode", self.mode),
-            max_new_tokens=kwargs.get("max_tokens", self.max_tokens),
-            temperature=kwargs.get("temperature", self.temperature),
-            stop=stop or self.stop,
+        return dict(prompt="\n".join(_text(m) for m in messages),
+                    question=_text(humans[-1] if humans else messages[-1]),
+                    segment_ids=kwargs.get("segment_ids"), mode=kwargs.get("mode", self.mode),
+                    max_new_tokens=kwargs.get("max_tokens", self.max_tokens),
+                    temperature=kwargs.get("temperature", self.temperature), stop=stop or self.stop,
+                    timeout=kwargs.get("timeout", self.timeout))
+
+    def _chunk(self, text: str | None, result) -> ChatGenerationChunk:
+        if result is None:
+            return ChatGenerationChunk(message=AIMessageChunk(content=text))
+        gen = result.generation
+        usage = UsageMetadata(input_tokens=gen.prompt_tokens, output_tokens=len(gen.token_ids),
+                              total_tokens=gen.prompt_tokens + len(gen.token_ids),
+                              input_token_details={"cache_read": gen.cached_tokens})
+        return ChatGenerationChunk(
+            message=AIMessageChunk(content="", usage_metadata=usage,
+                                   response_metadata={"model_name": self.model_name, **result.to_dict()},
+                                   chunk_position="last"),
         )
-        for text, result in pieces:
-            if result is None:
-                yield ChatGenerationChunk(message=AIMessageChunk(content=text))
-                continue
-            gen = result.generation
-            usage = UsageMetadata(input_tokens=gen.prompt_tokens, output_tokens=len(gen.token_ids),
-                                  total_tokens=gen.prompt_tokens + len(gen.token_ids),
-                                  input_token_details={"cache_read": gen.cached_tokens})
-            yield ChatGenerationChunk(
-                message=AIMessageChunk(content="", usage_metadata=usage,
-                                       response_metadata={"model_name": self.model_name, **result.to_dict()},
-                                       chunk_position="last"),
-            )
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        for text, result in run_generation(self.engine(), **self._request(messages, stop, kwargs)):
+            yield self._chunk(text, result)  # BaseChatModel reports each chunk to the callbacks
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        async for text, result in arun_generation(self.engine(), **self._request(messages, stop, kwargs)):
+            yield self._chunk(text, result)
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         return generate_from_stream(self._stream(messages, stop=stop, run_manager=run_manager, **kwargs))
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                         run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        return await agenerate_from_stream(self._astream(messages, stop=stop, run_manager=run_manager, **kwargs))

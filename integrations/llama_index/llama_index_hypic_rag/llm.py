@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, AsyncIterator, Iterator
 
-from llama_index.core.llms import CompletionResponse, CompletionResponseGen, CustomLLM, LLMMetadata
+from llama_index.core.llms import (
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    CustomLLM,
+    LLMMetadata,
+)
 from llama_index.core.llms.callbacks import llm_completion_callback
 from pydantic import Field, PrivateAttr
 
@@ -36,29 +42,57 @@ class HypicRAGLLM(CustomLLM):
         return LLMMetadata(context_window=positions or 4096, num_output=self.max_new_tokens,
                            model_name=self.model_name, is_chat_model=False)
 
-    @llm_completion_callback()
-    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        response = None
-        for response in self.stream_complete(prompt, formatted=formatted, **kwargs):
-            pass
-        return response
-
-    @llm_completion_callback()
-    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+    def _options(self, engine, kwargs: dict):
         """Per call, kwargs override the fields: mode, max_new_tokens (or max_tokens), temperature, top_p,
-        seed, stop. A stop string ends decoding; the text ends before it."""
-        engine = self.engine()
-        options = engine.options(
+        seed, stop, timeout. A stop string ends decoding; the text ends before it."""
+        return engine.options(
             mode=kwargs.get("mode", self.mode),
             max_new_tokens=kwargs.get("max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens)),
             temperature=kwargs.get("temperature", self.temperature), top_p=kwargs.get("top_p", self.top_p),
             seed=kwargs.get("seed", self.seed), stop=kwargs.get("stop", self.stop) or None)
-        items = engine.stream_prompt(prompt, options=options)
+
+    @staticmethod
+    def _response(text: str, item) -> CompletionResponse:
+        if isinstance(item, str):
+            return CompletionResponse(text=text, delta=item)
+        metadata = item.to_dict()
+        return CompletionResponse(text=text, delta="", raw=metadata, additional_kwargs=dict(metadata))
+
+    def _responses(self, prompt: str, kwargs: dict) -> Iterator[CompletionResponse]:
+        """The responses of one request (not a callback event of its own: each public method is one)."""
+        engine = self.engine()
         text = ""
-        for item in items:
-            if isinstance(item, str):
-                text += item
-                yield CompletionResponse(text=text, delta=item)
-            else:
-                metadata = item.to_dict()
-                yield CompletionResponse(text=text, delta="", raw=metadata, additional_kwargs=dict(metadata))
+        for item in engine.stream_prompt(prompt, options=self._options(engine, kwargs), timeout=kwargs.get("timeout")):
+            text += item if isinstance(item, str) else ""
+            yield self._response(text, item)
+
+    async def _aresponses(self, prompt: str, kwargs: dict) -> AsyncIterator[CompletionResponse]:
+        engine = self.engine()
+        text = ""
+        async for item in engine.astream_prompt(prompt, options=self._options(engine, kwargs),
+                                                timeout=kwargs.get("timeout")):
+            text += item if isinstance(item, str) else ""
+            yield self._response(text, item)
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        *_, last = self._responses(prompt, kwargs)
+        return last
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        """A response per text piece (text so far and the delta), then one carrying the QueryResult's
+        fields (cache hits, timings) as raw / additional_kwargs."""
+        return self._responses(prompt, kwargs)
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        last = None
+        async for last in self._aresponses(prompt, kwargs):
+            pass
+        return last
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False,
+                               **kwargs: Any) -> CompletionResponseAsyncGen:
+        return self._aresponses(prompt, kwargs)

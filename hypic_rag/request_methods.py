@@ -1,0 +1,146 @@
+"""HypicRAG's request methods: stream, query and their prompt and asyncio forms.
+
+Every request is retrieved (or matched against the prompt) on the caller's thread, then runs on the
+store's RequestWorker (hypic_rag/request_worker.py), the one owner of the model: a caller never
+holds a lock while it reads its stream, so streams may be read from any thread, from asyncio,
+abandoned or cancelled, and other requests are still served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import AsyncIterator, Iterator
+
+from hypic_rag.config import Mode, RequestOptions
+from hypic_rag.index.segment_index import RetrievedSegment
+from hypic_rag.prompt_match import plan_prompt
+from hypic_rag.request_worker import Job
+from hypic_rag.results import QueryResult
+
+
+def first_line(text: str) -> str:
+    return text.strip().split("\n", 1)[0].strip()
+
+
+class RequestMethods:
+    """Mixed into HypicRAG (which provides retrieval, the executors, the worker and the lock)."""
+
+    def _question_job(self, question, k, segment_ids, options: RequestOptions, timeout) -> Job:
+        t0 = time.perf_counter()
+        segments = self._segments(question, k, segment_ids)
+        retrieval = time.perf_counter() - t0
+        token_lists = [s.record.token_ids for s in segments]
+        question_ids = self.question_ids(question)
+        return self._submit(token_lists, question_ids, segments, retrieval, options, timeout)
+
+    def stream(self, question: str, k: int = 4, mode: Mode | str | None = None,
+               max_new_tokens: int | None = None, segment_ids: list[str] | None = None,
+               temperature: float | None = None, top_p: float | None = None, seed: int | None = None,
+               stop: str | list[str] | None = None, options: RequestOptions | None = None,
+               timeout: float | None = None) -> Iterator:
+        """Yield text pieces as they are generated, then the QueryResult as the last item.
+
+        The question is formatted with the store's template; segments are retrieved (top k) unless
+        segment_ids names them. The rung (mode) and decoding settings are this call's: pass them
+        one by one, or as one RequestOptions (`options`); those left None take the store's defaults.
+        Decoding ends at the first stop string, which the answer does not include. The request runs
+        on this store's worker thread: the stream may be read from any thread or abandoned (the
+        request stops at its next token); `timeout` (seconds, queueing included) cancels it and
+        raises RequestError."""
+        options = options or self.options(mode, max_new_tokens, temperature, top_p, seed, stop)
+        yield from self._question_job(question, k, segment_ids, options, timeout)
+
+    async def astream(self, question: str, k: int = 4, mode: Mode | str | None = None,
+                      max_new_tokens: int | None = None, segment_ids: list[str] | None = None,
+                      temperature: float | None = None, top_p: float | None = None, seed: int | None = None,
+                      stop: str | list[str] | None = None, options: RequestOptions | None = None,
+                      timeout: float | None = None) -> AsyncIterator:
+        """stream() for asyncio: the event loop never blocks; cancelling the task cancels the request."""
+        options = options or self.options(mode, max_new_tokens, temperature, top_p, seed, stop)
+        job = await asyncio.to_thread(self._question_job, question, k, segment_ids, options, timeout)
+        async for item in job.aiter():
+            yield item
+
+    def query(self, question: str, k: int = 4, mode: Mode | str | None = None, max_new_tokens: int | None = None,
+              segment_ids: list[str] | None = None, temperature: float | None = None, top_p: float | None = None,
+              seed: int | None = None, stop: str | list[str] | None = None,
+              options: RequestOptions | None = None, timeout: float | None = None) -> QueryResult:
+        """stream(), collected: the QueryResult."""
+        *_, result = self.stream(question, k, mode, max_new_tokens, segment_ids, temperature, top_p, seed, stop,
+                                 options, timeout)
+        return result
+
+    async def aquery(self, question: str, k: int = 4, mode: Mode | str | None = None,
+                     max_new_tokens: int | None = None, segment_ids: list[str] | None = None,
+                     temperature: float | None = None, top_p: float | None = None, seed: int | None = None,
+                     stop: str | list[str] | None = None, options: RequestOptions | None = None,
+                     timeout: float | None = None) -> QueryResult:
+        """astream(), collected: the QueryResult."""
+        items = [i async for i in self.astream(question, k, mode, max_new_tokens, segment_ids, temperature, top_p,
+                                               seed, stop, options, timeout)]
+        return items[-1]
+
+    def _prompt_job(self, prompt: str, options: RequestOptions, timeout) -> Job:
+        t0 = time.perf_counter()
+        plan = plan_prompt(prompt, self.index)
+        retrieval = time.perf_counter() - t0
+        token_lists, segments = [], []
+        for piece in plan.pieces:
+            if piece.record is not None:
+                record = self._checked(piece.record)
+                token_lists.append(record.token_ids)
+                segments.append(RetrievedSegment(record, float("nan"), len(segments)))
+            else:
+                token_lists.append(tuple(self.tokenizer.encode(piece.text, add_special_tokens=False)))
+        question_ids = self.tokenizer.encode(plan.question, add_special_tokens=False)
+        return self._submit(token_lists, question_ids, segments, retrieval, options, timeout)
+
+    def stream_prompt(self, prompt: str, mode: Mode | str | None = None,
+                      max_new_tokens: int | None = None, temperature: float | None = None,
+                      top_p: float | None = None, seed: int | None = None, stop: str | list[str] | None = None,
+                      options: RequestOptions | None = None, timeout: float | None = None) -> Iterator:
+        """Like stream, for a finished prompt with documents stuffed in as text: stored segments
+        found in it are reused from the cache, other text is computed as uncached segments, and the
+        text after the last segment is the question (used verbatim)."""
+        options = options or self.options(mode, max_new_tokens, temperature, top_p, seed, stop)
+        yield from self._prompt_job(prompt, options, timeout)
+
+    async def astream_prompt(self, prompt: str, mode: Mode | str | None = None,
+                             max_new_tokens: int | None = None, temperature: float | None = None,
+                             top_p: float | None = None, seed: int | None = None,
+                             stop: str | list[str] | None = None, options: RequestOptions | None = None,
+                             timeout: float | None = None) -> AsyncIterator:
+        """stream_prompt() for asyncio."""
+        options = options or self.options(mode, max_new_tokens, temperature, top_p, seed, stop)
+        job = await asyncio.to_thread(self._prompt_job, prompt, options, timeout)
+        async for item in job.aiter():
+            yield item
+
+    def query_prompt(self, prompt: str, mode: Mode | str | None = None, max_new_tokens: int | None = None,
+                     temperature: float | None = None, top_p: float | None = None,
+                     seed: int | None = None, stop: str | list[str] | None = None,
+                     options: RequestOptions | None = None, timeout: float | None = None) -> QueryResult:
+        """stream_prompt(), collected: the QueryResult."""
+        *_, result = self.stream_prompt(prompt, mode, max_new_tokens, temperature, top_p, seed, stop, options,
+                                        timeout)
+        return result
+
+    def _submit(self, token_lists, question_ids, segments, retrieval, options: RequestOptions, timeout) -> Job:
+        return self._worker.submit(lambda: self._execute(token_lists, question_ids, segments, retrieval, options),
+                                   timeout)
+
+    def _execute(self, token_lists, question_ids, segments, retrieval, options: RequestOptions) -> Iterator:
+        """On the worker thread: the request itself (text pieces, then the QueryResult)."""
+        with self._lock:
+            executor = self.executor_for(options.mode)
+            before = {s.name: s.hits for s in self.store.stats()}
+            result = None
+            for event in executor.stream(token_lists, question_ids, options=options):
+                if event.result is not None:
+                    result = event.result
+                elif event.text:
+                    yield event.text
+            after = {s.name: s.hits for s in self.store.stats()}
+        tiers = {name: after[name] - before[name] for name in after}
+        yield QueryResult(first_line(result.text or ""), segments, result, retrieval, tiers)
