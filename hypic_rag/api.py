@@ -57,6 +57,13 @@ def _checked_question(question) -> str:
 
 
 class HypicRAG(RequestMethods):
+    """A store directory (segment entries, FAISS index, manifest) with the model that answers from it.
+
+    Build one with `HypicRAG.create(directory, model=...)` or reopen one with
+    `HypicRAG.from_store(directory)`; use it as a context manager (or call close()) to release it.
+    Requests (query, stream, their prompt and asyncio forms) run one at a time on the store's worker
+    thread and may be issued from any thread or task."""
+
     def __init__(self, directory, model, tokenizer, model_path, config, template, store_config, embedder,
                  max_segment_tokens, read_only=False):
         self.directory = Path(directory)
@@ -245,8 +252,22 @@ class HypicRAG(RequestMethods):
                          None if self.model_path is None else str(self.model_path), len(records),
                          len({r.doc_id for r in records}), self.store.stats())
 
+    def __enter__(self) -> "HypicRAG":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"HypicRAG({str(self.directory)!r}, model={str(self.model_path or type(self.model).__name__)!r}, "
+                f"segments={len(self.index)}, mode={self.executor.config.mode.value!r})")
+
     def close(self) -> None:
-        """Finish the requests already queued, then release the store, the index and any Ray workers."""
+        """Finish the requests already queued, then release the store, the index and any Ray workers
+        (a second call does nothing)."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         self._worker.close()
         if self.ray_prefill is not None:
             self.ray_prefill.close()

@@ -8,8 +8,18 @@ from hypic_rag.index.segment_index import RetrievedSegment
 from hypic_rag.types import GenerationResult, Timings
 
 
-@dataclass(frozen=True)
+def short(text: str | None, limit: int = 60) -> str:
+    """repr of `text`, cut to `limit` characters with an ellipsis."""
+    if text is None:
+        return "None"
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+@dataclass(frozen=True, repr=False)
 class QueryResult:
+    """One answered question: the answer's first line, the segments it was answered from, the
+    generation (text, token ids, cache counts, timings) and the retrieval time."""
+
     answer: str
     segments: list[RetrievedSegment]
     generation: GenerationResult
@@ -23,6 +33,12 @@ class QueryResult:
     @property
     def timings(self) -> Timings:
         return self.generation.timings
+
+    def __repr__(self) -> str:
+        g = self.generation
+        return (f"QueryResult(answer={short(self.answer)}, segments={self.segment_ids}, hits={g.segment_hits}, "
+                f"misses={g.segment_misses}, cached_tokens={g.cached_tokens}/{g.prompt_tokens}, "
+                f"ttft={self.timings.ttft * 1000:.1f} ms, finish_reason={g.finish_reason!r})")
 
     def to_dict(self) -> dict:
         """The result's cache and timing figures as plain JSON values (what the integrations report

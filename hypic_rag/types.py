@@ -88,6 +88,12 @@ class Timings:
 class GenerationResult:
     """What one request produced."""
 
+    def __repr__(self) -> str:
+        text = self.text if self.text is None or len(self.text) <= 60 else self.text[:59] + "…"
+        return (f"GenerationResult(text={text!r}, tokens={len(self.token_ids)}, finish_reason={self.finish_reason!r}, "
+                f"prompt_tokens={self.prompt_tokens}, cached_tokens={self.cached_tokens}, hits={self.segment_hits}, "
+                f"misses={self.segment_misses}, ttft={self.timings.ttft * 1000:.1f} ms)")
+
     token_ids: tuple[int, ...]
     text: str | None
     finish_reason: str  # "eos" or "length"

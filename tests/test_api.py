@@ -107,3 +107,18 @@ def test_executors_over_one_model_share_its_bundle_and_prefix_cache(tmp_path):
     assert other.prefix_cache is rag.executor.prefix_cache is not None  # the system prompt ran once
     assert other.spec is rag.executor.spec and other.fingerprint != rag.executor.fingerprint  # seam 0 vs 8
     rag.close()
+
+
+def test_reprs_are_compact_and_the_store_closes_as_a_context_manager(tmp_path):
+    from conftest import demo_docs
+    from hypic_rag.api import SHIPPED_MODEL, HypicRAG
+
+    with HypicRAG.create(tmp_path / "store", model=SHIPPED_MODEL) as rag:
+        rag.ingest(demo_docs(3))
+        result = rag.query(f"Where was {demo_docs(3)[0]['title']} born?", k=2, max_new_tokens=8)
+        for thing in (result, result.generation, result.segments[0], result.segments[0].record, rag):
+            assert len(repr(thing)) < 400, repr(thing)
+        assert "QueryResult(answer=" in repr(result) and "token_ids" not in repr(result)
+    with pytest.raises(Exception, match="closed"):
+        rag.query("Where?", k=1)
+    rag.close()  # a second close does nothing

@@ -24,6 +24,12 @@ from hypic_rag.errors import RequestError, StoreError
 
 @dataclass(frozen=True)
 class SegmentRecord:
+    """One stored segment: its id, store key, document, title, text, token ids and metadata."""
+
+    def __repr__(self) -> str:
+        text = self.text if len(self.text) <= 40 else self.text[:39] + "…"
+        return f"SegmentRecord({self.segment_id!r}, title={self.title!r}, tokens={len(self.token_ids)}, text={text!r})"
+
     segment_id: str
     key: str
     doc_id: str
@@ -35,6 +41,11 @@ class SegmentRecord:
 
 @dataclass(frozen=True)
 class RetrievedSegment:
+    """A segment a retrieval returned, with its score and rank."""
+
+    def __repr__(self) -> str:
+        return f"RetrievedSegment({self.record.segment_id!r}, score={self.score:.3f}, rank={self.rank})"
+
     record: SegmentRecord
     score: float
     rank: int

@@ -127,3 +127,41 @@ def test_concurrent_ainvoke_then_astream_and_astream_events():
     assert "".join(streamed) == answers[0].content
     assert len(set(texts)) == 1 and "".join(pieces) == texts[0]
     assert ChatHypicRAG._astream is not BaseChatModel._astream and HypicRAGLLM._astream is not BaseLLM._astream
+
+
+def test_token_counts_model_name_and_usage_come_from_the_store():
+    """get_num_tokens / get_token_ids use the model's own tokenizer (no GPT-2 download); model_name is
+    the checkpoint's; the plain LLM reports usage with the cached prompt tokens too."""
+    rag = demo_rag()
+    chat, llm = ChatHypicRAG(rag=rag, max_tokens=4), HypicRAGLLM(rag=rag, max_tokens=4)
+    text = f"Where was {demo_docs(12)[1]['title']} born?"
+    want = rag.tokenizer.encode(text, add_special_tokens=False)
+    assert chat.get_token_ids(text) == want and llm.get_num_tokens(text) == len(want)
+    message = chat.invoke(text)
+    assert message.response_metadata["model_name"] == rag.model_path.name
+    assert ChatHypicRAG(rag=rag, model="mine").invoke(text).response_metadata["model_name"] == "mine"
+    info = llm.generate([text]).generations[0][0].generation_info
+    usage = info["usage_metadata"]
+    assert usage["input_tokens"] == message.usage_metadata["input_tokens"] > 0
+    assert usage["input_token_details"]["cache_read"] == message.usage_metadata["input_token_details"]["cache_read"]
+    assert info["model_name"] == rag.model_path.name
+
+
+def test_chat_messages_go_through_the_tokenizers_chat_template_with_their_roles():
+    from langchain_core.messages import AIMessage, SystemMessage
+
+    rag = demo_rag()
+    template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
+                "{% if add_generation_prompt %}<assistant>{% endif %}")
+    messages = [SystemMessage("Be brief."), HumanMessage("Hi"), AIMessage("Hello."),
+                HumanMessage(f"Where was {demo_docs(12)[3]['title']} born?")]
+    rendered = "<system>Be brief.\n<user>Hi\n<assistant>Hello.\n<user>" + messages[-1].content + "\n<assistant>"
+    previous = rag.tokenizer.chat_template
+    rag.tokenizer.chat_template = template
+    try:
+        got = ChatHypicRAG(rag=rag, max_tokens=5).invoke(messages)
+    finally:
+        rag.tokenizer.chat_template = previous
+    want = rag.query_prompt(rendered, max_new_tokens=5)
+    assert got.content == want.generation.text
+    assert got.usage_metadata["input_tokens"] == want.generation.prompt_tokens

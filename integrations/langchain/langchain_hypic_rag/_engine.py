@@ -27,6 +27,28 @@ class HypicEngineMixin(BaseModel):
             self._opened = HypicRAG.from_store(self.store_dir)
         return self._opened
 
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of `text` by the store's own model tokenizer (no download; opens the store)."""
+        return list(self.engine().tokenizer.encode(text, add_special_tokens=False))
+
+    def checkpoint_name(self) -> str | None:
+        """The model checkpoint's name (its directory, or its config's name), once the engine is open."""
+        rag = self.rag if self.rag is not None else self._opened
+        if rag is None:
+            return None
+        if getattr(rag, "model_path", None) is not None:
+            return str(rag.model_path).rstrip("/").rsplit("/", 1)[-1]
+        return getattr(rag.model.config, "name_or_path", None) or None
+
+
+def usage_metadata(result) -> dict:
+    """LangChain usage metadata of a QueryResult: prompt, output and total tokens, and the prompt
+    tokens read from the cache."""
+    gen = result.generation
+    return {"input_tokens": gen.prompt_tokens, "output_tokens": len(gen.token_ids),
+            "total_tokens": gen.prompt_tokens + len(gen.token_ids),
+            "input_token_details": {"cache_read": gen.cached_tokens}}
+
 
 def _stream_of(engine, asynchronous: bool, *, prompt, question, segment_ids, mode, max_new_tokens, temperature,
                stop, timeout):

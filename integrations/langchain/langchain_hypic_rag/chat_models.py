@@ -17,7 +17,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from pydantic import Field
 
-from langchain_hypic_rag._engine import HypicEngineMixin, arun_generation, run_generation
+from langchain_hypic_rag._engine import HypicEngineMixin, arun_generation, run_generation, usage_metadata
 
 
 def _text(message: BaseMessage) -> str:
@@ -27,8 +27,17 @@ def _text(message: BaseMessage) -> str:
     return "".join(b.get("text", "") if isinstance(b, dict) else str(b) for b in content)
 
 
+_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
+
+
 class ChatHypicRAG(HypicEngineMixin, BaseChatModel):
-    model_name: str = Field(default="hypic-rag", alias="model")
+    """A LangChain chat model answering from a hypic_rag store (`rag=HypicRAG(...)` or `store_dir=`).
+
+    Messages are rendered with the tokenizer's chat template when it has one (roles kept), otherwise
+    joined by newlines; stored segments found in the rendered prompt come from the cache. Per call:
+    segment_ids, mode, max_tokens, temperature, stop, timeout. model_name defaults to the checkpoint's."""
+
+    model_name: str | None = Field(default=None, alias="model")
     mode: str | None = None
     temperature: float | None = None
     max_tokens: int | None = None
@@ -43,11 +52,14 @@ class ChatHypicRAG(HypicEngineMixin, BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model_name": self.model_name, "mode": self.mode, "store_dir": self.store_dir}
+        return {"model_name": self._model_name(), "mode": self.mode, "store_dir": self.store_dir}
+
+    def _model_name(self) -> str:
+        return self.model_name or self.checkpoint_name() or "hypic-rag"
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
-            ls_provider="hypic_rag", ls_model_name=kwargs.get("model", self.model_name), ls_model_type="chat",
+            ls_provider="hypic_rag", ls_model_name=kwargs.get("model", self._model_name()), ls_model_type="chat",
             ls_temperature=kwargs.get("temperature", self.temperature),
         )
         max_tokens = kwargs.get("max_tokens", self.max_tokens)
@@ -61,23 +73,28 @@ class ChatHypicRAG(HypicEngineMixin, BaseChatModel):
         if not messages:
             raise ValueError("ChatHypicRAG needs at least one message")
         humans = [m for m in messages if isinstance(m, HumanMessage)]
-        return dict(prompt="\n".join(_text(m) for m in messages),
+        return dict(prompt=self._render(messages),
                     question=_text(humans[-1] if humans else messages[-1]),
                     segment_ids=kwargs.get("segment_ids"), mode=kwargs.get("mode", self.mode),
                     max_new_tokens=kwargs.get("max_tokens", self.max_tokens),
                     temperature=kwargs.get("temperature", self.temperature), stop=stop or self.stop,
                     timeout=kwargs.get("timeout", self.timeout))
 
+    def _render(self, messages: list[BaseMessage]) -> str:
+        """The prompt text: the chat template's rendering (with the generation prompt) where the
+        tokenizer has a template, else the messages' texts joined by newlines."""
+        tokenizer = self.engine().tokenizer
+        if getattr(tokenizer, "chat_template", None):
+            turns = [{"role": _ROLES.get(m.type, m.type), "content": _text(m)} for m in messages]
+            return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        return "\n".join(_text(m) for m in messages)
+
     def _chunk(self, text: str | None, result) -> ChatGenerationChunk:
         if result is None:
             return ChatGenerationChunk(message=AIMessageChunk(content=text))
-        gen = result.generation
-        usage = UsageMetadata(input_tokens=gen.prompt_tokens, output_tokens=len(gen.token_ids),
-                              total_tokens=gen.prompt_tokens + len(gen.token_ids),
-                              input_token_details={"cache_read": gen.cached_tokens})
         return ChatGenerationChunk(
-            message=AIMessageChunk(content="", usage_metadata=usage,
-                                   response_metadata={"model_name": self.model_name, **result.to_dict()},
+            message=AIMessageChunk(content="", usage_metadata=UsageMetadata(**usage_metadata(result)),
+                                   response_metadata={"model_name": self._model_name(), **result.to_dict()},
                                    chunk_position="last"),
         )
 

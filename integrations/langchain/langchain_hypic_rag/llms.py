@@ -6,12 +6,17 @@ from typing import Any, AsyncIterator, Iterator
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import LLM
-from langchain_core.outputs import GenerationChunk
+from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 
-from langchain_hypic_rag._engine import HypicEngineMixin, arun_generation, run_generation
+from langchain_hypic_rag._engine import HypicEngineMixin, arun_generation, run_generation, usage_metadata
 
 
 class HypicRAGLLM(HypicEngineMixin, LLM):
+    """A LangChain text-completion LLM answering from a hypic_rag store (prompt text in, completion
+    out); stored segments found in the prompt come from the cache. Per call: segment_ids, mode,
+    max_tokens, temperature, stop, timeout. The last chunk's generation_info carries the cache and
+    timing figures, usage_metadata (with the cached prompt tokens) and model_name."""
+
     mode: str | None = None
     temperature: float | None = None
     max_tokens: int | None = None
@@ -31,6 +36,10 @@ class HypicRAGLLM(HypicEngineMixin, LLM):
                     temperature=kwargs.get("temperature", self.temperature), stop=stop,
                     timeout=kwargs.get("timeout", self.timeout))
 
+    def _info(self, result) -> dict:
+        return {**result.to_dict(), "usage_metadata": usage_metadata(result),
+                "model_name": self.checkpoint_name() or "hypic-rag"}
+
     def _stream(self, prompt: str, stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
         for text, result in run_generation(self.engine(), **self._request(prompt, stop, kwargs)):
@@ -40,7 +49,7 @@ class HypicRAGLLM(HypicEngineMixin, LLM):
                     run_manager.on_llm_new_token(text, chunk=chunk)
                 yield chunk
             else:
-                yield GenerationChunk(text="", generation_info=result.to_dict())
+                yield GenerationChunk(text="", generation_info=self._info(result))
 
     async def _astream(self, prompt: str, stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
@@ -52,7 +61,7 @@ class HypicRAGLLM(HypicEngineMixin, LLM):
                     await run_manager.on_llm_new_token(text, chunk=chunk)
                 yield chunk
             else:
-                yield GenerationChunk(text="", generation_info=result.to_dict())
+                yield GenerationChunk(text="", generation_info=self._info(result))
 
     def _call(self, prompt: str, stop: list[str] | None = None,
               run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> str:
@@ -61,3 +70,20 @@ class HypicRAGLLM(HypicEngineMixin, LLM):
     async def _acall(self, prompt: str, stop: list[str] | None = None,
                      run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> str:
         return "".join([c.text async for c in self._astream(prompt, stop=stop, run_manager=run_manager, **kwargs)])
+
+    def _generate(self, prompts: list[str], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
+        """Each prompt's text with the last chunk's generation_info (cache figures, usage, model_name)."""
+        out = []
+        for prompt in prompts:
+            chunks = list(self._stream(prompt, stop=stop, run_manager=run_manager, **kwargs))
+            out.append([Generation(text="".join(c.text for c in chunks), generation_info=chunks[-1].generation_info)])
+        return LLMResult(generations=out)
+
+    async def _agenerate(self, prompts: list[str], stop: list[str] | None = None,
+                         run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
+        out = []
+        for prompt in prompts:
+            chunks = [c async for c in self._astream(prompt, stop=stop, run_manager=run_manager, **kwargs)]
+            out.append([Generation(text="".join(c.text for c in chunks), generation_info=chunks[-1].generation_info)])
+        return LLMResult(generations=out)
