@@ -23,8 +23,9 @@ from hypic_rag.index.embedder import DEFAULT_EMBEDDER, Embedder
 from hypic_rag.index.segment_index import RetrievedSegment, SegmentIndex, SegmentRecord
 from hypic_rag.models.fingerprint import ModelFingerprint
 from hypic_rag.models.loader import LoadedModel, load_model
-from hypic_rag.precompute.pipeline import IngestReport, ingest_segments
-from hypic_rag.precompute.segmenter import Document, Segmenter, as_documents, check_segment_budget, load_corpus
+from hypic_rag.precompute.pipeline import DeleteReport, IngestReport, ingest_segments, retire_documents
+from hypic_rag.precompute.corpus import Document, as_documents, load_corpus
+from hypic_rag.precompute.segmenter import Segmenter, check_segment_budget
 from hypic_rag.request_methods import RequestMethods, first_line  # noqa: F401  (first_line re-exported)
 from hypic_rag.request_worker import RequestWorker
 from hypic_rag.store.manifest import Manifest
@@ -54,6 +55,26 @@ def _checked_question(question) -> str:
         raise RequestError("question is not valid UTF-8 text (it holds undecodable bytes); "
                            "pass it as UTF-8") from None
     return question
+
+
+def _documents_of(items: list) -> tuple[list[Document], list[str]]:
+    """Documents (and skipped files) from a list of paths, texts, dicts and Documents."""
+    kinds = ["path" if isinstance(i, Path) or _is_existing_path(i) else "text" if isinstance(i, str) else "doc"
+             for i in items]
+    if "path" in kinds and "text" in kinds:
+        raise RequestError(
+            f"the items mix file paths (item {kinds.index('path')}) and texts (item {kinds.index('text')}); a text "
+            "cannot be told from a mistyped path: ingest paths and texts in separate calls, or pass texts as "
+            "{'text': ...} dicts")
+    paths = [i for i, kind in zip(items, kinds) if kind == "path"]
+    corpus = load_corpus(paths) if paths else None
+    docs = (corpus.documents if corpus else []) + as_documents([i for i, kind in zip(items, kinds) if kind != "path"])
+    seen: dict[str, Document] = {}
+    for doc in docs:
+        if doc.doc_id in seen and seen[doc.doc_id] != doc:
+            raise RequestError(f"two different documents have the id {doc.doc_id!r}; give each its own id")
+        seen[doc.doc_id] = doc
+    return list(seen.values()), (corpus.skipped if corpus else [])
 
 
 class HypicRAG(RequestMethods):
@@ -171,7 +192,11 @@ class HypicRAG(RequestMethods):
     # ------------------------------------------------------------------ ingest
     def ingest(self, items: Iterable[str | Path | dict | Document], batch_size: int = 16, workers: int = 1,
                progress=None, split_progress=None) -> IngestReport:
-        """Add documents: paths (files or directories), strings, or {"id", "text"[, "title"]} dicts.
+        """Add or update documents: paths (files or directories), texts, or {"id", "text"[, "title",
+        "metadata"]} dicts (hypic_rag/precompute/corpus.py says how ids are chosen). A document
+        already indexed with the same content is skipped; one with new content replaces its old
+        segments. Paths and plain texts cannot be mixed in one call (a mistyped path would become a
+        document); dicts mix with either.
 
         progress(done, total) counts segments stored; split_progress(done, total) counts characters
         segmented (a very long document takes a while before its first segment is stored)."""
@@ -183,11 +208,7 @@ class HypicRAG(RequestMethods):
         for name, value in (("batch_size", batch_size), ("workers", workers)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise RequestError(f"{name} must be an integer >= 1, got {value!r}")
-        if all(_is_existing_path(i) for i in items):
-            corpus = load_corpus(items)
-            docs, skipped = corpus.documents, corpus.skipped
-        else:
-            docs, skipped = as_documents(items), []
+        docs, skipped = _documents_of(items)
         segmenter = Segmenter(self.tokenizer, self.template, self.max_segment_tokens)
         total = sum(len(d.text) for d in docs)
         segments, before = [], 0
@@ -200,6 +221,18 @@ class HypicRAG(RequestMethods):
                 return ingest_segments(self, segments, len(docs), tuple(skipped), batch_size, workers, progress)
 
         return self._worker.run(run)  # on the model's owner, between requests
+
+    def delete(self, doc_ids: str | Iterable[str]) -> DeleteReport:
+        """Remove documents by id (their segments, and the store entries nothing else uses)."""
+        ids = [doc_ids] if isinstance(doc_ids, str) else list(doc_ids)
+        if not ids or not all(isinstance(d, str) and d for d in ids):
+            raise RequestError("delete takes one or more document ids (non-empty strings); see `hypic-rag inspect`")
+
+        def run():
+            with self._lock:
+                return retire_documents(self, ids)
+
+        return self._worker.run(run)
 
     # ------------------------------------------------------------------ query
     def retrieve(self, question: str, k: int = 4) -> list[RetrievedSegment]:

@@ -38,7 +38,8 @@ def test_precompute_query_inspect(tmp_path):
     store = tmp_path / "store"
     out = run("precompute", str(corpus), "--store", str(store), "--batch-size", "4")
     assert out.returncode == 0, out.stderr
-    assert "8 documents, 8 segments (8 new): 8 entries computed" in out.stderr
+    assert "8 documents (8 new, 0 updated, 0 unchanged), 8 segments (8 indexed now, 0 retired): 8 entries computed" \
+        in " ".join(out.stderr.split())
     name = demo_docs(8)[2]["title"]
     out = run("query", f"What is the home city of {name}?", "--store", str(store), "--k", "2", "--max-new-tokens", "4")
     assert out.returncode == 0, out.stderr
@@ -88,10 +89,11 @@ def test_sigkill_mid_precompute_loses_nothing_committed(tmp_path):
     assert 6 <= committed < len(docs), "the run must be killed part-way"
     out = run("precompute", str(corpus), "--store", str(store), "--batch-size", "8")
     assert out.returncode == 0, out.stderr
-    assert f"{len(docs)} segments ({len(docs) - committed} new)" in out.stderr
+    report = " ".join(out.stderr.split())  # rich wraps the line at 80 columns when piped
+    assert f"{len(docs)} segments ({len(docs) - committed} indexed now" in report
     assert indexed(store) == len(docs)
-    reused = int(out.stderr.split(" entries computed, ")[1].split(" reused")[0])
-    computed = int(out.stderr.split(" new): ")[1].split(" entries computed")[0])
+    reused = int(report.split(" entries computed, ")[1].split(" reused")[0])
+    computed = int(report.split(" retired): ")[1].split(" entries computed")[0])
     assert computed + reused == len(docs) - committed
     name = docs[-1]["title"]
     out = run("query", f"What is the home city of {name}?", "--store", str(store), "--k", "1", "--max-new-tokens", "2")

@@ -16,7 +16,8 @@ from hypic_rag import ExecutorConfig
 from hypic_rag.errors import RequestError, StoreError
 from hypic_rag.models.fingerprint import ModelFingerprint
 from hypic_rag.models.tiny import tiny_model
-from hypic_rag.precompute.segmenter import Document, Segmenter, as_documents, load_corpus
+from hypic_rag.precompute.corpus import Document, as_documents, load_corpus
+from hypic_rag.precompute.segmenter import Segmenter
 from hypic_rag.store.manifest import Manifest
 
 CLI = [sys.executable, "-m", "hypic_rag.cli.main"]
@@ -106,7 +107,8 @@ def test_cli_errors_name_the_input(tmp_path):
     (folder / "good.txt").write_text("A real document about Kamo.")
     binary.rename(folder / "image.txt")
     report = load_corpus([folder])
-    assert [d.doc_id for d in report.documents] == ["good.txt"] and "binary" in report.skipped[0]
+    assert [d.doc_id for d in report.documents] == [str((folder / "good.txt").resolve())]
+    assert "binary" in report.skipped[0]
     store = tmp_path / "store"
     assert cli("precompute", str(folder / "good.txt"), "--store", str(store)).returncode == 0
     undecodable = cli("query", b"What about caf\xff?", "--store", str(store))
@@ -154,7 +156,8 @@ def test_a_one_megabyte_paragraph_splits_in_bounded_memory_with_progress(tmp_pat
         from transformers import AutoTokenizer
         from hypic_rag.api import SHIPPED_MODEL
         from hypic_rag.config import PromptTemplate
-        from hypic_rag.precompute.segmenter import Document, Segmenter
+        from hypic_rag.precompute.corpus import Document
+        from hypic_rag.precompute.segmenter import Segmenter
         tok = AutoTokenizer.from_pretrained(SHIPPED_MODEL)
         r = random.Random(0)
         text = " ".join(r.choice(["alpha", "river", "stone", "Kamo", "north"]) for _ in range(200_000))

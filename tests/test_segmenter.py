@@ -4,7 +4,8 @@ import pytest
 
 from conftest import shipped_model
 from hypic_rag.config import PromptTemplate
-from hypic_rag.precompute.segmenter import Segmenter, as_documents, load_corpus
+from hypic_rag.precompute.corpus import as_documents, load_corpus
+from hypic_rag.precompute.segmenter import Segmenter
 
 
 def segmenter(max_tokens=64):
@@ -40,7 +41,8 @@ def test_load_corpus_reads_txt_md_jsonl_and_reports_skips(tmp_path):
     (tmp_path / "img.png").write_bytes(b"\x89PNG")
     report = load_corpus([tmp_path])
     by_id = {d.doc_id: d for d in report.documents}
-    assert set(by_id) == {"a.txt", "b.md", "c1"} and by_id["b.md"].title == "Beta Title"
+    a, b = str((tmp_path / "a.txt").resolve()), str((tmp_path / "b.md").resolve())
+    assert set(by_id) == {a, b, "c1"} and by_id[b].title == "Beta Title"
     assert any("empty.txt: empty" in s for s in report.skipped) and any("img.png" in s for s in report.skipped)
 
 

@@ -1,4 +1,4 @@
-"""`hypic-rag`: precompute a corpus, query a store, inspect a store, run the demo.
+"""`hypic-rag`: precompute a corpus, query a store, inspect a store, delete documents, run the demo.
 
 Settings come from command-line flags, then a --config file (JSON or TOML with the same names as
 the long flags, dashes or underscores), then the defaults.
@@ -84,8 +84,10 @@ def cmd_precompute(s: dict) -> int:
     for line in report.skipped_files:
         console.print(f"[yellow]skipped[/] {line}")
     console.print(
-        f"{report.documents} documents, {report.segments} segments ({report.new_segments} new): "
-        f"{report.entries_computed} entries computed, {report.entries_reused} reused, {report.seconds:.1f}s"
+        f"{report.documents} documents ({report.documents_new} new, {report.documents_updated} updated, "
+        f"{report.documents_unchanged} unchanged), {report.segments} segments ({report.new_segments} indexed now, "
+        f"{report.segments_retired} retired): {report.entries_computed} entries computed, {report.entries_reused} "
+        f"reused, {report.entries_retired} retired, {report.seconds:.1f}s"
     )
     rag.close()
     return 0
@@ -132,6 +134,17 @@ def cmd_inspect(s: dict) -> int:
     return 0
 
 
+def cmd_delete(s: dict) -> int:
+    from hypic_rag.api import HypicRAG
+
+    with HypicRAG.from_store(s["store"]) as rag:
+        report = rag.delete(s["doc_ids"])
+    print(f"deleted {report.documents} documents ({report.segments} segments, {report.entries_retired} entries)")
+    for doc_id in report.missing:
+        print(f"not in the store: {doc_id}", file=sys.stderr)
+    return 1 if report.missing else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hypic-rag", description="Segment-cached RAG for hybrid-attention LLMs")
     sub = p.add_subparsers(dest="command", required=True)
@@ -163,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     ins = sub.add_parser("inspect", help="counts, bytes per tier and the model fingerprint of a store")
     ins.add_argument("--store", required=True)
 
+    rm = sub.add_parser("delete", help="remove documents (their segments and unused cache entries) from a store")
+    rm.add_argument("doc_ids", nargs="+", metavar="DOC_ID", help="document ids, as `inspect` lists them")
+    rm.add_argument("--store", required=True)
+
     demo = sub.add_parser("demo", help="build a store from the shipped corpus and compare full recompute vs hypic")
     demo.add_argument("--store", help="store directory (default: a temporary one)")
     demo.add_argument("--questions", type=int, default=6)
@@ -181,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_demo(args.store, args.questions)
         settings = _settings(args)
-        return {"precompute": cmd_precompute, "query": cmd_query, "inspect": cmd_inspect}[args.command](settings)
+        commands = {"precompute": cmd_precompute, "query": cmd_query, "inspect": cmd_inspect, "delete": cmd_delete}
+        return commands[args.command](settings)
     except KeyboardInterrupt:
         print("hypic-rag: interrupted", file=sys.stderr)
         return 130

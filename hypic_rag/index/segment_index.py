@@ -102,6 +102,8 @@ class SegmentIndex:
             )
             self._db.execute("CREATE INDEX IF NOT EXISTS segments_head ON segments(head)")
             self._db.execute("CREATE INDEX IF NOT EXISTS segments_text ON segments(text)")
+            self._db.execute("CREATE INDEX IF NOT EXISTS segments_doc ON segments(doc_id)")
+            self._db.execute("CREATE INDEX IF NOT EXISTS segments_key ON segments(key)")
             self._index = self._load_or_rebuild()
         self._gpu = None
 
@@ -202,6 +204,39 @@ class SegmentIndex:
             if new_rows:
                 self._gpu = None
                 self._save_index()
+
+    def delete_documents(self, doc_ids: list[str]) -> list[tuple[str, str]]:
+        """Remove every segment of these documents (one transaction, then the FAISS rows); returns the
+        (segment_id, key) pairs removed."""
+        with self._lock, self._guard():
+            marks = ",".join("?" * len(doc_ids))
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                gone = self._db.execute(f"SELECT row, segment_id, key FROM segments WHERE doc_id IN ({marks})",
+                                        list(doc_ids)).fetchall()
+                self._db.execute(f"DELETE FROM segments WHERE doc_id IN ({marks})", list(doc_ids))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            if gone:
+                self._index.remove_ids(np.asarray([r for r, _, _ in gone], dtype=np.int64))
+                if self._index.ntotal != len(self):  # another process changed rows meanwhile
+                    self._index = self._rebuild()
+                self._gpu = None
+                self._save_index()
+        return [(sid, key) for _, sid, key in gone]
+
+    def document_segments(self, doc_id: str) -> list[tuple[str, str]]:
+        """(segment_id, key) of a document's segments, in order."""
+        with self._lock, self._guard():
+            return [(sid, key) for sid, key in self._db.execute(
+                "SELECT segment_id, key FROM segments WHERE doc_id = ? ORDER BY row", (doc_id,))]
+
+    def key_in_use(self, key: str) -> bool:
+        """Does any segment (of any document) use this store key?"""
+        with self._lock, self._guard():
+            return self._db.execute("SELECT 1 FROM segments WHERE key = ? LIMIT 1", (key,)).fetchone() is not None
 
     def update_tokens(self, segment_id: str, token_ids: tuple[int, ...], key: str) -> None:
         """Repair a record whose token ids (or key) disagree with its text."""

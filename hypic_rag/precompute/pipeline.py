@@ -3,6 +3,12 @@
 Per batch: entries first (each disk write is atomic), then the index rows in one transaction. A
 run killed at any point loses nothing committed, and a rerun skips segments already indexed and
 entries already stored (resume by content key).
+
+Documents have a lifecycle: a document whose segments (ids and content keys) are already indexed
+is unchanged and skipped; one indexed with other segments (an edited file, a re-ingested id with
+new text) has its old segments removed first and is precomputed again; store entries that no
+segment uses any more are retired at the end. `retire_documents` is the delete behind
+HypicRAG.delete and `hypic-rag delete`.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from hypic_rag.store.serde import entry_from_bytes, entry_to_bytes
 
 @dataclass(frozen=True)
 class IngestReport:
+    """What one ingest did: documents seen (new, updated, unchanged), segments (indexed now),
+    entries computed or reused from the store, old segments and entries retired, files skipped."""
+
     documents: int
     segments: int
     new_segments: int
@@ -32,6 +41,38 @@ class IngestReport:
     entries_reused: int
     skipped_files: tuple[str, ...]
     seconds: float
+    documents_new: int = 0
+    documents_updated: int = 0
+    documents_unchanged: int = 0
+    segments_retired: int = 0
+    entries_retired: int = 0
+
+
+@dataclass(frozen=True)
+class DeleteReport:
+    """What one delete removed; `missing` lists ids no indexed document has."""
+
+    documents: int
+    segments: int
+    entries_retired: int
+    missing: tuple[str, ...] = ()
+
+
+def retire_entries(index, store, keys) -> int:
+    """Discard the store entries of `keys` that no indexed segment uses any more."""
+    retired = 0
+    for key in sorted(set(keys)):
+        if not index.key_in_use(key) and key in store:
+            store.discard(key)
+            retired += 1
+    return retired
+
+
+def retire_documents(rag, doc_ids: list[str]) -> DeleteReport:
+    removed = rag.index.delete_documents(doc_ids)
+    found = {sid.rsplit("#", 1)[0] for sid, _ in removed}
+    retired = retire_entries(rag.index, rag.store, [key for _, key in removed])
+    return DeleteReport(len(found), len(removed), retired, tuple(d for d in doc_ids if d not in found))
 
 
 # ----------------------------------------------------------------------------- worker processes
@@ -72,7 +113,21 @@ def ingest_segments(
         raise RequestError(f"workers must be >= 1, got {workers}")
     started = time.perf_counter()
     executor, store, index = rag.executor, rag.store, rag.index
-    pending = [s for s in segments if s.segment_id not in index]
+    by_doc: dict[str, list[Segment]] = {}
+    for s in segments:
+        by_doc.setdefault(s.doc_id, []).append(s)
+    pending: list[Segment] = []
+    outcome = {"new": 0, "updated": 0, "unchanged": 0}
+    retired_keys: list[str] = []
+    for doc_id, segs in by_doc.items():
+        indexed = index.document_segments(doc_id)
+        if indexed == [(s.segment_id, executor.key_of(s.token_ids)) for s in segs]:
+            outcome["unchanged"] += 1
+            continue
+        if indexed:  # an edited document, or one cut short by a killed run: its old rows go first
+            retired_keys += [key for _, key in index.delete_documents([doc_id])]
+        outcome["updated" if indexed else "new"] += 1
+        pending += segs
     done = len(segments) - len(pending)
     computed = reused = 0
     pool = None
@@ -116,5 +171,7 @@ def ingest_segments(
     finally:
         if pool is not None:
             pool.shutdown()
+    retired = retire_entries(index, store, retired_keys)
     return IngestReport(documents, len(segments), len(pending), computed, reused, tuple(skipped_files),
-                        time.perf_counter() - started)
+                        time.perf_counter() - started, outcome["new"], outcome["updated"], outcome["unchanged"],
+                        len(retired_keys), retired)

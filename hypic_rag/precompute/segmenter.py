@@ -1,24 +1,18 @@
 """Documents -> segments: paragraphs packed up to a token budget, each segment tokenized alone.
 
-Inputs: .txt and .md files (the document id is the path relative to the corpus root), .jsonl files
-with one {"id", "text"} object per line (optional "title", "metadata"), or in-memory strings/dicts.
+Documents come from hypic_rag/precompute/corpus.py (files, JSONL, in-memory texts and dicts).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 from hypic_rag.config import PromptTemplate
 from hypic_rag.errors import RequestError
+from hypic_rag.precompute.corpus import Document
 
-TEXT_SUFFIXES = {".txt", ".md"}
-SUFFIXES = TEXT_SUFFIXES | {".jsonl"}
-MAX_ID_CHARS = 1024
-MAX_TITLE_CHARS = 1024
 MIN_SEGMENT_TOKENS = 16
 
 
@@ -32,34 +26,6 @@ def check_segment_budget(max_tokens, max_positions: int | None = None) -> int:
 
 
 @dataclass(frozen=True)
-class Document:
-    """One document to ingest; ids and titles are bounded, metadata is a JSON object."""
-
-    doc_id: str
-    title: str
-    text: str
-    metadata: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for name, limit in (("doc_id", MAX_ID_CHARS), ("title", MAX_TITLE_CHARS)):
-            value = getattr(self, name)
-            if not isinstance(value, str) or (name == "doc_id" and not value.strip()) or len(value) > limit:
-                shown = value[:40] + "..." if isinstance(value, str) and len(value) > 40 else value
-                raise RequestError(f"document {name} must be a string of at most {limit} characters"
-                                   f"{' (not empty)' if name == 'doc_id' else ''}, "
-                                   f"got {shown!r}" + (f" ({len(value)} characters)" if isinstance(value, str) else ""))
-        if not isinstance(self.text, str) or not self.text.strip():
-            raise RequestError(f"document {self.doc_id!r} has no text")
-        if not isinstance(self.metadata, dict) or not all(isinstance(k, str) for k in self.metadata):
-            raise RequestError(f"document {self.doc_id!r}: metadata must be an object with string keys, "
-                               f"got {type(self.metadata).__name__}")
-        try:
-            json.dumps(self.metadata)
-        except (TypeError, ValueError) as exc:
-            raise RequestError(f"document {self.doc_id!r}: metadata must be JSON-serialisable ({exc})") from None
-
-
-@dataclass(frozen=True)
 class Segment:
     segment_id: str
     doc_id: str
@@ -67,120 +33,6 @@ class Segment:
     text: str  # the prompt text of the segment (template applied)
     token_ids: tuple[int, ...]
     metadata: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class CorpusReport:
-    documents: list[Document]
-    skipped: list[str]  # "path: reason"
-
-
-def _title_of(text: str, fallback: str) -> str:
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip().lstrip("#").strip() or fallback
-    return fallback
-
-
-def _read_text_file(path: Path, doc_id: str) -> Document | None:
-    raw = path.read_bytes()
-    if b"\x00" in raw[:65536]:
-        raise RequestError(f"{path}: a binary file, not text (it holds NUL bytes); remove it or rename it")
-    try:
-        text = raw.decode("utf-8").strip()
-    except UnicodeDecodeError as exc:
-        raise RequestError(f"{path}: not UTF-8 text (byte {exc.start} is 0x{raw[exc.start]:02x}); "
-                           "convert it to UTF-8") from None
-    if not text:
-        return None
-    title = _title_of(text, path.stem) if path.suffix == ".md" else path.stem
-    return Document(doc_id, title[:MAX_TITLE_CHARS], text, {"source": str(path)})
-
-
-def _metadata(obj: dict, where: str) -> dict:
-    metadata = obj.get("metadata", {})
-    if not isinstance(metadata, dict):
-        raise RequestError(f'{where}: "metadata" must be an object, got {type(metadata).__name__}')
-    return metadata
-
-
-def _read_jsonl(path: Path) -> list[Document]:
-    docs = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise RequestError(f"{path}: not UTF-8 text (byte {exc.start}); convert it to UTF-8") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise RequestError(f"{path}:{n} is not valid JSON: {exc.msg}") from None
-        if not isinstance(obj, dict) or "text" not in obj or "id" not in obj:
-            raise RequestError(f'{path}:{n} needs an object with "id" and "text"')
-        if not isinstance(obj["text"], str) or not isinstance(obj["id"], (str, int)) or isinstance(obj["id"], bool):
-            raise RequestError(f'{path}:{n}: "id" must be a string or integer and "text" a string')
-        if obj["text"].strip():
-            try:
-                docs.append(Document(str(obj["id"]), str(obj.get("title", obj["id"])), obj["text"].strip(),
-                                     dict(_metadata(obj, f"{path}:{n}"), source=str(path))))
-            except RequestError as exc:
-                raise RequestError(f"{path}:{n}: {exc}") from None
-    return docs
-
-
-def load_corpus(paths: Iterable[str | Path]) -> CorpusReport:
-    """Read every supported file under the given files/directories. Raises ValueError when a path is
-    missing, an explicitly named file is empty or unsupported, or nothing at all was found."""
-    documents, skipped = [], []
-    for raw in paths:
-        root = Path(raw)
-        if not root.exists():
-            raise RequestError(f"corpus path does not exist: {root}")
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        for path in files:
-            explicit = path == root
-            if path.suffix not in SUFFIXES:
-                if explicit:
-                    raise RequestError(f"{path}: unsupported file type; use .txt, .md or .jsonl")
-                skipped.append(f"{path}: unsupported file type")
-                continue
-            doc_id = path.name if explicit else str(path.relative_to(root))
-            try:
-                found = _read_jsonl(path) if path.suffix == ".jsonl" else [d for d in [_read_text_file(path, doc_id)] if d]
-            except RequestError as exc:  # a bad file named on the command line stops; one found in a folder is skipped
-                if explicit:
-                    raise
-                skipped.append(str(exc))
-                continue
-            if not found:
-                if explicit:
-                    raise RequestError(f"corpus file is empty: {path}")
-                skipped.append(f"{path}: empty")
-            documents += found
-    if not documents:
-        raise RequestError("the corpus holds no documents (need non-empty .txt, .md or .jsonl files)")
-    return CorpusReport(documents, skipped)
-
-
-def as_documents(items: Iterable[str | dict | Document]) -> list[Document]:
-    """In-memory inputs: plain strings get ids doc-0, doc-1, ...; dicts need "text" (and may have id/title)."""
-    docs = []
-    for i, item in enumerate(items):
-        if isinstance(item, Document):
-            docs.append(item)
-        elif isinstance(item, str):
-            if not item.strip():
-                raise RequestError(f"document {i} is empty")
-            docs.append(Document(f"doc-{i}", f"doc-{i}", item.strip()))
-        elif isinstance(item, dict) and isinstance(item.get("text"), str) and item["text"].strip():
-            doc_id = str(item.get("id", f"doc-{i}"))
-            docs.append(Document(doc_id, str(item.get("title", doc_id)), item["text"].strip(),
-                                 dict(_metadata(item, f"document {i}"))))
-        else:
-            raise RequestError(f'document {i} must be a non-empty string or a dict with non-empty "text"')
-    return docs
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
