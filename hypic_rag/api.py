@@ -29,6 +29,7 @@ from hypic_rag.precompute.segmenter import Segmenter, check_segment_budget
 from hypic_rag.request_methods import RequestMethods, first_line  # noqa: F401  (first_line re-exported)
 from hypic_rag.request_worker import RequestWorker
 from hypic_rag.store.manifest import Manifest
+from hypic_rag.store.usage import Usage
 from hypic_rag.store.memory import MemoryTier
 from hypic_rag.store.tiered import StoreConfig, TieredStore
 from hypic_rag.results import QueryResult, StoreInfo  # noqa: F401  (re-exported: hypic_rag.api.QueryResult)
@@ -114,6 +115,7 @@ class HypicRAG(RequestMethods):
             ).write(self.directory)
         self._executors: dict[int, HypicExecutor] = {}  # by seam: entries of settings the store does not record
         self.ray_prefill = None  # set by use_ray()
+        self.read_only = read_only
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -142,6 +144,9 @@ class HypicRAG(RequestMethods):
             model_path = Path(model or manifest.model_path or "")
             if not model_path.name:
                 raise RequestError(f"store {directory} records no model path; pass model= and tokenizer=")
+            if model is None and not model_path.exists():
+                raise StoreError(f"the store's model checkpoint {model_path} is gone (moved or deleted); reopen the "
+                                 "store with model=PATH (CLI: --model PATH) where the same weights now are")
             model, loaded_tokenizer = load_model(model_path)
             tokenizer = tokenizer or loaded_tokenizer
         try:
@@ -284,6 +289,29 @@ class HypicRAG(RequestMethods):
         return StoreInfo(str(self.directory), self.executor.fingerprint.to_string(),
                          None if self.model_path is None else str(self.model_path), len(records),
                          len({r.doc_id for r in records}), self.store.stats())
+
+    def _count(self, result: QueryResult, mode: str) -> None:
+        """After each request: the Prometheus metrics, and the store's usage file (inspect shows it)."""
+        from hypic_rag import metrics
+
+        store = str(self.directory)
+        metrics.record_request(store, mode, result)
+        metrics.record_tiers(store, self.store.stats())
+        if not self.read_only:
+            g = result.generation
+            try:
+                Usage(1, g.segment_hits, g.segment_misses, g.prompt_tokens, g.cached_tokens,
+                      {t: h for t, h in result.tier_hits.items() if h}).add_to_file(self.directory)
+            except OSError as exc:  # counters are not worth failing a request for
+                log.warning("hypic_rag: could not update %s/usage.json: %s", self.directory, exc)
+
+    def serve_metrics(self, port: int, addr: str = "127.0.0.1"):
+        """Expose Prometheus metrics (hypic_rag/metrics.py) at http://addr:port/metrics while this
+        process lives; port 0 picks a free one (server.server_port). Returns the server."""
+        from hypic_rag import metrics
+
+        metrics.record_tiers(str(self.directory), self.store.stats())
+        return metrics.serve(port, addr)
 
     def __enter__(self) -> "HypicRAG":
         return self

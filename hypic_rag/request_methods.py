@@ -143,4 +143,6 @@ class RequestMethods:
                     yield event.text
             after = {s.name: s.hits for s in self.store.stats()}
         tiers = {name: after[name] - before[name] for name in after}
-        yield QueryResult(first_line(result.text or ""), segments, result, retrieval, tiers)
+        answered = QueryResult(first_line(result.text or ""), segments, result, retrieval, tiers)
+        self._count(answered, options.mode.value)
+        yield answered

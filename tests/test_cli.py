@@ -46,7 +46,61 @@ def test_precompute_query_inspect(tmp_path):
     assert out.stdout.startswith("answer:") and f"[0] {name}#0" in out.stdout and "TTFT" in out.stdout
     out = run("inspect", "--store", str(store))
     assert out.returncode == 0, out.stderr
-    assert "segments     8" in out.stdout and "fingerprint  qwen3_5_text:" in out.stdout and "tier disk" in out.stdout
+    assert "segments     8" in out.stdout and "fingerprint  qwen3_5_text:" in out.stdout
+    assert "disk tier    8 entries" in out.stdout and "requests     1: segment hits 2, misses 0" in out.stdout
+    assert all(len(line) <= 80 for line in out.stdout.splitlines() if not line.startswith(("store", "model", "finger")))
+
+
+def test_json_output_version_and_help_with_defaults(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", demo_docs(3))
+    store = tmp_path / "store"
+    assert run("precompute", str(corpus), "--store", str(store)).returncode == 0
+    name = demo_docs(3)[1]["title"]
+    out = run("query", f"What is the home city of {name}?", "--store", str(store), "--k", "2", "--json")
+    result = json.loads(out.stdout)
+    assert result["segment_ids"][0] == f"{name}#0" and result["segment_hits"] == 2 and "ttft" in result["timings"]
+    info = json.loads(run("inspect", "--store", str(store), "--json").stdout)
+    assert (info["documents"], info["segments"], info["usage"]["requests"]) == (3, 3, 1)
+    version = run("--version")
+    assert version.returncode == 0 and version.stdout.startswith("hypic-rag 0.")
+    helps = run("query", "--help").stdout
+    assert "(default: 4)" in " ".join(helps.split()) and "{full_recompute," in helps
+    assert "(default: 8)" in " ".join(run("precompute", "--help").stdout.split())
+    bad = run("query", "q", "--store", str(store), "--mode", "fastest")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_inspect_does_not_load_the_model_and_a_moved_checkpoint_reopens_with_model(tmp_path):
+    import shutil
+
+    from hypic_rag.api import SHIPPED_MODEL
+
+    moved = tmp_path / "moved_model"
+    shutil.copytree(SHIPPED_MODEL, moved)
+    corpus = write_corpus(tmp_path / "corpus.jsonl", demo_docs(2))
+    store = tmp_path / "store"
+    assert run("precompute", str(corpus), "--store", str(store), "--model", str(moved)).returncode == 0
+    shutil.move(moved, tmp_path / "elsewhere")
+    assert run("inspect", "--store", str(store)).returncode == 0  # the checkpoint is gone: no model needed
+    out = run("query", "Where?", "--store", str(store), "--k", "1", "--max-new-tokens", "2")
+    assert out.returncode == 2 and "is gone (moved or deleted)" in out.stderr and "--model" in out.stderr
+    out = run("query", "Where?", "--store", str(store), "--k", "1", "--max-new-tokens", "2",
+              "--model", str(tmp_path / "elsewhere"))
+    assert out.returncode == 0, out.stderr
+
+
+def test_yaml_config_unknown_keys_and_settings_the_store_fixed_are_refused(tmp_path):
+    corpus = write_corpus(tmp_path / "c.jsonl", demo_docs(2))
+    (tmp_path / "cfg.yaml").write_text("seam: 4\nmax-segment-tokens: 48\n")
+    store = tmp_path / "s"
+    assert run("precompute", str(corpus), "--store", str(store), "--config", str(tmp_path / "cfg.yaml")).returncode == 0
+    assert json.loads((store / "manifest.json").read_text())["seam_tokens"] == 4
+    (tmp_path / "typo.yaml").write_text("seem: 4\n")
+    out = run("precompute", str(corpus), "--store", str(tmp_path / "t"), "--config", str(tmp_path / "typo.yaml"))
+    assert out.returncode == 2 and "unknown setting(s) seem" in out.stderr
+    out = run("precompute", str(corpus), "--store", str(store), "--seam", "16")
+    assert out.returncode == 2 and "built with seam 4" in out.stderr
+    assert run("precompute", str(corpus), "--store", str(store), "--seam", "4").returncode == 0  # the same: fine
 
 
 def test_config_file_is_read_and_flags_win(tmp_path):

@@ -233,6 +233,10 @@ class SegmentIndex:
             return [(sid, key) for sid, key in self._db.execute(
                 "SELECT segment_id, key FROM segments WHERE doc_id = ? ORDER BY row", (doc_id,))]
 
+    def document_count(self) -> int:
+        with self._lock, self._guard():
+            return int(self._db.execute("SELECT COUNT(DISTINCT doc_id) FROM segments").fetchone()[0])
+
     def key_in_use(self, key: str) -> bool:
         """Does any segment (of any document) use this store key?"""
         with self._lock, self._guard():
