@@ -24,7 +24,7 @@ from hypic_rag.index.segment_index import RetrievedSegment, SegmentIndex, Segmen
 from hypic_rag.models.fingerprint import ModelFingerprint
 from hypic_rag.models.loader import LoadedModel, load_model
 from hypic_rag.precompute.pipeline import DeleteReport, IngestReport, ingest_segments, retire_documents
-from hypic_rag.precompute.corpus import Document, as_documents, load_corpus
+from hypic_rag.precompute.corpus import Document, documents_of
 from hypic_rag.precompute.segmenter import Segmenter, check_segment_budget
 from hypic_rag.request_methods import RequestMethods, first_line  # noqa: F401  (first_line re-exported)
 from hypic_rag.request_worker import RequestWorker
@@ -38,15 +38,6 @@ SHIPPED_MODEL = Path(__file__).resolve().parent / "assets" / "small_model"
 log = logging.getLogger("hypic_rag")
 
 
-def _is_existing_path(item) -> bool:
-    if not isinstance(item, (str, Path)) or (isinstance(item, str) and ("\n" in item or len(item) > 4096)):
-        return False
-    try:
-        return Path(item).exists()
-    except (OSError, ValueError):  # a name too long for the file system, or with a NUL: text, not a path
-        return False
-
-
 def _checked_question(question) -> str:
     if not isinstance(question, str) or not question.strip():
         raise RequestError("question must be a non-empty string")
@@ -56,26 +47,6 @@ def _checked_question(question) -> str:
         raise RequestError("question is not valid UTF-8 text (it holds undecodable bytes); "
                            "pass it as UTF-8") from None
     return question
-
-
-def _documents_of(items: list) -> tuple[list[Document], list[str]]:
-    """Documents (and skipped files) from a list of paths, texts, dicts and Documents."""
-    kinds = ["path" if isinstance(i, Path) or _is_existing_path(i) else "text" if isinstance(i, str) else "doc"
-             for i in items]
-    if "path" in kinds and "text" in kinds:
-        raise RequestError(
-            f"the items mix file paths (item {kinds.index('path')}) and texts (item {kinds.index('text')}); a text "
-            "cannot be told from a mistyped path: ingest paths and texts in separate calls, or pass texts as "
-            "{'text': ...} dicts")
-    paths = [i for i, kind in zip(items, kinds) if kind == "path"]
-    corpus = load_corpus(paths) if paths else None
-    docs = (corpus.documents if corpus else []) + as_documents([i for i, kind in zip(items, kinds) if kind != "path"])
-    seen: dict[str, Document] = {}
-    for doc in docs:
-        if doc.doc_id in seen and seen[doc.doc_id] != doc:
-            raise RequestError(f"two different documents have the id {doc.doc_id!r}; give each its own id")
-        seen[doc.doc_id] = doc
-    return list(seen.values()), (corpus.skipped if corpus else [])
 
 
 class HypicRAG(RequestMethods):
@@ -213,7 +184,7 @@ class HypicRAG(RequestMethods):
         for name, value in (("batch_size", batch_size), ("workers", workers)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise RequestError(f"{name} must be an integer >= 1, got {value!r}")
-        docs, skipped = _documents_of(items)
+        docs, skipped = documents_of(items)
         segmenter = Segmenter(self.tokenizer, self.template, self.max_segment_tokens)
         total = sum(len(d.text) for d in docs)
         segments, before = [], 0

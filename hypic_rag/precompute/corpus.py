@@ -203,3 +203,30 @@ def as_documents(items: Iterable[str | dict | Document]) -> list[Document]:
     return docs
 
 
+def is_existing_path(item) -> bool:
+    if not isinstance(item, (str, Path)) or (isinstance(item, str) and ("\n" in item or len(item) > 4096)):
+        return False
+    try:
+        return Path(item).exists()
+    except (OSError, ValueError):  # a name too long for the file system, or with a NUL: text, not a path
+        return False
+
+
+def documents_of(items: list) -> tuple[list[Document], list[str]]:
+    """Documents (and skipped files) from a list of paths, texts, dicts and Documents."""
+    kinds = ["path" if isinstance(i, Path) or is_existing_path(i) else "text" if isinstance(i, str) else "doc"
+             for i in items]
+    if "path" in kinds and "text" in kinds:
+        raise RequestError(
+            f"the items mix file paths (item {kinds.index('path')}) and texts (item {kinds.index('text')}); a text "
+            "cannot be told from a mistyped path: ingest paths and texts in separate calls, or pass texts as "
+            "{'text': ...} dicts")
+    paths = [i for i, kind in zip(items, kinds) if kind == "path"]
+    corpus = load_corpus(paths) if paths else None
+    docs = (corpus.documents if corpus else []) + as_documents([i for i, kind in zip(items, kinds) if kind != "path"])
+    seen: dict[str, Document] = {}
+    for doc in docs:
+        if doc.doc_id in seen and seen[doc.doc_id] != doc:
+            raise RequestError(f"two different documents have the id {doc.doc_id!r}; give each its own id")
+        seen[doc.doc_id] = doc
+    return list(seen.values()), (corpus.skipped if corpus else [])
