@@ -221,6 +221,19 @@ class PromptTemplate:
     def to_dict(self) -> dict:
         return {"system": self.system, "segment": self.segment, "question": self.question, "add_bos": self.add_bos}
 
+    def segment_parts(self, title: str) -> tuple[str, str]:
+        """The text a segment's template puts before and after its document text, for this title."""
+        head, _, tail = self.segment.partition("{text}")
+        return head.replace("{title}", title), tail.replace("{title}", title)
+
+    def body_of(self, text: str, title: str) -> str:
+        """The document text inside a segment's prompt text (the text itself when the template does
+        not frame it)."""
+        head, tail = self.segment_parts(title)
+        if text.startswith(head) and text.endswith(tail) and len(text) >= len(head) + len(tail):
+            return text[len(head): len(text) - len(tail)]
+        return text
+
     def prefix_ids(self, tokenizer) -> tuple[int, ...]:
         """The shared prefix's token ids: the tokenizer's BOS (if add_bos) and the system text."""
         prefix = [tokenizer.bos_token_id] if self.add_bos and tokenizer.bos_token_id is not None else []

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Collection, Iterator, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -230,11 +230,12 @@ class HypicExecutor:
                 f"each setting's entries apart) or build an executor with mode={mode.value!r}")
         return mode
 
-    def _fill(self, segs: list[tuple[int, ...]], question: tuple[int, ...], mode: Mode) -> "_Filled":
+    def _fill(self, segs: list[tuple[int, ...]], question: tuple[int, ...], mode: Mode,
+              transient: frozenset[int] = frozenset()) -> "_Filled":
         """Steps 2-4 of the lifecycle, by mode."""
         rung = mode.rung
         if rung.segment_cache:
-            return self._fill_composed(segs, question, mode)
+            return self._fill_composed(segs, question, mode, transient)
         return self._fill_prefix_cache(segs, question) if rung.prefix_reuse else self._fill_full(segs, question)
 
     def _fill_full(self, segs, question) -> "_Filled":
@@ -278,7 +279,9 @@ class HypicExecutor:
         timings = Timings(load=load, prefill=clock(self.device) - t0)
         return _Filled(cache, transformers_step(self.model, cache), logits, position + len(question), counts, timings)
 
-    def _fill_composed(self, segs, question, mode: Mode) -> "_Filled":
+    def _fill_composed(self, segs, question, mode: Mode, transient: frozenset[int] = frozenset()) -> "_Filled":
+        """transient: indices of segments that are request text, not documents (a stuffed prompt's
+        headers and glue): computed for this request only, never stored, not counted as hits or misses."""
         p0 = len(self.shared_prefix)
         counts = _Counts()
         t0 = clock(self.device)
@@ -288,15 +291,17 @@ class HypicExecutor:
         for i, (seg, entry) in enumerate(zip(segs, entries)):
             if entry is None:
                 missing.setdefault(seg, []).append(i)
-        counts.misses = sum(len(where) for where in missing.values())
-        counts.hits = len(segs) - counts.misses
+        counts.misses = sum(1 for where in missing.values() for i in where if i not in transient)
+        counts.hits = len(segs) - len(transient) - counts.misses
+        keep = {seg for seg, where in missing.items() if any(i not in transient for i in where)}
         precompute_misses = 0.0
         if missing:
             t0 = clock(self.device)
             for seg, entry in zip(missing, self.miss_prefill(list(missing))):
                 self.check_entry(entry)  # entries from another process must match this model and setting
                 entry = on_device(entry, self.device)
-                self.store.put(self.key_of(seg), entry)
+                if seg in keep:  # a document; request text is never persisted
+                    self.store.put(self.key_of(seg), entry)
                 for i in missing[seg]:
                     entries[i] = entry
             precompute_misses = clock(self.device) - t0
@@ -332,9 +337,12 @@ class HypicExecutor:
 
     def stream(
         self, segments: Sequence[Sequence[int]], question: Sequence[int], max_new_tokens: int | None = None,
-        ignore_eos: bool = False, options: RequestOptions | None = None,
+        ignore_eos: bool = False, options: RequestOptions | None = None, transient: Collection[int] = (),
     ) -> Iterator[StreamEvent]:
         """Yield one StreamEvent per generated token, then a final event with the GenerationResult.
+
+        `transient` lists the indices of segments that are request text rather than documents: they
+        are computed for this request only, never stored, and not counted as hits or misses.
 
         `options` sets this request's mode and decoding (the config's defaults otherwise);
         max_new_tokens and ignore_eos (decode exactly max_new_tokens tokens, for throughput runs)
@@ -349,7 +357,7 @@ class HypicExecutor:
         mode = self._mode(options.mode)
         segs, q = self._validated_request(segments, question, budget)
         started = clock(self.device)
-        filled = self._fill(segs, q, mode)
+        filled = self._fill(segs, q, mode, frozenset(transient))
         counts = filled.counts
         sampler = Sampler(options, self.device)
         text = None if self.tokenizer is None else TextStream(self.tokenizer, options.stop, self.eos_ids)

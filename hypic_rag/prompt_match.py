@@ -1,20 +1,26 @@
-"""Finding cached segments inside plain prompt text (what a stuffing RAG chain sends).
+"""Finding stored segments inside a finished prompt, whatever its formatting.
 
-Two ways, tried in order:
- 1. separator: the prompt is split on `<<PIC_SEP>>` (HYPIC's convention); every piece but the last
-    is a segment, looked up by exact text, and the last piece is the question;
- 2. exact text: at each line start, stored segments whose first line matches are candidates, and a
-    candidate whose whole text appears there is taken (longest first).
-Text that matches nothing becomes an uncached segment (precomputed on the fly, then cached like
-any other), except the text after the last match, which is the question and is never cached.
-Whitespace-only gaps between matched segments are dropped.
+What a stuffing chain sends is the retrieved documents formatted its own way: numbered or bulleted,
+wrapped in tags, newlines flattened, serialised into JSON, after LlamaIndex's metadata block, or
+the raw text from the user's own vector store. A stored segment is recognised where the words of
+its document text appear in a row (hypic_rag/index/anchors.py): each window of words of the prompt
+is looked up by its hash among the segments' anchors, and a candidate is taken when all of its
+words follow; the segment's template header (e.g. "Document: <title>") is taken with it when it
+immediately precedes. Overlapping candidates: the earliest, then the longest.
+
+The plan is the matched segments (served from the cache, as stored) and the text between them
+(the prompt's own glue: headers, instructions, other documents), which is computed for the
+request and never stored; the text after the last match is the question. A prompt split by
+HYPIC's `<<PIC_SEP>>` separator is planned by that split, each piece matched as above.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from hypic_rag.errors import RequestError
+from hypic_rag.index.anchors import run_hash, words
 from hypic_rag.index.segment_index import SegmentIndex, SegmentRecord
 
 SEPARATOR = "<<PIC_SEP>>"
@@ -23,7 +29,7 @@ SEPARATOR = "<<PIC_SEP>>"
 @dataclass(frozen=True)
 class PromptPiece:
     text: str
-    record: SegmentRecord | None  # None: text not in the store
+    record: SegmentRecord | None  # None: the prompt's own text (computed for this request, not stored)
 
 
 @dataclass(frozen=True)
@@ -36,47 +42,83 @@ class PromptPlan:
         return [p.record.segment_id for p in self.pieces if p.record is not None]
 
 
-def _lookup(index: SegmentIndex, text: str) -> SegmentRecord | None:
-    return index.find_by_text(text) or index.find_by_text(text.strip()) or index.find_by_text(text.strip() + "\n")
+def _extend(prompt: str, stop: int, text: str) -> int:
+    """The match's end moved over what the segment's text has after its last word (its final
+    punctuation and newline) where the prompt has it too, or at least over that punctuation."""
+    last = words(text)
+    after = text[last[-1][2]:] if last else ""
+    for tail in (after, after.strip()):
+        if tail and prompt.startswith(tail, stop):
+            return stop + len(tail)
+    return stop
 
 
-def _plan_by_separator(prompt: str, index: SegmentIndex) -> PromptPlan:
-    *body, question = prompt.split(SEPARATOR)
-    pieces = [PromptPiece(t, _lookup(index, t)) for t in body if t.strip()]
-    return PromptPlan(pieces, question)
+def _matches(prompt: str, index: SegmentIndex, parts: Callable[[SegmentRecord], tuple[str, str]] | None):
+    """(start, end, record) of every stored segment found in `prompt`, not overlapping, in order."""
+    found = words(prompt)
+    if not found:
+        return []
+    plain = [w for w, _, _ in found]
+    windows: dict[int, list[int]] = {}
+    for length in index.anchor_lengths():
+        for at in range(len(plain) - length + 1):
+            windows.setdefault(run_hash(plain[at : at + length]), []).append(at)
+    candidates = []
+    cache: dict[str, tuple[SegmentRecord, list[str]] | None] = {}
+    for h, sids in index.anchored(list(windows)).items():
+        for sid in sids:
+            if sid not in cache:
+                record = index.get(sid)
+                cache[sid] = None if record is None else (record, [w for w, _, _ in words(index.body_of(record))])
+            if cache[sid] is None:
+                continue
+            record, body = cache[sid]
+            for at in windows[h]:
+                if plain[at : at + len(body)] == body:
+                    first = at
+                    if parts is not None:  # the template's header words right before: part of the segment
+                        head = [w for w, _, _ in words(parts(record)[0])]
+                        if head and at >= len(head) and plain[at - len(head) : at] == head:
+                            first = at - len(head)
+                    stop = found[at + len(body) - 1][2]
+                    candidates.append((found[first][1], _extend(prompt, stop, record.text), record))
+    candidates.sort(key=lambda c: (c[0], -(c[1] - c[0])))
+    taken, end = [], -1
+    for start, stop, record in candidates:
+        if start >= end:
+            taken.append((start, stop, record))
+            end = stop
+    return taken
 
 
-def _plan_by_text(prompt: str, index: SegmentIndex) -> PromptPlan:
+def _plan(prompt: str, index: SegmentIndex, parts) -> PromptPlan:
     pieces: list[PromptPiece] = []
-    gap_start = 0
-    pos = 0
-    while pos < len(prompt):
-        line_end = prompt.find("\n", pos)
-        line = prompt[pos : line_end if line_end >= 0 else len(prompt)]
-        match = None
-        if line.strip():
-            for record in sorted(index.starting_with_line(line), key=lambda r: -len(r.text)):
-                start = pos + (len(line) - len(line.lstrip()))
-                body = next((b for b in (record.text, record.text.rstrip("\n")) if prompt.startswith(b, start)), None)
-                if body is not None:
-                    match = (record, start, start + len(body))
-                    break
-        if match is None:
-            pos = len(prompt) if line_end < 0 else line_end + 1
-            continue
-        record, start, end = match
-        gap = prompt[gap_start:start]
+    cursor = 0
+    for start, stop, record in _matches(prompt, index, parts):
+        gap = prompt[cursor:start]
         if gap.strip():
             pieces.append(PromptPiece(gap, None))
         pieces.append(PromptPiece(record.text, record))
-        pos = gap_start = end
-    return PromptPlan(pieces, prompt[gap_start:])
+        cursor = stop
+    return PromptPlan(pieces, prompt[cursor:])
 
 
-def plan_prompt(prompt: str, index: SegmentIndex) -> PromptPlan:
+def plan_prompt(prompt: str, index: SegmentIndex,
+                parts: Callable[[SegmentRecord], tuple[str, str]] | None = None) -> PromptPlan:
+    """The plan of `prompt` (module docstring). `parts(record)`: the template text around a
+    segment's document text (PromptTemplate.segment_parts for its title)."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise RequestError("prompt must be a non-empty string")
-    plan = _plan_by_separator(prompt, index) if SEPARATOR in prompt else _plan_by_text(prompt, index)
+    if SEPARATOR in prompt:
+        *body, question = prompt.split(SEPARATOR)
+        pieces = []
+        for text in body:
+            if text.strip():
+                sub = _plan(text, index, parts)
+                pieces += sub.pieces + ([PromptPiece(sub.question, None)] if sub.question.strip() else [])
+        plan = PromptPlan(pieces, question)
+    else:
+        plan = _plan(prompt, index, parts)
     if not plan.question.strip():
         if not plan.pieces:
             raise RequestError("prompt has no question text")

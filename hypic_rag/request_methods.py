@@ -83,18 +83,19 @@ class RequestMethods:
 
     def _prompt_job(self, prompt: str, options: RequestOptions, timeout) -> Job:
         t0 = time.perf_counter()
-        plan = plan_prompt(prompt, self.index)
+        plan = plan_prompt(prompt, self.index, lambda record: self.template.segment_parts(record.title))
         retrieval = time.perf_counter() - t0
-        token_lists, segments = [], []
+        token_lists, segments, transient = [], [], []
         for piece in plan.pieces:
             if piece.record is not None:
                 record = self._checked(piece.record)
                 token_lists.append(record.token_ids)
                 segments.append(RetrievedSegment(record, float("nan"), len(segments)))
-            else:
+            else:  # the user's own text around the documents: computed for this request, never stored
+                transient.append(len(token_lists))
                 token_lists.append(tuple(self.tokenizer.encode(piece.text, add_special_tokens=False)))
         question_ids = self.tokenizer.encode(plan.question, add_special_tokens=False)
-        return self._submit(token_lists, question_ids, segments, retrieval, options, timeout)
+        return self._submit(token_lists, question_ids, segments, retrieval, options, timeout, transient)
 
     def stream_prompt(self, prompt: str, mode: Mode | str | None = None,
                       max_new_tokens: int | None = None, temperature: float | None = None,
@@ -126,17 +127,19 @@ class RequestMethods:
                                         timeout)
         return result
 
-    def _submit(self, token_lists, question_ids, segments, retrieval, options: RequestOptions, timeout) -> Job:
-        return self._worker.submit(lambda: self._execute(token_lists, question_ids, segments, retrieval, options),
-                                   timeout)
+    def _submit(self, token_lists, question_ids, segments, retrieval, options: RequestOptions, timeout,
+                transient=()) -> Job:
+        return self._worker.submit(
+            lambda: self._execute(token_lists, question_ids, segments, retrieval, options, transient), timeout)
 
-    def _execute(self, token_lists, question_ids, segments, retrieval, options: RequestOptions) -> Iterator:
+    def _execute(self, token_lists, question_ids, segments, retrieval, options: RequestOptions,
+                 transient=()) -> Iterator:
         """On the worker thread: the request itself (text pieces, then the QueryResult)."""
         with self._lock:
             executor = self.executor_for(options.mode)
             before = {s.name: s.hits for s in self.store.stats()}
             result = None
-            for event in executor.stream(token_lists, question_ids, options=options):
+            for event in executor.stream(token_lists, question_ids, options=options, transient=transient):
                 if event.result is not None:
                     result = event.result
                 elif event.text:

@@ -103,7 +103,11 @@ def store_summary(directory: str | Path) -> dict:
 
     directory = Path(directory)
     manifest = Manifest.read(directory)
-    index = SegmentIndex(directory / "index", manifest.embedding_dim)
+    from hypic_rag.config import PromptTemplate
+
+    template = PromptTemplate(**manifest.template)
+    index = SegmentIndex(directory / "index", manifest.embedding_dim,
+                         body_of=lambda record: template.body_of(record.text, record.title))
     disk = DiskTier(directory / "entries", int(manifest.store.get("disk_bytes", 32 * 2**30)))
     try:
         return {"store": str(directory), "model": manifest.model_path, "fingerprint": manifest.fingerprint,

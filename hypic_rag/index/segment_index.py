@@ -16,10 +16,12 @@ import sqlite3
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from hypic_rag.errors import RequestError, StoreError
+from hypic_rag.index.anchors import anchor_of
 
 
 @dataclass(frozen=True)
@@ -88,10 +90,13 @@ def _faiss():
 
 
 class SegmentIndex:
-    def __init__(self, directory: str | Path, dim: int):
+    def __init__(self, directory: str | Path, dim: int, body_of: Callable[[SegmentRecord], str] | None = None):
+        """`body_of(record)`: the document text a record's prompt text was made from (its anchor is
+        taken there, hypic_rag/index/anchors.py); default: the whole text."""
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.dim = dim
+        self.body_of = body_of or (lambda record: record.text)
         self._lock = threading.RLock()  # callers may come from worker threads (LangChain, LlamaIndex)
         self._path = self.directory / "segments.sqlite"
         with self._guard():
@@ -104,8 +109,11 @@ class SegmentIndex:
             self._db.execute("CREATE INDEX IF NOT EXISTS segments_text ON segments(text)")
             self._db.execute("CREATE INDEX IF NOT EXISTS segments_doc ON segments(doc_id)")
             self._db.execute("CREATE INDEX IF NOT EXISTS segments_key ON segments(key)")
+            self._db.execute("CREATE TABLE IF NOT EXISTS anchors (hash INTEGER, length INTEGER, segment_id TEXT)")
+            self._db.execute("CREATE INDEX IF NOT EXISTS anchors_hash ON anchors(hash)")
             self._index = self._load_or_rebuild()
         self._gpu = None
+        self._backfill_anchors()
 
     def _guard(self):
         """Turn SQLite's damage reports into one StoreError naming the file and the repair."""
@@ -193,6 +201,7 @@ class SegmentIndex:
                     if cur.rowcount == 1:
                         new_rows.append(cur.lastrowid)
                         new_vecs.append(vec)
+                        self._insert_anchor(record)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -215,6 +224,8 @@ class SegmentIndex:
                 gone = self._db.execute(f"SELECT row, segment_id, key FROM segments WHERE doc_id IN ({marks})",
                                         list(doc_ids)).fetchall()
                 self._db.execute(f"DELETE FROM segments WHERE doc_id IN ({marks})", list(doc_ids))
+                for _, sid, _ in gone:
+                    self._db.execute("DELETE FROM anchors WHERE segment_id = ?", (sid,))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -232,6 +243,45 @@ class SegmentIndex:
         with self._lock, self._guard():
             return [(sid, key) for sid, key in self._db.execute(
                 "SELECT segment_id, key FROM segments WHERE doc_id = ? ORDER BY row", (doc_id,))]
+
+    # ------------------------------------------------------------------ anchors (prompt matching)
+    def _insert_anchor(self, record: SegmentRecord) -> None:
+        anchor = anchor_of(self.body_of(record))
+        if anchor is not None:
+            self._db.execute("INSERT INTO anchors (hash, length, segment_id) VALUES (?, ?, ?)",
+                             (anchor[0], anchor[1], record.segment_id))
+
+    def _backfill_anchors(self) -> None:
+        """A store written before anchors existed gets them once, on open."""
+        with self._lock, self._guard():
+            if self._db.execute("SELECT 1 FROM anchors LIMIT 1").fetchone() is not None or len(self) == 0:
+                return
+        records = self.records()
+        with self._lock, self._guard():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for record in records:
+                    self._insert_anchor(record)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def anchor_lengths(self) -> list[int]:
+        with self._lock, self._guard():
+            return sorted(n for (n,) in self._db.execute("SELECT DISTINCT length FROM anchors"))
+
+    def anchored(self, hashes: list[int]) -> dict[int, list[str]]:
+        """Segment ids by anchor hash, for the hashes given."""
+        out: dict[int, list[str]] = {}
+        with self._lock, self._guard():
+            for start in range(0, len(hashes), 500):
+                chunk = hashes[start : start + 500]
+                rows = self._db.execute(f"SELECT hash, segment_id FROM anchors WHERE hash IN ({','.join('?' * len(chunk))})",
+                                        chunk)
+                for h, sid in rows:
+                    out.setdefault(h, []).append(sid)
+        return out
 
     def document_count(self) -> int:
         with self._lock, self._guard():

@@ -105,6 +105,10 @@ class TieredStore(EntryStore):
             tier.pop(key)
         self.disk.discard(key)
 
+    def __len__(self) -> int:
+        """Entries stored (every entry is written through to the disk tier)."""
+        return len(self.disk)
+
     def put(self, key: str, entry: SegmentEntry) -> None:
         self.disk.put(key, entry)
         self._insert(0, key, entry)
