@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from hypic_rag.errors import RequestError, StoreError
-from hypic_rag.index.anchors import anchor_of
+from hypic_rag.index.anchor_table import AnchorTable
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def _faiss():
     return faiss
 
 
-class SegmentIndex:
+class SegmentIndex(AnchorTable):
     def __init__(self, directory: str | Path, dim: int, body_of: Callable[[SegmentRecord], str] | None = None):
         """`body_of(record)`: the document text a record's prompt text was made from (its anchor is
         taken there, hypic_rag/index/anchors.py); default: the whole text."""
@@ -243,45 +243,6 @@ class SegmentIndex:
         with self._lock, self._guard():
             return [(sid, key) for sid, key in self._db.execute(
                 "SELECT segment_id, key FROM segments WHERE doc_id = ? ORDER BY row", (doc_id,))]
-
-    # ------------------------------------------------------------------ anchors (prompt matching)
-    def _insert_anchor(self, record: SegmentRecord) -> None:
-        anchor = anchor_of(self.body_of(record))
-        if anchor is not None:
-            self._db.execute("INSERT INTO anchors (hash, length, segment_id) VALUES (?, ?, ?)",
-                             (anchor[0], anchor[1], record.segment_id))
-
-    def _backfill_anchors(self) -> None:
-        """A store written before anchors existed gets them once, on open."""
-        with self._lock, self._guard():
-            if self._db.execute("SELECT 1 FROM anchors LIMIT 1").fetchone() is not None or len(self) == 0:
-                return
-        records = self.records()
-        with self._lock, self._guard():
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for record in records:
-                    self._insert_anchor(record)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-
-    def anchor_lengths(self) -> list[int]:
-        with self._lock, self._guard():
-            return sorted(n for (n,) in self._db.execute("SELECT DISTINCT length FROM anchors"))
-
-    def anchored(self, hashes: list[int]) -> dict[int, list[str]]:
-        """Segment ids by anchor hash, for the hashes given."""
-        out: dict[int, list[str]] = {}
-        with self._lock, self._guard():
-            for start in range(0, len(hashes), 500):
-                chunk = hashes[start : start + 500]
-                rows = self._db.execute(f"SELECT hash, segment_id FROM anchors WHERE hash IN ({','.join('?' * len(chunk))})",
-                                        chunk)
-                for h, sid in rows:
-                    out.setdefault(h, []).append(sid)
-        return out
 
     def document_count(self) -> int:
         with self._lock, self._guard():
