@@ -12,10 +12,15 @@ The plan is the matched segments (served from the cache, as stored) and the text
 (the prompt's own glue: headers, instructions, other documents), which is computed for the
 request and never stored; the text after the last match is the question. A prompt split by
 HYPIC's `<<PIC_SEP>>` separator is planned by that split, each piece matched as above.
+
+`question_of` finds the user's question in a stock prompt, for the "store" prompt format: the
+matched documents and that question in the store's own template (what its model was trained on),
+the prompt's other text dropped.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -125,3 +130,26 @@ def plan_prompt(prompt: str, index: SegmentIndex,
         last = plan.pieces[-1]  # a prompt ending in a segment: its text is asked about, uncached
         plan = PromptPlan(plan.pieces[:-1], last.text + plan.question)
     return plan
+
+
+_MARKED = re.compile(r"^[ \t]*(?:query|question|q)[ \t]*[:：][ \t]*(.*)$", re.I | re.M)
+_TAIL = re.compile(r"\s+(?:context|answer|documents?)\s*:.*$", re.I | re.S)
+_ANSWER_LINE = re.compile(r"^\s*(?:answer|a|response)\s*:\s*$", re.I)
+
+
+def question_of(plan: PromptPlan) -> str:
+    """The user's question inside a prompt's own text (the text around its documents): the last
+    line marked "Query:" / "Question:" (LlamaIndex's and LangChain's stock prompts), cut before a
+    following "Context:" or "Answer:"; else the last non-empty line of the text after the last
+    document, without an "Answer:" line."""
+    text = "\n".join([p.text for p in plan.pieces if p.record is None] + [plan.question])
+    marked = [m for m in _MARKED.finditer(text)]
+    for m in reversed(marked):
+        found = m.group(1).strip()
+        if not found:  # "Question:" alone on its line: the question is the next non-empty line
+            found = next((line.strip() for line in text[m.end():].splitlines() if line.strip()), "")
+        found = _TAIL.sub("", found).strip()
+        if found:
+            return found
+    lines = [line.strip() for line in plan.question.splitlines() if line.strip() and not _ANSWER_LINE.match(line)]
+    return lines[-1] if lines else plan.question.strip()

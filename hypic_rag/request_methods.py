@@ -14,9 +14,13 @@ from typing import AsyncIterator, Iterator
 
 from hypic_rag.config import Mode, RequestOptions
 from hypic_rag.index.segment_index import RetrievedSegment
-from hypic_rag.prompt_match import plan_prompt
+from hypic_rag.errors import RequestError
+from hypic_rag.prompt_match import PromptPlan, plan_prompt, question_of
 from hypic_rag.request_worker import Job
 from hypic_rag.results import QueryResult
+
+
+PROMPT_FORMATS = ("as_is", "store")
 
 
 def first_line(text: str) -> str:
@@ -81,9 +85,14 @@ class RequestMethods:
                                                seed, stop, options, timeout)]
         return items[-1]
 
-    def _prompt_job(self, prompt: str, options: RequestOptions, timeout) -> Job:
+    def _prompt_job(self, prompt: str, options: RequestOptions, timeout, prompt_format: str = "as_is") -> Job:
+        if prompt_format not in PROMPT_FORMATS:
+            raise RequestError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
         t0 = time.perf_counter()
         plan = plan_prompt(prompt, self.index, lambda record: self.template.segment_parts(record.title))
+        if prompt_format == "store" and plan.matched_ids:  # the documents and the question, the store's way
+            question = self.template.question.format(question=question_of(plan))
+            plan = PromptPlan([p for p in plan.pieces if p.record is not None], question)
         retrieval = time.perf_counter() - t0
         token_lists, segments, transient = [], [], []
         for piece in plan.pieces:
@@ -100,31 +109,36 @@ class RequestMethods:
     def stream_prompt(self, prompt: str, mode: Mode | str | None = None,
                       max_new_tokens: int | None = None, temperature: float | None = None,
                       top_p: float | None = None, seed: int | None = None, stop: str | list[str] | None = None,
-                      options: RequestOptions | None = None, timeout: float | None = None) -> Iterator:
-        """Like stream, for a finished prompt with documents stuffed in as text: stored segments
-        found in it are reused from the cache, other text is computed as uncached segments, and the
-        text after the last segment is the question (used verbatim)."""
+                      options: RequestOptions | None = None, timeout: float | None = None,
+                      prompt_format: str = "as_is") -> Iterator:
+        """Like stream, for a finished prompt with documents stuffed in as text, formatted any way:
+        stored segments found in it are reused from the cache, and the prompt's other text is
+        computed for this request (never stored). prompt_format "as_is" sends the prompt as it is
+        (the text after the last document is the question, verbatim); "store" sends the found
+        documents and the prompt's question (its "Question:"/"Query:" line) in the store's own
+        template, dropping the rest (a prompt with no stored document is sent as it is)."""
         options = options or self.options(mode, max_new_tokens, temperature, top_p, seed, stop)
-        yield from self._prompt_job(prompt, options, timeout)
+        yield from self._prompt_job(prompt, options, timeout, prompt_format)
 
     async def astream_prompt(self, prompt: str, mode: Mode | str | None = None,
                              max_new_tokens: int | None = None, temperature: float | None = None,
                              top_p: float | None = None, seed: int | None = None,
                              stop: str | list[str] | None = None, options: RequestOptions | None = None,
-                             timeout: float | None = None) -> AsyncIterator:
+                             timeout: float | None = None, prompt_format: str = "as_is") -> AsyncIterator:
         """stream_prompt() for asyncio."""
         options = options or self.options(mode, max_new_tokens, temperature, top_p, seed, stop)
-        job = await asyncio.to_thread(self._prompt_job, prompt, options, timeout)
+        job = await asyncio.to_thread(self._prompt_job, prompt, options, timeout, prompt_format)
         async for item in job.aiter():
             yield item
 
     def query_prompt(self, prompt: str, mode: Mode | str | None = None, max_new_tokens: int | None = None,
                      temperature: float | None = None, top_p: float | None = None,
                      seed: int | None = None, stop: str | list[str] | None = None,
-                     options: RequestOptions | None = None, timeout: float | None = None) -> QueryResult:
+                     options: RequestOptions | None = None, timeout: float | None = None,
+                     prompt_format: str = "as_is") -> QueryResult:
         """stream_prompt(), collected: the QueryResult."""
         *_, result = self.stream_prompt(prompt, mode, max_new_tokens, temperature, top_p, seed, stop, options,
-                                        timeout)
+                                        timeout, prompt_format)
         return result
 
     def _submit(self, token_lists, question_ids, segments, retrieval, options: RequestOptions, timeout,
@@ -147,5 +161,5 @@ class RequestMethods:
             after = {s.name: s.hits for s in self.store.stats()}
         tiers = {name: after[name] - before[name] for name in after}
         answered = QueryResult(first_line(result.text or ""), segments, result, retrieval, tiers)
-        self._count(answered, options.mode.value)
+        self._count(answered, executor.config.mode.value if options.mode is None else Mode.parse(options.mode).value)
         yield answered

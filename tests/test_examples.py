@@ -16,14 +16,26 @@ def run_script(name):
     return out.stdout
 
 
+def _home_city(name: str) -> str:
+    from conftest import demo_docs
+
+    text = next(d["text"] for d in demo_docs() if d["title"] == name)
+    return text.split(f"home city of {name} is ")[1].split(".")[0]
+
+
 def test_langchain_lcel_example():
     out = run_script("langchain_lcel_rag.py")
     assert out.count("cached segments [") == 2 and "streamed:" in out
+    name = out.split("What is the home city of ")[1].split("?")[0]
+    assert out.split("\nA: ")[1].splitlines()[0].strip() == _home_city(name), out
 
 
 def test_llama_index_example():
     out = run_script("llama_index_query.py")
-    assert "A (segment ids passed):" in out and "A (stock RetrieverQueryEngine" in out
+    ids_answer = out.split("A (segment ids passed): ")[1].splitlines()[0].strip()
+    stock_answer = out.split("A (stock RetrieverQueryEngine, text stuffed): ")[1].splitlines()[0].strip("'\" ")
+    name = out.split("What is the home city of ")[1].split("?")[0]
+    assert ids_answer == stock_answer == _home_city(name), out
 
 
 def test_notebook_executes_and_keeps_outputs(tmp_path):

@@ -79,3 +79,35 @@ def test_llama_index_default_metadata_block_and_every_response_mode():
         assert len(rag.store) == size
     finally:
         Settings._tokenizer = previous
+
+
+LANGCHAIN_RAG_PROMPT = (  # the hub's rlm/rag-prompt: the question before the context
+    "You are an assistant for question-answering tasks. Use the following pieces of retrieved context to "
+    "answer the question. If you don't know the answer, just say that you don't know. Use three sentences "
+    "maximum and keep the answer concise.\nQuestion: {question} \nContext: {context} \nAnswer:")
+
+
+def test_stock_prompts_answer_as_the_store_template_does():
+    """LlamaIndex's default QA prompt and LangChain's common RAG prompt, sent through the integrations
+    (prompt_format "store", their default), give the model what it answers from the store's own
+    template: the same answer as a query naming the same segments."""
+    from langchain_core.prompts import ChatPromptTemplate
+    from llama_index.core.prompts.default_prompts import DEFAULT_TEXT_QA_PROMPT
+
+    from langchain_hypic_rag import ChatHypicRAG
+    from llama_index_hypic_rag import HypicRAGLLM
+
+    rag = demo_rag()
+    chat, llm = ChatHypicRAG(rag=rag, max_tokens=6), HypicRAGLLM(rag=rag, max_new_tokens=6)
+    for doc in demo_docs(12)[:4]:
+        question = f"What is the home city of {doc['title']}?"
+        records = [s.record for s in rag.retrieve(question, k=3)]
+        want = rag.query(question, segment_ids=[r.segment_id for r in records], max_new_tokens=6).generation.text
+        context = "\n\n".join(r.text for r in records)
+        llama = llm.complete(DEFAULT_TEXT_QA_PROMPT.format(context_str=context, query_str=question)).text
+        lang = ChatPromptTemplate.from_template(LANGCHAIN_RAG_PROMPT).invoke(
+            {"question": question, "context": context})
+        assert llama == want and chat.invoke(lang).content == want, (question, llama, want)
+        verbatim = llm.complete(DEFAULT_TEXT_QA_PROMPT.format(context_str=context, query_str=question),
+                                prompt_format="as_is")
+        assert verbatim.raw["segment_hits"] == len(records)  # as_is: the same cache hits, the prompt verbatim

@@ -14,6 +14,7 @@ class HypicEngineMixin(BaseModel):
 
     store_dir: str | None = None
     rag: Any = Field(default=None, exclude=True)
+    prompt_format: str = "store"  # the found documents and the prompt's question in the store's template
     _opened: Any = PrivateAttr(default=None)
 
     def engine(self):
@@ -51,7 +52,7 @@ def usage_metadata(result) -> dict:
 
 
 def _stream_of(engine, asynchronous: bool, *, prompt, question, segment_ids, mode, max_new_tokens, temperature,
-               stop, timeout):
+               stop, timeout, prompt_format="store"):
     options = engine.options(mode=mode, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop or None)
     if segment_ids is not None:
         if not isinstance(segment_ids, (list, tuple)) or not all(isinstance(s, str) for s in segment_ids):
@@ -59,7 +60,7 @@ def _stream_of(engine, asynchronous: bool, *, prompt, question, segment_ids, mod
         method = engine.astream if asynchronous else engine.stream
         return method(question, segment_ids=list(segment_ids), options=options, timeout=timeout)
     method = engine.astream_prompt if asynchronous else engine.stream_prompt
-    return method(prompt, options=options, timeout=timeout)
+    return method(prompt, options=options, timeout=timeout, prompt_format=prompt_format)
 
 
 def run_generation(engine, **request):

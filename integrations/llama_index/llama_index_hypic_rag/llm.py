@@ -26,6 +26,8 @@ class HypicRAGLLM(CustomLLM):
     seed: int | None = Field(default=None)
     stop: list[str] | None = Field(default=None, description="strings that end decoding (excluded from the text)")
     model_name: str = Field(default="hypic-rag")
+    prompt_format: str = Field(default="store", description='"store": the documents found in the prompt and its '
+                               'query in the store\'s own template (what its model was trained on); "as_is": verbatim')
     _rag: Any = PrivateAttr(default=None)
 
     def __init__(self, rag: Any = None, **data: Any) -> None:
@@ -62,7 +64,8 @@ class HypicRAGLLM(CustomLLM):
         """The responses of one request (not a callback event of its own: each public method is one)."""
         engine = self.engine()
         text = ""
-        for item in engine.stream_prompt(prompt, options=self._options(engine, kwargs), timeout=kwargs.get("timeout")):
+        for item in engine.stream_prompt(prompt, options=self._options(engine, kwargs), timeout=kwargs.get("timeout"),
+                                         prompt_format=kwargs.get("prompt_format", self.prompt_format)):
             text += item if isinstance(item, str) else ""
             yield self._response(text, item)
 
@@ -70,7 +73,8 @@ class HypicRAGLLM(CustomLLM):
         engine = self.engine()
         text = ""
         async for item in engine.astream_prompt(prompt, options=self._options(engine, kwargs),
-                                                timeout=kwargs.get("timeout")):
+                                                timeout=kwargs.get("timeout"),
+                                                prompt_format=kwargs.get("prompt_format", self.prompt_format)):
             text += item if isinstance(item, str) else ""
             yield self._response(text, item)
 
