@@ -165,3 +165,15 @@ def test_chat_messages_go_through_the_tokenizers_chat_template_with_their_roles(
     want = rag.query_prompt(rendered, max_new_tokens=5)
     assert got.content == want.generation.text
     assert got.usage_metadata["input_tokens"] == want.generation.prompt_tokens
+
+
+def test_seed_top_p_and_temperature_per_call_and_as_fields():
+    rag = demo_rag()
+    prompt = f"Where was {demo_docs(12)[4]['title']} born?"
+    chat = ChatHypicRAG(rag=rag, max_tokens=8)
+    hot = [chat.invoke(prompt, temperature=1.5, top_p=0.95, seed=s).content for s in (1, 1, 2, 3, 4)]
+    assert hot[0] == hot[1] and len(set(hot)) > 1  # the seed fixes a sample; sampling makes them differ
+    fixed = ChatHypicRAG(rag=rag, max_tokens=8, temperature=1.5, top_p=0.95, seed=1)
+    assert fixed.invoke(prompt).content == hot[0]
+    assert HypicRAGLLM(rag=rag, max_tokens=8, temperature=1.5, seed=3).invoke(prompt) == \
+        HypicRAGLLM(rag=rag, max_tokens=8).invoke(prompt, temperature=1.5, seed=3)

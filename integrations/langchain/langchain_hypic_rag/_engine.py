@@ -15,6 +15,8 @@ class HypicEngineMixin(BaseModel):
     store_dir: str | None = None
     rag: Any = Field(default=None, exclude=True)
     prompt_format: str = "store"  # the found documents and the prompt's question in the store's template
+    top_p: float | None = None
+    seed: int | None = None
     _opened: Any = PrivateAttr(default=None)
 
     def engine(self):
@@ -52,8 +54,9 @@ def usage_metadata(result) -> dict:
 
 
 def _stream_of(engine, asynchronous: bool, *, prompt, question, segment_ids, mode, max_new_tokens, temperature,
-               stop, timeout, prompt_format="store"):
-    options = engine.options(mode=mode, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop or None)
+               stop, timeout, prompt_format="store", top_p=None, seed=None):
+    options = engine.options(mode=mode, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                             seed=seed, stop=stop or None)
     if segment_ids is not None:
         if not isinstance(segment_ids, (list, tuple)) or not all(isinstance(s, str) for s in segment_ids):
             raise ValueError("segment_ids must be a list of segment id strings")

@@ -35,7 +35,7 @@ class ChatHypicRAG(HypicEngineMixin, BaseChatModel):
 
     Messages are rendered with the tokenizer's chat template when it has one (roles kept), otherwise
     joined by newlines; stored segments found in the rendered prompt come from the cache. Per call:
-    segment_ids, mode, max_tokens, temperature, stop, timeout, prompt_format. model_name defaults to
+    segment_ids, mode, max_tokens, temperature, top_p, seed, stop, timeout, prompt_format. model_name defaults to
     the checkpoint's. prompt_format "store" (the default) sends the model the documents found in the
     prompt and the prompt's question ("Question:" / "Query:" line) in the store's own template, which
     the store's model was trained on; "as_is" sends the rendered prompt verbatim."""
@@ -82,7 +82,8 @@ class ChatHypicRAG(HypicEngineMixin, BaseChatModel):
                     max_new_tokens=kwargs.get("max_tokens", self.max_tokens),
                     temperature=kwargs.get("temperature", self.temperature), stop=stop or self.stop,
                     timeout=kwargs.get("timeout", self.timeout),
-                    prompt_format=kwargs.get("prompt_format", self.prompt_format))
+                    prompt_format=kwargs.get("prompt_format", self.prompt_format),
+                    top_p=kwargs.get("top_p", self.top_p), seed=kwargs.get("seed", self.seed))
 
     def _render(self, messages: list[BaseMessage]) -> str:
         """The prompt text: the chat template's rendering (with the generation prompt) where the

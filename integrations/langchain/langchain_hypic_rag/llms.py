@@ -14,7 +14,7 @@ from langchain_hypic_rag._engine import HypicEngineMixin, arun_generation, run_g
 class HypicRAGLLM(HypicEngineMixin, LLM):
     """A LangChain text-completion LLM answering from a hypic_rag store (prompt text in, completion
     out); stored segments found in the prompt come from the cache. Per call: segment_ids, mode,
-    max_tokens, temperature, stop, timeout, prompt_format ("store", the default: the found documents
+    max_tokens, temperature, top_p, seed, stop, timeout, prompt_format ("store", the default: the found documents
     and the prompt's question in the store's template; "as_is": the prompt verbatim). The last chunk's generation_info carries the cache and
     timing figures, usage_metadata (with the cached prompt tokens) and model_name."""
 
@@ -36,7 +36,8 @@ class HypicRAGLLM(HypicEngineMixin, LLM):
                     mode=kwargs.get("mode", self.mode), max_new_tokens=kwargs.get("max_tokens", self.max_tokens),
                     temperature=kwargs.get("temperature", self.temperature), stop=stop,
                     timeout=kwargs.get("timeout", self.timeout),
-                    prompt_format=kwargs.get("prompt_format", self.prompt_format))
+                    prompt_format=kwargs.get("prompt_format", self.prompt_format),
+                    top_p=kwargs.get("top_p", self.top_p), seed=kwargs.get("seed", self.seed))
 
     def _info(self, result) -> dict:
         return {**result.to_dict(), "usage_metadata": usage_metadata(result),
