@@ -28,6 +28,7 @@ from hypic_rag.precompute.corpus import Document, documents_of
 from hypic_rag.precompute.segmenter import Segmenter, check_segment_budget
 from hypic_rag.request_methods import RequestMethods, first_line  # noqa: F401  (first_line re-exported)
 from hypic_rag.request_worker import RequestWorker
+from hypic_rag.retrieval_ledger import RetrievalLedger
 from hypic_rag.store.manifest import Manifest
 from hypic_rag.store.usage import Usage
 from hypic_rag.store.memory import MemoryTier
@@ -88,6 +89,8 @@ class HypicRAG(RequestMethods):
         self._executors: dict[int, HypicExecutor] = {}  # by seam: entries of settings the store does not record
         self.ray_prefill = None  # set by use_ray()
         self.read_only = read_only
+        self.retrievals = RetrievalLedger(self._report_not_in_prompt)
+        self._warned_not_in_prompt = False
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -277,6 +280,23 @@ class HypicRAG(RequestMethods):
             except OSError as exc:  # counters are not worth failing a request for
                 log.warning("hypic_rag: could not update %s/usage.json: %s", self.directory, exc)
 
+    def note_retrieved(self, segment_ids: list[str]) -> None:
+        """Record that a retriever handed these segments to a stuffing chain: a segment later found in
+        no prompt is reported (a warning once, and the hypic_rag_retrieved_not_in_prompt metric).
+        The integrations' retrievers call it; so may any other retriever over this store."""
+        self.retrievals.retrieved(segment_ids)
+
+    def _report_not_in_prompt(self, segment_ids: list[str]) -> None:
+        from hypic_rag import metrics
+
+        metrics.NOT_IN_PROMPT.labels(str(self.directory)).inc(len(segment_ids))
+        if not self._warned_not_in_prompt:
+            self._warned_not_in_prompt = True
+            log.warning("hypic_rag: %d retrieved segment(s) were found in no prompt (e.g. %s): the chain dropped "
+                        "them or formatted them beyond recognition, so they were neither cache hits nor misses; "
+                        "counted in hypic_rag_retrieved_not_in_prompt (this warning is shown once)",
+                        len(segment_ids), segment_ids[0])
+
     def serve_metrics(self, port: int, addr: str = "127.0.0.1"):
         """Expose Prometheus metrics (hypic_rag/metrics.py) at http://addr:port/metrics while this
         process lives; port 0 picks a free one (server.server_port). Returns the server."""
@@ -302,6 +322,7 @@ class HypicRAG(RequestMethods):
             return
         self._closed = True
         self._worker.close()
+        self.retrievals.settle(older_than=0)
         if self.ray_prefill is not None:
             self.ray_prefill.close()
             self.ray_prefill = None

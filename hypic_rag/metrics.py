@@ -20,6 +20,8 @@ CACHED_TOKENS = Counter("hypic_rag_cached_prompt_tokens", "Prompt tokens whose c
 TIER_HITS = Counter("hypic_rag_tier_hits", "Entry reads served by each store tier", _LABELS + ("tier",))
 TIER_BYTES = Gauge("hypic_rag_tier_bytes", "Bytes held by each store tier", _LABELS + ("tier",))
 TIER_ENTRIES = Gauge("hypic_rag_tier_entries", "Entries held by each store tier", _LABELS + ("tier",))
+NOT_IN_PROMPT = Counter("hypic_rag_retrieved_not_in_prompt",
+                        "Retrieved segments found in no prompt (HypicRAG.note_retrieved)", _LABELS)
 TTFT = Histogram("hypic_rag_ttft_seconds", "Time to first token", _LABELS,
                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
 

@@ -90,6 +90,7 @@ class RequestMethods:
             raise RequestError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
         t0 = time.perf_counter()
         plan = plan_prompt(prompt, self.index, lambda record: self.template.segment_parts(record.title))
+        self.retrievals.found_in_prompt(plan.matched_ids)
         if prompt_format == "store" and plan.matched_ids:  # the documents and the question, the store's way
             question = self.template.question.format(question=question_of(plan))
             plan = PromptPlan([p for p in plan.pieces if p.record is not None], question)

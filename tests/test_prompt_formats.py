@@ -111,3 +111,31 @@ def test_stock_prompts_answer_as_the_store_template_does():
         verbatim = llm.complete(DEFAULT_TEXT_QA_PROMPT.format(context_str=context, query_str=question),
                                 prompt_format="as_is")
         assert verbatim.raw["segment_hits"] == len(records)  # as_is: the same cache hits, the prompt verbatim
+
+
+def test_a_retrieved_document_found_in_no_prompt_is_reported_once(caplog):
+    """hits + misses + not-in-prompt account for every retrieved document."""
+    import logging
+
+    from langchain_hypic_rag import ChatHypicRAG, HypicRAGRetriever
+
+    from hypic_rag import metrics
+
+    rag = demo_rag()
+    store = str(rag.directory)
+    rag.retrievals.settle(older_than=0)
+    before = metrics.NOT_IN_PROMPT.labels(store)._value.get()
+    retriever, chat = HypicRAGRetriever(rag=rag, k=3), ChatHypicRAG(rag=rag, max_tokens=2)
+    question = f"Where was {demo_docs(12)[8]['title']} born?"
+    docs = retriever.invoke(question)
+    kept = "".join(d.page_content for d in docs[:2])  # a chain that drops the third document
+    message = chat.invoke(kept + f"Question: {question}\nAnswer:")
+    docs = retriever.invoke(question)
+    chat.invoke("".join(d.page_content for d in docs) + f"Question: {question}\nAnswer:")  # all three used
+    with caplog.at_level(logging.WARNING, logger="hypic_rag"):
+        rag.retrievals.settle(older_than=0)
+        rag.retrievals.retrieved(["x"])  # nothing more to report, and no second warning
+        rag.retrievals.settle(older_than=0)
+    dropped = metrics.NOT_IN_PROMPT.labels(store)._value.get() - before
+    assert message.response_metadata["segment_hits"] + message.response_metadata["segment_misses"] + dropped == 3
+    assert dropped == 1 and sum("found in no prompt" in r.message for r in caplog.records) <= 1

@@ -21,6 +21,7 @@ class HypicRAGRetriever(HypicEngineMixin, BaseRetriever):
                                 **kwargs: Any) -> list[Document]:
         k = kwargs.get("k", self.k)
         hits = self.engine().retrieve(query, k=k)
+        self.engine().note_retrieved([h.record.segment_id for h in hits])
         return [
             Document(
                 id=h.record.segment_id,

@@ -30,4 +30,5 @@ class HypicRAGRetriever(BaseRetriever):
                             excluded_llm_metadata_keys=list(metadata),  # the LLM sees the exact segment text
                             excluded_embed_metadata_keys=list(metadata))
             out.append(NodeWithScore(node=node, score=hit.score))
+        self.engine().note_retrieved([n.node.node_id for n in out])  # reported if found in no prompt
         return out
