@@ -177,3 +177,34 @@ def test_seed_top_p_and_temperature_per_call_and_as_fields():
     assert fixed.invoke(prompt).content == hot[0]
     assert HypicRAGLLM(rag=rag, max_tokens=8, temperature=1.5, seed=3).invoke(prompt) == \
         HypicRAGLLM(rag=rag, max_tokens=8).invoke(prompt, temperature=1.5, seed=3)
+
+
+def test_the_indexing_api_adds_skips_updates_and_deletes_documents(tmp_path):
+    """langchain_core.indexing.index with a real RecordManager over HypicRAGVectorStore."""
+    from langchain_core.documents import Document
+    from langchain_core.indexing import InMemoryRecordManager, index
+
+    from hypic_rag.api import SHIPPED_MODEL, HypicRAG
+    from langchain_hypic_rag import HypicRAGVectorStore
+
+    alice = "Alice Marrow was born in Lisbon. She works as a baker."
+    bob = "Bob Kestrel was born in Oslo. He works as a pilot."
+    with HypicRAG.create(tmp_path / "store", model=SHIPPED_MODEL) as rag:
+        store, records = HypicRAGVectorStore(rag=rag), InMemoryRecordManager("hypic")
+        records.create_schema()
+        docs = [Document(alice, metadata={"source": "a"}), Document(bob, metadata={"source": "b"})]
+        first = index(docs, records, store, cleanup="incremental", source_id_key="source")
+        again = index(docs, records, store, cleanup="incremental", source_id_key="source")
+        edited = [Document(alice.replace("Lisbon", "Porto"), metadata={"source": "a"}), docs[1]]
+        update = index(edited, records, store, cleanup="incremental", source_id_key="source")
+        assert (first["num_added"], again["num_skipped"]) == (2, 2)
+        assert (update["num_added"], update["num_deleted"], update["num_skipped"]) == (1, 1, 1)
+        texts = [r.text for r in rag.index.records()]
+        assert len({r.doc_id for r in rag.index.records()}) == 2
+        assert any("Porto" in t for t in texts) and not any("Lisbon" in t for t in texts)
+        hit = store.similarity_search("Where was Alice Marrow born?", k=1)[0]
+        assert "Porto" in hit.page_content and hit.metadata["source"] == "a"
+        (got,) = store.get_by_ids([hit.metadata["doc_id"]])
+        assert got.page_content.strip() == edited[0].page_content
+        full = index([], records, store, cleanup="full")
+        assert full["num_deleted"] == 2 and len(rag.index) == 0
