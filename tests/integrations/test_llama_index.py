@@ -116,3 +116,33 @@ def test_astream_complete_tasks_at_once_and_a_cancelled_one():
 
     got, (outcome,) = asyncio.run(asyncio.wait_for(main(), 120))
     assert got == want and isinstance(outcome, asyncio.CancelledError)
+
+
+def test_ingestion_pipeline_upserts_documents_through_the_docstore(tmp_path):
+    """A stock IngestionPipeline with a docstore (UPSERTS) over HypicRAGVectorStore: new documents are
+    ingested, unchanged ones skipped, an edited one replaces its old segments."""
+    from llama_index.core import Document
+    from llama_index.core.ingestion import DocstoreStrategy, IngestionPipeline
+    from llama_index.core.storage.docstore import SimpleDocumentStore
+    from llama_index.core.vector_stores.types import VectorStoreQuery
+
+    from hypic_rag.api import SHIPPED_MODEL, HypicRAG
+    from llama_index_hypic_rag import HypicRAGEmbedding, HypicRAGVectorStore
+
+    alice = "Alice Marrow was born in Lisbon. She works as a baker."
+    bob = "Bob Kestrel was born in Oslo. He works as a pilot."
+    with HypicRAG.create(tmp_path / "store", model=SHIPPED_MODEL) as rag:
+        pipeline = IngestionPipeline(transformations=[HypicRAGEmbedding(rag)], vector_store=HypicRAGVectorStore(rag),
+                                     docstore=SimpleDocumentStore(), docstore_strategy=DocstoreStrategy.UPSERTS)
+        docs = [Document(text=alice, id_="alice"), Document(text=bob, id_="bob")]
+        assert len(pipeline.run(documents=docs)) == 2
+        keys = {r.segment_id: r.key for r in rag.index.records()}
+        assert pipeline.run(documents=docs) == [] and {r.segment_id: r.key for r in rag.index.records()} == keys
+        changed = pipeline.run(documents=[Document(text=alice.replace("Lisbon", "Porto"), id_="alice"), docs[1]])
+        assert len(changed) == 1
+        texts = [r.text for r in rag.index.records()]
+        assert {r.doc_id for r in rag.index.records()} == {"alice", "bob"}
+        assert any("Porto" in t for t in texts) and not any("Lisbon" in t for t in texts)
+        query = VectorStoreQuery(query_str="Where was Alice Marrow born?", similarity_top_k=1)
+        result = HypicRAGVectorStore(rag).query(query)
+        assert "Porto" in result.nodes[0].text
