@@ -52,3 +52,4 @@ def test_demo_command_runs():
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "full recompute vs hypic" in out.stdout and "median TTFT" in out.stdout
+    assert all(len(line) <= 80 for line in out.stdout.splitlines()), out.stdout  # piped: 80 columns, no wrapping
