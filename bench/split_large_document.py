@@ -20,7 +20,8 @@ import json, random, resource, time
 from transformers import AutoTokenizer
 from hypic_rag.api import SHIPPED_MODEL
 from hypic_rag.config import PromptTemplate
-from hypic_rag.precompute.segmenter import Document, Segmenter
+from hypic_rag.precompute.corpus import Document
+from hypic_rag.precompute.segmenter import Segmenter
 tok = AutoTokenizer.from_pretrained(SHIPPED_MODEL)
 r = random.Random(0)
 words = ["alpha", "river", "stone", "Kamo", "north", "bread", "lamp", "quiet"]

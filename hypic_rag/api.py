@@ -216,6 +216,7 @@ class HypicRAG(RequestMethods):
 
     # ------------------------------------------------------------------ query
     def retrieve(self, question: str, k: int = 4) -> list[RetrievedSegment]:
+        """The top-k segments for a question by the store's embedder and FAISS index, best first."""
         _checked_question(question)
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise RequestError(f"k must be an integer >= 1, got {k!r}")
@@ -237,6 +238,7 @@ class HypicRAG(RequestMethods):
         return replace(record, token_ids=ids, key=key)
 
     def question_ids(self, question: str) -> list[int]:
+        """The question's token ids in the store's question template."""
         _checked_question(question)
         return self.tokenizer.encode(self.template.question.format(question=question), add_special_tokens=False)
 
@@ -260,6 +262,7 @@ class HypicRAG(RequestMethods):
 
     # ------------------------------------------------------------------ inspect
     def info(self) -> StoreInfo:
+        """The store's directory, fingerprint, model path, counts and tier statistics."""
         records = self.index.records()
         return StoreInfo(str(self.directory), self.executor.fingerprint.to_string(),
                          None if self.model_path is None else str(self.model_path), len(records),

@@ -26,6 +26,7 @@ class Mode(str, Enum):
 
     @classmethod
     def parse(cls, value: "Mode | str") -> "Mode":
+        """A Mode from its value, or RequestError naming the modes."""
         if isinstance(value, Mode):
             return value
         try:
@@ -219,6 +220,7 @@ class PromptTemplate:
                 raise RequestError(f"template {name!r} must contain {', '.join(fields)}; got {value!r}")
 
     def to_dict(self) -> dict:
+        """The template as plain JSON values (what a store's manifest records)."""
         return {"system": self.system, "segment": self.segment, "question": self.question, "add_bos": self.add_bos}
 
     def segment_parts(self, title: str) -> tuple[str, str]:

@@ -149,6 +149,7 @@ class HypicExecutor:
         return cache_ops.clone_cache(self._prefix_cache)
 
     def key_of(self, token_ids: Sequence[int]) -> str:
+        """The store key of a segment's entry: a hash of its tokens and this executor's fingerprint."""
         return segment_key(self.fingerprint, tuple(token_ids))
 
     def precompute(self, token_ids: Sequence[int]) -> SegmentEntry:
@@ -393,6 +394,7 @@ class HypicExecutor:
         self, segments: Sequence[Sequence[int]], question: Sequence[int], max_new_tokens: int | None = None,
         ignore_eos: bool = False, options: RequestOptions | None = None,
     ) -> GenerationResult:
+        """stream(), collected: the GenerationResult."""
         result = None
         for event in self.stream(segments, question, max_new_tokens, ignore_eos, options):
             result = event.result or result

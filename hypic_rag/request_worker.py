@@ -45,6 +45,7 @@ class Job:
         self._deadline = None if timeout is None else time.monotonic() + timeout
 
     def cancel(self) -> None:
+        """Stop the request at its next item (also what an abandoned or closed stream does)."""
         self.cancelled.set()
 
     def _next(self) -> Any:
@@ -132,6 +133,7 @@ class RequestWorker:
 
     @property
     def on_worker(self) -> bool:
+        """Is the caller the worker thread itself?"""
         return threading.current_thread() is self._thread
 
     def _ensure_started(self) -> None:
@@ -145,6 +147,7 @@ class RequestWorker:
             job._run()
 
     def close(self) -> None:
+        """Refuse new jobs, let the submitted ones finish, and end the thread."""
         self._closed = True
         if self._thread is not None and self._thread.is_alive():
             self._jobs.put(None)

@@ -28,10 +28,12 @@ class QueryResult:
 
     @property
     def segment_ids(self) -> list[str]:
+        """Ids of the segments the answer was composed from, in prompt order."""
         return [s.record.segment_id for s in self.segments]
 
     @property
     def timings(self) -> Timings:
+        """Seconds per stage of the request (load, seam, prefill, ttft, decode)."""
         return self.generation.timings
 
     def __repr__(self) -> str:
@@ -59,6 +61,7 @@ class QueryResult:
 
 @dataclass(frozen=True)
 class StoreInfo:
+    """A store's summary: directory, fingerprint, model path, counts and per-tier statistics."""
     directory: str
     fingerprint: str
     model_path: str | None

@@ -20,6 +20,7 @@ class HypicEngineMixin(BaseModel):
     _opened: Any = PrivateAttr(default=None)
 
     def engine(self):
+        """The HypicRAG: `rag` when given, else `store_dir` opened once."""
         if self.rag is not None:
             return self.rag
         if self._opened is None:

@@ -27,14 +27,17 @@ def _segment_document(hit) -> Document:
 
 
 class HypicRAGVectorStore(VectorStore):
+    """A hypic_rag store as a LangChain VectorStore (see the module docstring)."""
     def __init__(self, rag: Any = None, store_dir: str | None = None):
         self._engine = HypicEngineMixin(rag=rag, store_dir=store_dir)
 
     def engine(self):
+        """The HypicRAG underneath (opened from store_dir on first use)."""
         return self._engine.engine()
 
     @property
     def embeddings(self) -> Embeddings | None:
+        """None: the store embeds with its own embedder."""
         return None  # the store embeds with its own embedder
 
     def add_texts(self, texts: Iterable[str], metadatas: list[dict] | None = None, *, ids: list[str] | None = None,
@@ -60,6 +63,7 @@ class HypicRAGVectorStore(VectorStore):
         return [d.doc_id for d in documents]
 
     def add_documents(self, documents: list[Document], **kwargs: Any) -> list[str]:
+        """Ingest Documents (their ids when every one has an id, else content hashes)."""
         ids = kwargs.pop("ids", None) or ([d.id for d in documents] if all(d.id for d in documents) else None)
         return self.add_texts([d.page_content for d in documents], [d.metadata for d in documents], ids=ids, **kwargs)
 
@@ -81,12 +85,14 @@ class HypicRAGVectorStore(VectorStore):
         return out
 
     def similarity_search_with_score(self, query: str, k: int = 4, **kwargs: Any) -> list[tuple[Document, float]]:
+        """The top-k segments for `query` with their cosine scores."""
         rag = self.engine()
         hits = rag.retrieve(query, k=k)
         rag.note_retrieved([h.record.segment_id for h in hits])
         return [(_segment_document(h), h.score) for h in hits]
 
     def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
+        """The top-k segments for `query`."""
         return [doc for doc, _ in self.similarity_search_with_score(query, k, **kwargs)]
 
     def _select_relevance_score_fn(self):
@@ -96,6 +102,7 @@ class HypicRAGVectorStore(VectorStore):
     def from_texts(cls, texts: list[str], embedding: Embeddings | None = None, metadatas: list[dict] | None = None,
                    *, ids: list[str] | None = None, rag: Any = None, store_dir: str | None = None,
                    **kwargs: Any) -> "HypicRAGVectorStore":
+        """A vector store over `rag` (or `store_dir`) with these texts ingested (`embedding` is unused)."""
         store = cls(rag=rag, store_dir=store_dir)
         store.add_texts(texts, metadatas, ids=ids)
         return store

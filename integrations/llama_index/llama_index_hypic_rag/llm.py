@@ -18,6 +18,10 @@ from llama_index_hypic_rag._engine import open_engine
 
 
 class HypicRAGLLM(CustomLLM):
+    """A LlamaIndex CustomLLM answering from a hypic_rag store (`rag=` or `store_dir=`); prompts with
+    stuffed documents are served from the cache. Fields (overridable per call): mode, max_new_tokens,
+    temperature, top_p, seed, stop, prompt_format ("store": the found documents and the query in the
+    store's template, the default; "as_is": the prompt verbatim)."""
     store_dir: str | None = Field(default=None, description="store built by `hypic-rag precompute`")
     max_new_tokens: int = Field(default=64)
     mode: str | None = Field(default=None, description="rung of the ablation ladder (default: the store's)")
@@ -35,11 +39,13 @@ class HypicRAGLLM(CustomLLM):
         self._rag = rag
 
     def engine(self):
+        """The HypicRAG this LLM answers from (opened from store_dir on first use)."""
         self._rag = open_engine(self._rag, self.store_dir)
         return self._rag
 
     @property
     def metadata(self) -> LLMMetadata:
+        """Context window (the model's positions), output budget and model name."""
         positions = self._rag.executor.spec.max_positions if self._rag is not None else 4096
         return LLMMetadata(context_window=positions or 4096, num_output=self.max_new_tokens,
                            model_name=self.model_name, is_chat_model=False)
@@ -80,6 +86,7 @@ class HypicRAGLLM(CustomLLM):
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        """The completion of a prompt; raw carries the cache and timing figures."""
         *_, last = self._responses(prompt, kwargs)
         return last
 
@@ -91,6 +98,7 @@ class HypicRAGLLM(CustomLLM):
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        """complete() for asyncio (native: the event loop never blocks)."""
         last = None
         async for last in self._aresponses(prompt, kwargs):
             pass
@@ -99,4 +107,5 @@ class HypicRAGLLM(CustomLLM):
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False,
                                **kwargs: Any) -> CompletionResponseAsyncGen:
+        """stream_complete() for asyncio; cancelling the task cancels the request."""
         return self._aresponses(prompt, kwargs)

@@ -10,6 +10,8 @@ from llama_index_hypic_rag.retriever import HypicRAGRetriever
 
 
 class HypicQueryEngine(CustomQueryEngine):
+    """Retrieve, then answer from the retrieved segments' caches by id (no text matching); the
+    Response's metadata carries the cache and timing figures."""
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     retriever: HypicRAGRetriever
@@ -17,6 +19,7 @@ class HypicQueryEngine(CustomQueryEngine):
     mode: str | None = None
 
     def custom_query(self, query_str: str) -> Response:
+        """Answer `query_str` from its retrieved segments."""
         nodes = self.retriever.retrieve(query_str)
         result = self.retriever.engine().query(
             query_str, segment_ids=[n.node.node_id for n in nodes], mode=self.mode, max_new_tokens=self.max_new_tokens

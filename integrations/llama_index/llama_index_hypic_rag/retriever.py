@@ -11,6 +11,8 @@ from llama_index_hypic_rag._engine import open_engine
 
 
 class HypicRAGRetriever(BaseRetriever):
+    """Top-k segments of a hypic_rag store as nodes (node ids = segment ids, text = the segment's exact
+    prompt text, so the LLM's prompt is served from the cache)."""
     def __init__(self, rag: Any = None, store_dir: str | None = None, k: int = 4, **kwargs: Any) -> None:
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be an integer >= 1, got {k!r}")
@@ -18,6 +20,7 @@ class HypicRAGRetriever(BaseRetriever):
         super().__init__(**kwargs)
 
     def engine(self):
+        """The HypicRAG retrieved from (opened from store_dir on first use)."""
         self._rag = open_engine(self._rag, self._store_dir)
         return self._rag
 

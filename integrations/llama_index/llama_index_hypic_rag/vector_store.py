@@ -47,6 +47,7 @@ class HypicRAGEmbedding(BaseEmbedding):
 
 
 class HypicRAGVectorStore(BasePydanticVectorStore):
+    """A hypic_rag store as a LlamaIndex vector store (see the module docstring)."""
     stores_text: bool = True
     is_embedding_query: bool = False  # queries are embedded by the store itself
     _rag: Any = PrivateAttr(default=None)
@@ -57,6 +58,7 @@ class HypicRAGVectorStore(BasePydanticVectorStore):
 
     @property
     def client(self) -> Any:
+        """The HypicRAG underneath."""
         return self._rag
 
     def add(self, nodes: list[BaseNode], **kwargs: Any) -> list[str]:
@@ -73,9 +75,11 @@ class HypicRAGVectorStore(BasePydanticVectorStore):
         return [node.node_id for node in nodes]
 
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
+        """Remove a source document (its segments and unused cache entries)."""
         self._rag.delete([ref_doc_id])
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        """The top-k segments for query_str, as nodes with their similarities."""
         if not query.query_str:
             raise ValueError("HypicRAGVectorStore embeds the query text itself: pass query_str")
         hits = self._rag.retrieve(query.query_str, k=query.similarity_top_k)
