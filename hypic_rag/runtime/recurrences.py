@@ -77,19 +77,15 @@ class GatedDeltaRecurrence:
 
     @staticmethod
     def matrix(state: torch.Tensor) -> torch.Tensor:
+        """A state (or an entry's E) as the chain's matrix: the dense [H, d_k, d_v] itself, fp32."""
         return state.float()
 
     @staticmethod
     def native(matrix: torch.Tensor) -> torch.Tensor:
         return matrix
 
-    @staticmethod
-    def entry_operator(operator: torch.Tensor) -> torch.Tensor:
-        return operator.float()
-
-    @staticmethod
-    def operator_native(matrix: torch.Tensor) -> torch.Tensor:
-        return matrix
+    entry_operator = matrix  # an entry's M is already the [H, d_k, d_k] transition
+    operator_native = native
 
 
 class Mamba2Recurrence:
