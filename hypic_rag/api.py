@@ -283,11 +283,12 @@ class HypicRAG(RequestMethods):
             except OSError as exc:  # counters are not worth failing a request for
                 log.warning("hypic_rag: could not update %s/usage.json: %s", self.directory, exc)
 
-    def note_retrieved(self, segment_ids: list[str]) -> None:
+    def note_retrieved(self, segment_ids: list[str], on_answer=None) -> None:
         """Record that a retriever handed these segments to a stuffing chain: a segment later found in
-        no prompt is reported (a warning once, and the hypic_rag_retrieved_not_in_prompt metric).
-        The integrations' retrievers call it; so may any other retriever over this store."""
-        self.retrievals.retrieved(segment_ids)
+        no prompt is reported (a warning once, and the hypic_rag_retrieved_not_in_prompt metric), and
+        `on_answer(figures)` receives the cache figures (QueryResult.to_dict) of each request whose
+        prompt holds them. The integrations' retrievers call it; so may any other retriever."""
+        self.retrievals.retrieved(segment_ids, on_answer)
 
     def _report_not_in_prompt(self, segment_ids: list[str]) -> None:
         from hypic_rag import metrics

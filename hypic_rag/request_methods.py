@@ -90,7 +90,7 @@ class RequestMethods:
             raise RequestError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
         t0 = time.perf_counter()
         plan = plan_prompt(prompt, self.index, lambda record: self.template.segment_parts(record.title))
-        self.retrievals.found_in_prompt(plan.matched_ids)
+        on_answer = self.retrievals.found_in_prompt(plan.matched_ids)
         if prompt_format == "store" and plan.matched_ids:  # the documents and the question, the store's way
             question = self.template.question.format(question=question_of(plan))
             plan = PromptPlan([p for p in plan.pieces if p.record is not None], question)
@@ -105,7 +105,7 @@ class RequestMethods:
                 transient.append(len(token_lists))
                 token_lists.append(tuple(self.tokenizer.encode(piece.text, add_special_tokens=False)))
         question_ids = self.tokenizer.encode(plan.question, add_special_tokens=False)
-        return self._submit(token_lists, question_ids, segments, retrieval, options, timeout, transient)
+        return self._submit(token_lists, question_ids, segments, retrieval, options, timeout, transient, on_answer)
 
     def stream_prompt(self, prompt: str, mode: Mode | str | None = None,
                       max_new_tokens: int | None = None, temperature: float | None = None,
@@ -143,12 +143,13 @@ class RequestMethods:
         return result
 
     def _submit(self, token_lists, question_ids, segments, retrieval, options: RequestOptions, timeout,
-                transient=()) -> Job:
+                transient=(), on_answer=None) -> Job:
         return self._worker.submit(
-            lambda: self._execute(token_lists, question_ids, segments, retrieval, options, transient), timeout)
+            lambda: self._execute(token_lists, question_ids, segments, retrieval, options, transient, on_answer),
+            timeout)
 
     def _execute(self, token_lists, question_ids, segments, retrieval, options: RequestOptions,
-                 transient=()) -> Iterator:
+                 transient=(), on_answer=None) -> Iterator:
         """On the worker thread: the request itself (text pieces, then the QueryResult)."""
         with self._lock:
             executor = self.executor_for(options.mode)
@@ -163,4 +164,6 @@ class RequestMethods:
         tiers = {name: after[name] - before[name] for name in after}
         answered = QueryResult(first_line(result.text or ""), segments, result, retrieval, tiers)
         self._count(answered, executor.config.mode.value if options.mode is None else Mode.parse(options.mode).value)
+        if on_answer is not None:
+            on_answer(answered.to_dict())
         yield answered

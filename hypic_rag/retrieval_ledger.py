@@ -23,6 +23,7 @@ class _Retrieval:
     at: float
     ids: tuple[str, ...]
     seen: set[str] = field(default_factory=set)
+    on_answer: Callable[[dict], None] | None = None
 
 
 class RetrievalLedger:
@@ -32,21 +33,26 @@ class RetrievalLedger:
         self._keep = keep
         self._lock = threading.Lock()
 
-    def retrieved(self, ids: Iterable[str]) -> None:
+    def retrieved(self, ids: Iterable[str], on_answer: Callable[[dict], None] | None = None) -> None:
+        """`on_answer(figures)`: called with the cache figures of each request a prompt of this
+        retrieval makes (LlamaIndex's nodes carry them into Response.metadata)."""
         with self._lock:
-            self._open.append(_Retrieval(time.monotonic(), tuple(ids)))
+            self._open.append(_Retrieval(time.monotonic(), tuple(ids), on_answer=on_answer))
         self.settle()
 
-    def found_in_prompt(self, ids: Iterable[str]) -> None:
+    def found_in_prompt(self, ids: Iterable[str]) -> Callable[[dict], None] | None:
         """A prompt's found ids belong to the newest open retrieval that holds any of them (a chain
-        formats what it has just retrieved; refine-style chains spread one retrieval over prompts)."""
-        found = set(ids)
+        formats what it has just retrieved; refine-style chains spread one retrieval over prompts).
+        Returns that retrieval's on_answer, if any."""
+        found, on_answer = set(ids), None
         with self._lock:
             for retrieval in reversed(self._open):
                 if found & set(retrieval.ids):
                     retrieval.seen |= found & set(retrieval.ids)
+                    on_answer = retrieval.on_answer
                     break
         self.settle()
+        return on_answer
 
     def settle(self, older_than: float | None = None) -> None:
         """Report the settled retrievals (older than `older_than` seconds; default settle_after)."""

@@ -146,3 +146,15 @@ def test_ingestion_pipeline_upserts_documents_through_the_docstore(tmp_path):
         query = VectorStoreQuery(query_str="Where was Alice Marrow born?", similarity_top_k=1)
         result = HypicRAGVectorStore(rag).query(query)
         assert "Porto" in result.nodes[0].text
+
+
+def test_cache_figures_reach_a_stock_engines_response_metadata():
+    from llama_index.core.query_engine import RetrieverQueryEngine
+
+    rag = demo_rag()
+    name = demo_docs(12)[9]["title"]
+    engine = RetrieverQueryEngine.from_args(HypicRAGRetriever(rag=rag, k=2), llm=HypicRAGLLM(rag=rag, max_new_tokens=4))
+    response = engine.query(f"Where was {name} born?")
+    figures = [meta["hypic_rag"] for meta in response.metadata.values()]
+    assert len(figures) == 2 and all(f["segment_hits"] == 2 and f["segment_misses"] == 0 for f in figures)
+    assert all(f["timings"]["ttft"] > 0 and f["cached_tokens"] > 0 for f in figures)
