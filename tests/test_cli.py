@@ -181,3 +181,17 @@ def _same_entries(serial, parallel):
         sa, pa = serial.store.get(record.key), parallel.store.get(record.key)
         for x, y in zip(sa.linear, pa.linear):
             assert (x.end_state - y.end_state).abs().max() < 1e-5
+
+
+def test_ctrl_c_ends_a_command_without_a_traceback(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", demo_docs())
+    store = tmp_path / "store"
+    proc = subprocess.Popen(CLI + ["precompute", str(corpus), "--store", str(store), "--batch-size", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.time() + 240
+    while indexed(store) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "hypic-rag: interrupted" in err and "Traceback" not in err, err[-2000:]

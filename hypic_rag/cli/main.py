@@ -7,8 +7,10 @@ flags' names, dashes or underscores; unknown names refused), then the defaults (
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import sys
+import threading
 
 from hypic_rag.cli.settings import defaults_help, settings
 
@@ -100,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](merged, explicit)
     except KeyboardInterrupt:
         print("hypic-rag: interrupted", file=sys.stderr)
+        if threading.active_count() > 1:  # a worker thread is inside torch: interpreter teardown would abort
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)  # committed work is safe: every store write is atomic (the SIGKILL test)
         return 130
     except (ValueError, OSError, sqlite3.Error, UnicodeError) as exc:  # one line, naming the input or file
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
