@@ -25,6 +25,7 @@ from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 from hypic_rag.errors import RequestError
 
 _DONE = object()
+_POLL = 0.2  # seconds a waiting consumer blocks at a time
 
 
 class _Failure:
@@ -49,13 +50,17 @@ class Job:
         self.cancelled.set()
 
     def _next(self) -> Any:
-        wait = None if self._deadline is None else max(self._deadline - time.monotonic(), 0.0)
-        try:
-            item = self._items.get(timeout=wait)
-        except queue.Empty:
-            self.cancel()
-            raise RequestError(f"the request did not finish within its timeout of {self.timeout} s and was "
-                               "cancelled (raise timeout= or lower max_new_tokens)") from None
+        while True:  # short waits: a signal (Ctrl-C) reaches the waiting thread even when another thread got it
+            left = None if self._deadline is None else self._deadline - time.monotonic()
+            if left is not None and left <= 0:
+                self.cancel()
+                raise RequestError(f"the request did not finish within its timeout of {self.timeout} s and was "
+                                   "cancelled (raise timeout= or lower max_new_tokens)")
+            try:
+                item = self._items.get(timeout=_POLL if left is None else min(left, _POLL))
+                break
+            except queue.Empty:
+                continue
         if isinstance(item, _Failure):
             raise item.error
         return item
