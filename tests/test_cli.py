@@ -188,7 +188,9 @@ def test_ctrl_c_ends_a_command_without_a_traceback(tmp_path):
     store = tmp_path / "store"
     proc = subprocess.Popen(CLI + ["precompute", str(corpus), "--store", str(store), "--batch-size", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+                            env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            # as a terminal starts it: the suite's process may ignore SIGINT (its children inherit that)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while indexed(store) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
