@@ -38,6 +38,46 @@ class LeanState:
         return int(self.positions.shape[0])
 
 
+def index_tensor(xs, device) -> torch.Tensor:
+    """A host-built index list as a long tensor on the device (the plan of a request)."""
+    return torch.tensor(xs, dtype=torch.long, device=device)
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where runs of new tokens sit in one batched recurrence call: `runs` rows of `width` slots,
+    `slots` the new token in each slot (padding: token 0), `rows` the flattened slots that are real
+    tokens, `valid` 1.0 there and 0.0 in padding (a step that neither decays nor writes)."""
+
+    runs: int
+    width: int
+    slots: torch.Tensor  # [R * W]
+    rows: torch.Tensor  # [N]
+    valid: torch.Tensor  # [R * W, 1]
+
+    @classmethod
+    def of(cls, pieces: list[tuple[int, int]], device, width: int | None = None) -> "RunLayout":
+        """pieces: (index of its first new token, length) per run; every run padded to `width` (at
+        least the longest run, and 1)."""
+        width = max([n for _, n in pieces] + [width or 0, 1])
+        slots, rows = [], []
+        for r, (token, n) in enumerate(pieces):
+            slots += list(range(token, token + n)) + [0] * (width - n)
+            rows += range(r * width, r * width + n)
+        rows_t = index_tensor(rows, device)
+        valid = torch.zeros(len(slots), 1, device=device)
+        valid[rows_t] = 1.0
+        return cls(len(pieces), width, index_tensor(slots, device), rows_t, valid)
+
+
+def conv_columns(before: torch.Tensor | None, mixed: torch.Tensor, k: int) -> torch.Tensor:
+    """The conv's input columns [C, K + N]: the K columns a layer's state holds (zeros without one),
+    then the new tokens' pre-conv projections `mixed` [N, C]."""
+    if before is None:
+        before = mixed.new_zeros(mixed.shape[1], k)
+    return torch.cat([before.to(mixed.dtype), mixed.transpose(0, 1)], dim=-1)
+
+
 def causal_conv(window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Depthwise causal conv + SiLU over windows [R, C, K-1+W] (each starting with its K-1 earlier
     columns): outputs [R, C, W]."""
@@ -68,10 +108,7 @@ class ContinueFrom:
 
     def conv(self, w, mixed: torch.Tensor) -> torch.Tensor:
         k = self.runtime.conv_width
-        before = self.state.conv.get(w.layer_idx)
-        if before is None:
-            before = mixed.new_zeros(mixed.shape[1], k)
-        columns = torch.cat([before, mixed.transpose(0, 1)], dim=-1)  # [C, K + N]
+        columns = conv_columns(self.state.conv.get(w.layer_idx), mixed, k)
         self.state.conv[w.layer_idx] = columns[:, -k:]
         out = causal_conv(columns[None, :, 1:].to(w.conv.dtype), w.conv, w.conv_bias)[0]
         return out.transpose(0, 1).to(mixed.dtype)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from hypic_rag.runtime.contexts import ContinueFrom, LeanState
+from hypic_rag.runtime.contexts import ContinueFrom, LeanState, RunLayout, conv_columns, index_tensor
 from hypic_rag.runtime.seam_chain import conv_runs
 
 
@@ -25,37 +25,29 @@ class PrefixRuns(ContinueFrom):
     def __init__(self, runtime, state: LeanState, positions: torch.Tensor, widths: list[int]):
         super().__init__(runtime, state, positions)
         k, device = runtime.conv_width, runtime.device
-        self.widths, self.width = widths, max(widths)
-        stream, windows, outputs, slots, ends, t = list(range(k)), [], [], [], [], 0
-        for r, w in enumerate(widths):
+        self.widths = widths
+        self.layout = RunLayout.of([(sum(widths[:r]), w) for r, w in enumerate(widths)], device)
+        stream, windows, ends, t = list(range(k)), [], [], 0
+        for w in widths:
             own = list(range(k + t, k + t + w))
-            windows += stream[-(k - 1):] + own + [0] * (self.width - w)
-            outputs += range(r * self.width, r * self.width + w)
-            slots += list(range(t, t + w)) + [0] * (self.width - w)
+            windows += stream[-(k - 1):] + own + [0] * (self.layout.width - w)
             stream += own
             ends.append(stream[-k:])
             t += w
-        as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
-        self.windows, self.outputs, self.slots = as_long(windows), as_long(outputs), as_long(slots)
-        self.ends = as_long(ends)  # [R, K] conv columns after each run
-        self.valid = torch.zeros(len(slots), 1, device=device)
-        self.valid[self.outputs] = 1.0
+        self.windows, self.ends = index_tensor(windows, device), index_tensor(ends, device)  # ends: [R, K]
         self.boundary_conv: dict[int, torch.Tensor] = {}  # layer -> [R, C, K]
         self.boundary_state: dict[int, torch.Tensor] = {}  # layer -> [R, ...] the state after each run
 
     def conv(self, w, mixed: torch.Tensor) -> torch.Tensor:
-        k, runs = self.runtime.conv_width, len(self.widths)
-        before = self.state.conv.get(w.layer_idx)
-        if before is None:
-            before = mixed.new_zeros(mixed.shape[1], k)
-        columns = torch.cat([before.to(mixed.dtype), mixed.transpose(0, 1)], dim=-1)
+        columns = conv_columns(self.state.conv.get(w.layer_idx), mixed, self.runtime.conv_width)
         self.boundary_conv[w.layer_idx] = columns[:, self.ends].transpose(0, 1)
         self.state.conv[w.layer_idx] = self.boundary_conv[w.layer_idx][-1]
-        return conv_runs(columns, self.windows, runs, w)  # run layout
+        return conv_runs(columns, self.windows, self.layout.runs, w)  # run layout
 
     def recur(self, w, inputs) -> torch.Tensor:
         kind = w.recurrence
-        aux, runs = kind.runs(inputs, self.slots, self.valid, len(self.widths), self.width)  # [B | A] per run
+        layout = self.layout
+        aux, runs = kind.runs(inputs, layout.slots, layout.valid, layout.runs, layout.width)  # [B | A] per run
         e = runs.shape[-1] - runs.shape[-2]
         first = self.state.recurrent.get(w.layer_idx)
         first = runs.new_zeros(runs.shape[1:-1] + (e,)) if first is None else kind.matrix(first)
@@ -64,7 +56,7 @@ class PrefixRuns(ContinueFrom):
         starts = torch.cat([first[None], after[:-1]])
         self.boundary_state[w.layer_idx] = kind.native(after)
         self.state.recurrent[w.layer_idx] = self.boundary_state[w.layer_idx][-1]
-        return kind.outputs(aux, starts, self.outputs, inputs[0].dtype)
+        return kind.outputs(aux, starts, layout.rows, inputs[0].dtype)
 
     def snapshots(self) -> list[LeanState]:
         """The state after each run but the last (each uncovered segment's boundary): K/V as views of

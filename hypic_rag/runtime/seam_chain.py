@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from hypic_rag.runtime.contexts import LeanState, attention, causal_conv
+from hypic_rag.runtime.contexts import LeanState, RunLayout, attention, causal_conv, index_tensor
 from hypic_rag.types import SegmentEntry
 
 
@@ -77,28 +77,24 @@ def plan_request(entries: list[SegmentEntry], question: list[int], prefix_length
         offset += entry.length
     ids += question
     positions += range(offset, offset + len(question))
-    run_width = max(w, len(question), run_width or 0)
+    widths = [w] * (n - 1) + [len(question)]
+    layout = RunLayout.of([(sum(widths[:r]), width) for r, width in enumerate(widths)], device,
+                          max(w, len(question), run_width or 0))
     fresh = n * k  # the new tokens' columns follow the n tails
     stream = list(range(k))  # segment 0's tail: exact
-    windows, outputs, slots, t = [], [], [], 0
-    runs = [(j, w) for j in range(1, n)] + [(n, len(question))]
-    for r, (j, width) in enumerate(runs):
+    windows, t = [], 0
+    for j, width in enumerate(widths, start=1):
         own = list(range(fresh + t, fresh + t + width))
-        window = stream[-(k - 1):] + own
-        windows += window + [0] * (run_width - width)
-        outputs += range(r * run_width, r * run_width + width)
-        slots += list(range(t, t + width)) + [0] * (run_width - width)
+        windows += stream[-(k - 1):] + own + [0] * (layout.width - width)
         stream += own
         t += width
         if j < n:  # the interior after seam j: its last min(interior, K) columns from the cached tail
             m = min(entries[j].interior_length, k)
             stream += range(j * k + k - m, j * k + k)
-    as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
-    valid = torch.zeros(len(slots), 1, device=device)
-    valid[as_long(outputs)] = 1.0
+    as_long = lambda xs: index_tensor(xs, device)  # noqa: E731
     return SeamPlan(as_long(ids), as_long(positions), n - 1, w, len(question), as_long(kept), as_long(kept_pos),
-                    as_long(shifts), as_long(windows), as_long(outputs), as_long(slots), valid, as_long(stream[-k:]),
-                    run_width)
+                    as_long(shifts), as_long(windows), layout.rows, layout.slots, layout.valid, as_long(stream[-k:]),
+                    layout.width)
 
 
 class SeamChain:

@@ -22,30 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from hypic_rag.ops.rope import shift_keys
-from hypic_rag.runtime.contexts import LeanState
+from hypic_rag.runtime.contexts import LeanState, RunLayout, conv_columns, index_tensor
 from hypic_rag.runtime.seam_chain import conv_runs
 from hypic_rag.types import AttentionLayerEntry, LinearLayerEntry, SegmentEntry
-
-
-def _long(xs, device) -> torch.Tensor:
-    return torch.tensor(xs, dtype=torch.long, device=device)
-
-
-class _Runs:
-    """Index tensors of one batched recurrence call over one piece (seam or interior) of every segment."""
-
-    def __init__(self, pieces: list[tuple[int, int, int]], device):
-        """pieces: per segment (first token index, segment-layout row of that token, length)."""
-        self.width = max(max(n for _, _, n in pieces), 1)
-        layout, slots, rows = [], [], []
-        for r, (token, row, n) in enumerate(pieces):
-            layout += list(range(row, row + n)) + [0] * (self.width - n)
-            slots += list(range(token, token + n)) + [0] * (self.width - n)
-            rows += range(r * self.width, r * self.width + n)
-        self.runs = len(pieces)
-        self.layout, self.slots, self.rows = _long(layout, device), _long(slots, device), _long(rows, device)
-        self.valid = torch.zeros(len(slots), 1, device=device)
-        self.valid[self.rows] = 1.0
 
 
 class SegmentRuns:
@@ -67,23 +46,25 @@ class SegmentRuns:
             own = list(range(k + start, k + start + n))
             windows += list(range(1, k)) + own + [0] * (width - n)
             tails += (list(range(k)) + own)[-k:]
-        self.ids, self.positions = _long(ids, device), _long(positions, device)
+        self.ids, self.positions = index_tensor(ids, device), index_tensor(positions, device)
         layout = [start + t if t < n else 0 for start, n in zip(self.starts, lengths) for t in range(width)]
-        self.layout_tokens = _long(layout, device)  # the token in each row of the segment layout (padding: 0)
-        self.token_rows = _long([j * width + t for j, n in enumerate(lengths) for t in range(n)], device)
+        self.layout_tokens = index_tensor(layout, device)  # the token in each row of the segment layout (padding: 0)
+        self.token_rows = index_tensor([j * width + t for j, n in enumerate(lengths) for t in range(n)], device)
         causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()  # padded rows: discarded
         self.mask = torch.cat([torch.ones(width, p0, dtype=torch.bool, device=device), causal], dim=1)
-        self.windows, self.tails = _long(windows, device), _long(tails, device)
-        self.seam_runs = _Runs([(s, j * width, w) for j, (s, w) in enumerate(zip(self.starts, self.seams))], device)
-        self.interior_runs = _Runs([(s + w, j * width + w, n - w) for j, (s, w, n) in
-                                    enumerate(zip(self.starts, self.seams, lengths))], device)
+        self.windows, self.tails = index_tensor(windows, device), index_tensor(tails, device)
+        self.seam_runs = RunLayout.of(list(zip(self.starts, self.seams)), device)
+        self.interior_runs = RunLayout.of([(s + w, n - w) for s, w, n in zip(self.starts, self.seams, lengths)], device)
+        # each run slot's row in the conv's segment layout (padding slots: token 0's row, 0)
+        self.seam_rows = self.token_rows.index_select(0, self.seam_runs.slots)
+        self.interior_rows = self.token_rows.index_select(0, self.interior_runs.slots)
         order = []  # token t of segment j: its row in [seam outputs | interior outputs]
         seam_total, seam_seen, interior_seen = sum(self.seams), 0, 0
         for w, n in zip(self.seams, lengths):
             order += range(seam_seen, seam_seen + w)
             order += range(seam_total + interior_seen, seam_total + interior_seen + n - w)
             seam_seen, interior_seen = seam_seen + w, interior_seen + n - w
-        self.order = _long(order, device)
+        self.order = index_tensor(order, device)
         self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.conv_tails: dict[int, torch.Tensor] = {}
         self.states: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # end, E, M per segment
@@ -105,32 +86,29 @@ class SegmentRuns:
 
     def conv(self, w, mixed: torch.Tensor) -> torch.Tensor:
         k = self.runtime.conv_width
-        before = self.prefix.conv.get(w.layer_idx)
-        if before is None:
-            before = mixed.new_zeros(mixed.shape[1], k)
-        columns = torch.cat([before.to(mixed.dtype), mixed.transpose(0, 1)], dim=-1)
+        columns = conv_columns(self.prefix.conv.get(w.layer_idx), mixed, k)
         self.conv_tails[w.layer_idx] = columns.index_select(1, self.tails).view(columns.shape[0], -1, k)
         return conv_runs(columns, self.windows, len(self.segments), w)  # segment layout [n * width, C]
 
     def recur(self, w, inputs) -> torch.Tensor:
         """Every seam from the prefix's state, every interior from its seam's end: two calls."""
         kind, s, i, dtype = w.recurrence, self.seam_runs, self.interior_runs, inputs[0].dtype
-        aux, maps = kind.runs(self._gather(kind, inputs, s), s.slots, s.valid, s.runs, s.width)  # [B | A] per seam
+        aux, maps = kind.runs(self._gather(kind, inputs, self.seam_rows), s.slots, s.valid, s.runs, s.width)  # [B | A] per seam
         e = maps.shape[-1] - maps.shape[-2]
         start = self.prefix.recurrent.get(w.layer_idx)
         start = maps.new_zeros(maps.shape[1:-1] + (e,)) if start is None else kind.matrix(start)
         seam_out = kind.outputs(aux, start.expand(s.runs, *start.shape), s.rows, dtype)
         seam_end = torch.matmul(maps[..., e:], start) + maps[..., :e]
-        aux, maps = kind.runs(self._gather(kind, inputs, i), i.slots, i.valid, i.runs, i.width)  # [E | M] each
+        aux, maps = kind.runs(self._gather(kind, inputs, self.interior_rows), i.slots, i.valid, i.runs, i.width)  # [E | M] each
         interior_out = kind.outputs(aux, seam_end, i.rows, dtype)
         end = torch.matmul(maps[..., e:], seam_end) + maps[..., :e]
         self.states[w.layer_idx] = (kind.native(end), kind.native(maps[..., :e]), kind.operator_native(maps[..., e:]))
         return torch.cat([seam_out, interior_out]).index_select(0, self.order)
 
     @staticmethod
-    def _gather(kind, inputs, runs: _Runs) -> tuple:
-        """The conv's outputs (segment layout) into the runs' layout; per-token inputs as they are."""
-        return tuple(t if n in kind.per_token else t.index_select(0, runs.layout) for n, t in enumerate(inputs))
+    def _gather(kind, inputs, rows: torch.Tensor) -> tuple:
+        """The conv's outputs (segment layout) into a call's run layout (`rows`); per-token inputs as they are."""
+        return tuple(t if n in kind.per_token else t.index_select(0, rows) for n, t in enumerate(inputs))
 
     def entries(self, fingerprint: str) -> list[SegmentEntry]:
         """One SegmentEntry per segment, as executor/precompute.py builds them (views of this batch's
