@@ -44,6 +44,16 @@ class GatedDeltaRecurrence:
 
     def __init__(self, chunk_fn, step_fn):
         self.chunk_fn, self.step_fn = chunk_fn, step_fn
+        self._starts: dict[tuple, torch.Tensor] = {}  # [0 | I] by shape: built once, read by every layer
+
+    def _identity_start(self, runs: int, heads: int, d_k: int, d_v: int, device) -> torch.Tensor:
+        """[0 | I] per run, fp32 (the recurrence reads it, never writes it)."""
+        key = (runs, heads, d_k, d_v, str(device))
+        if key not in self._starts:
+            eye = torch.eye(d_k, dtype=torch.float32, device=device)
+            self._starts[key] = torch.cat([torch.zeros(runs, heads, d_k, d_v, device=device),
+                                           eye.expand(runs, heads, d_k, d_k)], -1)
+        return self._starts[key]
 
     def call(self, q, k, v, g, beta, initial_state, steps: int):
         """[B, T, H, D] inputs from `initial_state`; (outputs, final state). The step function for a
@@ -64,8 +74,7 @@ class GatedDeltaRecurrence:
         g = g.index_select(0, slots) * valid
         beta = beta.index_select(0, slots) * valid.to(beta.dtype)
         v = F.pad(v, (0, d_k))  # [v | 0]: the appended columns carry the start's identity block
-        eye = torch.eye(d_k, dtype=torch.float32, device=v.device)
-        start = torch.cat([torch.zeros(runs, heads, d_k, d_v, device=v.device), eye.expand(runs, heads, d_k, d_k)], -1)
+        start = self._identity_start(runs, heads, d_k, d_v, v.device)
         out, final = self.call(*(t.view(runs, width, *t.shape[1:]) for t in (q, k, v, g, beta)), start, width)
         return (out, d_v), final.float()
 
