@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from hypic_rag.errors import RequestError
-from hypic_rag.index.anchors import run_hash, words
+from hypic_rag.index.anchors import run_hash, word_list, words
 from hypic_rag.index.segment_index import SegmentIndex, SegmentRecord
 
 SEPARATOR = "<<PIC_SEP>>"
@@ -47,15 +47,30 @@ class PromptPlan:
         return [p.record.segment_id for p in self.pieces if p.record is not None]
 
 
-def _extend(prompt: str, stop: int, text: str) -> int:
-    """The match's end moved over what the segment's text has after its last word (its final
-    punctuation and newline) where the prompt has it too, or at least over that punctuation."""
-    last = words(text)
-    after = text[last[-1][2]:] if last else ""
-    for tail in (after, after.strip()):
-        if tail and prompt.startswith(tail, stop):
-            return stop + len(tail)
-    return stop
+@dataclass(frozen=True)
+class _Shape:
+    """What a stored segment looks like in a prompt's words: its document text's words, the words
+    of its template header (taken along when they precede), and the characters its text has after
+    its last word (its final punctuation and newline)."""
+
+    record: SegmentRecord
+    body: list[str]
+    head: list[str]
+    after: str
+
+    @classmethod
+    def of(cls, record: SegmentRecord, index: SegmentIndex, parts) -> "_Shape":
+        last = words(record.text)
+        return cls(record, word_list(index.body_of(record)), word_list(parts(record)[0]) if parts else [],
+                   record.text[last[-1][2]:] if last else "")
+
+    def end(self, prompt: str, stop: int) -> int:
+        """The match's end moved over `after` where the prompt has it too, or at least over its
+        punctuation."""
+        for tail in (self.after, self.after.strip()):
+            if tail and prompt.startswith(tail, stop):
+                return stop + len(tail)
+        return stop
 
 
 def _matches(prompt: str, index: SegmentIndex, parts: Callable[[SegmentRecord], tuple[str, str]] | None):
@@ -69,24 +84,21 @@ def _matches(prompt: str, index: SegmentIndex, parts: Callable[[SegmentRecord], 
         for at in range(len(plain) - length + 1):
             windows.setdefault(run_hash(plain[at : at + length]), []).append(at)
     candidates = []
-    cache: dict[str, tuple[SegmentRecord, list[str]] | None] = {}
+    shapes: dict[str, _Shape | None] = {}
     for h, sids in index.anchored(list(windows)).items():
         for sid in sids:
-            if sid not in cache:
+            if sid not in shapes:
                 record = index.get(sid)
-                cache[sid] = None if record is None else (record, [w for w, _, _ in words(index.body_of(record))])
-            if cache[sid] is None:
+                shapes[sid] = None if record is None else _Shape.of(record, index, parts)
+            shape = shapes[sid]
+            if shape is None:
                 continue
-            record, body = cache[sid]
+            body, head = shape.body, shape.head
             for at in windows[h]:
                 if plain[at : at + len(body)] == body:
-                    first = at
-                    if parts is not None:  # the template's header words right before: part of the segment
-                        head = [w for w, _, _ in words(parts(record)[0])]
-                        if head and at >= len(head) and plain[at - len(head) : at] == head:
-                            first = at - len(head)
+                    first = at - len(head) if head and at >= len(head) and plain[at - len(head) : at] == head else at
                     stop = found[at + len(body) - 1][2]
-                    candidates.append((found[first][1], _extend(prompt, stop, record.text), record))
+                    candidates.append((found[first][1], shape.end(prompt, stop), shape.record))
     candidates.sort(key=lambda c: (c[0], -(c[1] - c[0])))
     taken, end = [], -1
     for start, stop, record in candidates:

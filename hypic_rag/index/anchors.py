@@ -24,6 +24,11 @@ def words(text: str) -> list[tuple[str, int, int]]:
     return [(m.group().casefold(), m.start(), m.end()) for m in _WORD.finditer(cleaned)]
 
 
+def word_list(text: str) -> list[str]:
+    """The case-folded words of `text`, without their spans."""
+    return [w for w, _, _ in words(text)]
+
+
 def run_hash(run: list[str]) -> int:
     """A stable signed 63-bit hash of a run of words (SQLite INTEGER)."""
     digest = hashlib.blake2b("\x1f".join(run).encode("utf-8"), digest_size=8).digest()
@@ -32,5 +37,5 @@ def run_hash(run: list[str]) -> int:
 
 def anchor_of(body: str) -> tuple[int, int] | None:
     """(hash, length) of a body's anchor run, or None for a body without words."""
-    run = [w for w, _, _ in words(body)][:ANCHOR_WORDS]
+    run = word_list(body)[:ANCHOR_WORDS]
     return (run_hash(run), len(run)) if run else None
