@@ -113,21 +113,23 @@ def ingest_segments(
         raise RequestError(f"workers must be >= 1, got {workers}")
     started = time.perf_counter()
     executor, store, index = rag.executor, rag.store, rag.index
+    key_of = {s.segment_id: executor.key_of(s.token_ids) for s in segments}  # content keys, hashed once
     by_doc: dict[str, list[Segment]] = {}
     for s in segments:
         by_doc.setdefault(s.doc_id, []).append(s)
     pending: list[Segment] = []
     outcome = {"new": 0, "updated": 0, "unchanged": 0}
-    retired_keys: list[str] = []
+    stale: list[str] = []  # edited documents, or ones cut short by a killed run: their old rows go first
     for doc_id, segs in by_doc.items():
         indexed = index.document_segments(doc_id)
-        if indexed == [(s.segment_id, executor.key_of(s.token_ids)) for s in segs]:
+        if indexed == [(s.segment_id, key_of[s.segment_id]) for s in segs]:
             outcome["unchanged"] += 1
             continue
-        if indexed:  # an edited document, or one cut short by a killed run: its old rows go first
-            retired_keys += [key for _, key in index.delete_documents([doc_id])]
+        if indexed:
+            stale.append(doc_id)
         outcome["updated" if indexed else "new"] += 1
         pending += segs
+    retired_keys = [key for _, key in index.delete_documents(stale)] if stale else []  # one transaction
     done = len(segments) - len(pending)
     computed = reused = 0
     pool = None
@@ -144,7 +146,7 @@ def ingest_segments(
             progress(done, len(segments))
         for start in range(0, len(pending), batch_size):
             batch = pending[start : start + batch_size]
-            keys = [executor.key_of(s.token_ids) for s in batch]
+            keys = [key_of[s.segment_id] for s in batch]
             todo = [(k, s) for k, s in zip(keys, batch) if k not in store]
             reused += len(batch) - len(todo)
             if pool is not None:
