@@ -79,3 +79,17 @@ async def arun_generation(engine, **request):
     """run_generation for asyncio (native: no thread holds the model while the loop waits)."""
     async for item in _stream_of(engine, True, **request):
         yield (item, None) if isinstance(item, str) else (None, item)
+
+
+def retrieved_documents(engine, query: str, k: int) -> list:
+    """The top-k segments for `query` as Documents: id and page_content the segment's (its exact
+    prompt text, so a stuffing chain's prompt is served from the cache), metadata with the score,
+    rank, document id and title; recorded as retrieved (a segment found in no prompt is reported)."""
+    from langchain_core.documents import Document
+
+    hits = engine.retrieve(query, k=k)
+    engine.note_retrieved([h.record.segment_id for h in hits])
+    return [Document(id=h.record.segment_id, page_content=h.record.text,
+                     metadata={"segment_id": h.record.segment_id, "score": h.score, "rank": h.rank,
+                               "doc_id": h.record.doc_id, "title": h.record.title, **h.record.metadata})
+            for h in hits]

@@ -8,7 +8,7 @@ from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 
-from langchain_hypic_rag._engine import HypicEngineMixin
+from langchain_hypic_rag._engine import HypicEngineMixin, retrieved_documents
 
 
 class HypicRAGRetriever(HypicEngineMixin, BaseRetriever):
@@ -19,15 +19,4 @@ class HypicRAGRetriever(HypicEngineMixin, BaseRetriever):
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
                                 **kwargs: Any) -> list[Document]:
-        k = kwargs.get("k", self.k)
-        hits = self.engine().retrieve(query, k=k)
-        self.engine().note_retrieved([h.record.segment_id for h in hits])
-        return [
-            Document(
-                id=h.record.segment_id,
-                page_content=h.record.text,
-                metadata={"segment_id": h.record.segment_id, "score": h.score, "rank": h.rank,
-                          "doc_id": h.record.doc_id, "title": h.record.title, **h.record.metadata},
-            )
-            for h in hits
-        ]
+        return retrieved_documents(self.engine(), query, kwargs.get("k", self.k))

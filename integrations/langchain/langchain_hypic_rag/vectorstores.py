@@ -16,14 +16,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 
-from langchain_hypic_rag._engine import HypicEngineMixin
-
-
-def _segment_document(hit) -> Document:
-    r = hit.record
-    return Document(id=r.segment_id, page_content=r.text,
-                    metadata={"segment_id": r.segment_id, "doc_id": r.doc_id, "title": r.title, "score": hit.score,
-                              "rank": hit.rank, **r.metadata})
+from langchain_hypic_rag._engine import HypicEngineMixin, retrieved_documents
 
 
 class HypicRAGVectorStore(VectorStore):
@@ -86,10 +79,7 @@ class HypicRAGVectorStore(VectorStore):
 
     def similarity_search_with_score(self, query: str, k: int = 4, **kwargs: Any) -> list[tuple[Document, float]]:
         """The top-k segments for `query` with their cosine scores."""
-        rag = self.engine()
-        hits = rag.retrieve(query, k=k)
-        rag.note_retrieved([h.record.segment_id for h in hits])
-        return [(_segment_document(h), h.score) for h in hits]
+        return [(doc, doc.metadata["score"]) for doc in retrieved_documents(self.engine(), query, k)]
 
     def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
         """The top-k segments for `query`."""
