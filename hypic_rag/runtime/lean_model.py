@@ -40,10 +40,6 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return torch.cat((x_rot * cos + rotated * sin, x_pass), dim=-1)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    return F.linear(x, weight, bias)
-
-
 @dataclass(frozen=True)
 class AttentionWeights:
     layer_idx: int
@@ -71,7 +67,7 @@ class GatedMLP:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         g, u, d = self.biases
-        return linear(F.silu(linear(x, self.gate, g)) * linear(x, self.up, u), self.down, d)
+        return F.linear(F.silu(F.linear(x, self.gate, g)) * F.linear(x, self.up, u), self.down, d)
 
 
 @dataclass(frozen=True)
@@ -121,12 +117,12 @@ class LeanHybrid:
     def _attention(self, w: AttentionWeights, x: torch.Tensor, rope, context) -> torch.Tensor:
         n = x.shape[0]
         bq, bk, bv, bo = w.biases
-        q = linear(x, w.q, bq).view(n, self.heads, -1)
+        q = F.linear(x, w.q, bq).view(n, self.heads, -1)
         gate = None
         if w.gated:
             q, gate = q[..., : self.head_dim], q[..., self.head_dim:]
-        k = linear(x, w.k, bk).view(n, self.kv_heads, self.head_dim)
-        v = linear(x, w.v, bv).view(n, self.kv_heads, self.head_dim)
+        k = F.linear(x, w.k, bk).view(n, self.kv_heads, self.head_dim)
+        v = F.linear(x, w.v, bv).view(n, self.kv_heads, self.head_dim)
         if w.q_norm is not None:
             q, k = rms_norm(q, w.q_norm, self.eps), rms_norm(k, w.k_norm, self.eps)
         if rope is not None:
@@ -134,7 +130,7 @@ class LeanHybrid:
         out = context.attend(w.index, q, k, v, w.scaling).reshape(n, -1)  # the context knows where the keys are
         if gate is not None:
             out = out * torch.sigmoid(gate.reshape(n, -1))
-        return linear(out, w.o, bo)
+        return F.linear(out, w.o, bo)
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, context) -> torch.Tensor:

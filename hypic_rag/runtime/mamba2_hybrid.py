@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from hypic_rag.errors import UnsupportedModelError
 from hypic_rag.models.families import MAMBA2
 from hypic_rag.models.function_swap import SWAP_LOCK
-from hypic_rag.runtime.lean_model import AttentionWeights, Block, GatedMLP, LeanHybrid, linear, weight_norm
+from hypic_rag.runtime.lean_model import AttentionWeights, Block, GatedMLP, LeanHybrid, weight_norm
 from hypic_rag.runtime.recurrences import Mamba2Recurrence
 
 MODEL_TYPES = ("bamba", "granitemoehybrid")
@@ -128,7 +128,7 @@ class LeanMamba2Hybrid(LeanHybrid):
 
     def _linear(self, w: MambaWeights, x: torch.Tensor, context) -> torch.Tensor:
         n, heads, p = x.shape[0], self.mamba_heads, self.mamba_head_dim
-        projected = linear(x, w.in_proj, w.in_bias)
+        projected = F.linear(x, w.in_proj, w.in_bias)
         gate, xbc, dt = torch.split(projected, [self.inner, projected.shape[-1] - self.inner - heads, heads], -1)
         mixed = context.conv(w, xbc)  # after the causal conv and SiLU, in the context's layout
         rows = mixed.shape[0]
@@ -138,7 +138,7 @@ class LeanMamba2Hybrid(LeanHybrid):
         c = c.reshape(rows, self.groups, self.state_size)
         dt = torch.clamp(F.softplus(dt.float() + w.dt_bias), min=w.dt_limit[0], max=w.dt_limit[1])
         y = context.recur(w, (xs, dt, b, c))  # [N, H, P] fp32, with the D skip
-        return linear(self._gated_norm(y.reshape(n, -1), gate, w).to(x.dtype), w.out, w.out_bias)
+        return F.linear(self._gated_norm(y.reshape(n, -1), gate, w).to(x.dtype), w.out, w.out_bias)
 
     def _gated_norm(self, y: torch.Tensor, gate: torch.Tensor, w: MambaWeights) -> torch.Tensor:
         """RMSNorm over each of the groups of y * silu(gate) in fp32, then the weight (as transformers)."""
