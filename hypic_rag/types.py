@@ -15,14 +15,15 @@ class LinearLayerEntry:
         segment is first in a request), fp32; None for conv-only layers.
     interior_state / interior_operator: E and M over the interior [seam, L); None when the interior
         is empty or the layer has no recurrent state.
-    conv_tail: the last K pre-conv input columns of the segment, [channels, K].
+    conv_tail: the last K pre-conv input columns of the segment, [channels, K]; None for a mixer with
+        no conv (lightning attention).
     """
 
     layer_idx: int
     end_state: torch.Tensor | None
     interior_state: torch.Tensor | None
     interior_operator: torch.Tensor | None
-    conv_tail: torch.Tensor
+    conv_tail: torch.Tensor | None
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ import torch
 import hypic_rag  # noqa: F401  (blocks fla on CPU before transformers models import)
 from hypic_rag.models.tiny import tiny_model
 
-HYBRIDS = ["qwen3_5", "qwen3_next", "falcon_h1", "bamba", "kimi_linear", "lfm2"]
+HYBRIDS = ["qwen3_5", "qwen3_next", "falcon_h1", "bamba", "kimi_linear", "lfm2", "olmo_hybrid", "bailing_hybrid",
+           "nemotron_h", "zamba2", "minimax"]
 
 _MODELS: dict[str, torch.nn.Module] = {}
 

@@ -7,8 +7,9 @@ from conftest import get_model, random_ids
 from hypic_rag import ExecutorConfig, HypicExecutor
 
 
-def test_stream_yields_tokens_then_result_matching_full_recompute():
-    model = get_model("qwen3_5")
+@pytest.mark.parametrize("family", ["qwen3_5", "olmo_hybrid", "bailing_hybrid", "nemotron_h", "zamba2", "minimax"])
+def test_stream_yields_tokens_then_result_matching_full_recompute(family):
+    model = get_model(family)
     *segs, q = random_ids([30, 30, 5], seed=7)
     ex = HypicExecutor(model, config=ExecutorConfig(seam_tokens=30, max_new_tokens=6))
     events = list(ex.stream(segs, q))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import get_model, random_ids
+from conftest import HYBRIDS, get_model, random_ids
 from hypic_rag.executor import cache_ops
 from hypic_rag.models.registry import model_spec
 from hypic_rag.ops.rope import shift_keys, shift_keys_per_token, shift_keys_ref
@@ -66,3 +66,30 @@ def test_partial_rotary_leaves_pass_through_dims_alone():
 
 def test_nope_model_has_no_rotation():
     assert all(a.rope is None for a in model_spec(get_model("kimi_linear")).attention)
+
+
+def cache_at(model, ids, start, layer_idx):
+    cache = cache_ops.new_cache(model)
+    positions = torch.arange(start, start + len(ids))[None]
+    model.model(input_ids=torch.tensor([ids]), past_key_values=cache, position_ids=positions)
+    keys, values = cache_ops.kv(cache, layer_idx)
+    return {"keys": keys, "values": values}
+
+
+@pytest.mark.parametrize("family", [f for f in HYBRIDS if f != "lfm2"] + ["granitemoehybrid",
+                                                                            "granitemoehybrid_dense"])
+def test_the_spec_names_the_cached_tensor_that_carries_position(family):
+    """Run one prompt at positions 0.. and at 41..: in every attention layer the tensor the spec names
+    differs exactly by a rotation of 41 (an MLA cache, as Ring-linear's, keeps it in the values slot),
+    and whatever the spec calls position-free (the other tensor; both under NoPE) is unchanged."""
+    model = get_model(family)
+    spec = model_spec(model)
+    (ids,) = random_ids([29], seed=7)
+    rotary = getattr(model.model, "rotary_emb", None)
+    for layer in spec.attention:
+        at_zero, at_shift = cache_at(model, ids, 0, layer.layer_idx), cache_at(model, ids, 41, layer.layer_idx)
+        rotated = () if layer.rope is None else (layer.rope.tensor,)
+        for name in ("keys", "values"):
+            scale = max(1.0, at_shift[name].abs().max().item())
+            expected = shift_keys(at_zero[name], rotary, 41) if name in rotated else at_zero[name]
+            assert (expected - at_shift[name]).abs().max() < 2e-4 * scale, (family, layer.layer_idx, name)

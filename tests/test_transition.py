@@ -28,7 +28,7 @@ def captured_calls(model, ids, device="cpu"):
     return spec, calls
 
 
-@pytest.mark.parametrize("family", ["qwen3_5", "qwen3_next", "kimi_linear"])
+@pytest.mark.parametrize("family", ["qwen3_5", "qwen3_next", "kimi_linear", "olmo_hybrid", "bailing_hybrid"])
 @pytest.mark.parametrize("length,start", [(63, 0), (75, 8), (130, 17)])
 def test_augmented_operator_equals_product_of_transitions(family, length, start):
     model = get_model(family)
@@ -43,7 +43,7 @@ def test_augmented_operator_equals_product_of_transitions(family, length, start)
         assert rel_err(fast, ref) < 1e-4
 
 
-@pytest.mark.parametrize("family", ["bamba", "falcon_h1"])
+@pytest.mark.parametrize("family", ["bamba", "falcon_h1", "nemotron_h", "zamba2"])
 def test_mamba2_gate_product_equals_running_product(family):
     model = get_model(family)
     (ids,) = random_ids([75], seed=9)
@@ -53,7 +53,8 @@ def test_mamba2_gate_product_equals_running_product(family):
         assert rel_err(mamba2.mamba2_interior(call, 8).operator, mamba2.mamba2_operator_ref(call, 8)) < 1e-5
 
 
-@pytest.mark.parametrize("family", ["qwen3_5", "qwen3_next", "kimi_linear", "bamba", "falcon_h1"])
+@pytest.mark.parametrize("family", ["qwen3_5", "qwen3_next", "kimi_linear", "bamba", "falcon_h1", "olmo_hybrid",
+                                    "bailing_hybrid", "nemotron_h", "zamba2", "minimax"])
 @pytest.mark.parametrize("seam", [0, 5, 8])
 def test_end_state_equals_operator_applied_to_seam_state_plus_interior(family, seam):
     """S_L from the model's own forward == M S_w + E, with S_w the state after the first w tokens."""
@@ -95,7 +96,8 @@ def test_conv_only_family_has_no_operator():
     assert all(l.conv_tail.shape[-1] == 3 for l in entry.linear)
 
 
-@pytest.mark.parametrize("family", ["qwen3_5", "kimi_linear", "bamba", "falcon_h1", "lfm2"])
+@pytest.mark.parametrize("family", ["qwen3_5", "kimi_linear", "bamba", "falcon_h1", "lfm2", "olmo_hybrid",
+                                    "bailing_hybrid", "nemotron_h", "zamba2", "minimax"])
 def test_every_adapter_extracts_the_operator_its_reference_computes(family):
     from hypic_rag.models.families import adapter_for
 

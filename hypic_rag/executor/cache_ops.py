@@ -26,6 +26,11 @@ class LinearOnlyCache(DynamicCache):
 
 
 def new_cache(model: torch.nn.Module) -> DynamicCache:
+    from hypic_rag.models.registry import cache_factory
+
+    own = cache_factory(model)
+    if own is not None:  # a model that takes only its own cache class (MiniMax), laid out as DynamicCache
+        return own(model.config)
     cache = DynamicCache(config=model.config)
     if not any(isinstance(layer, DynamicLayer) for layer in cache.layers):
         cache = LinearOnlyCache(config=model.config)

@@ -58,18 +58,19 @@ def _append_segments_kv(
         return
     shifts = torch.cat([torch.full((e.length - start,), shift, dtype=torch.long) for e, start, shift in pieces])
     for j, layer in enumerate(spec.attention):
-        keys = torch.cat([e.attention[j].keys[:, start:] for e, start, _ in pieces], dim=1)[None]
-        values = torch.cat([e.attention[j].values[:, start:] for e, start, _ in pieces], dim=1)[None]
+        pair = {"keys": torch.cat([e.attention[j].keys[:, start:] for e, start, _ in pieces], dim=1)[None],
+                "values": torch.cat([e.attention[j].values[:, start:] for e, start, _ in pieces], dim=1)[None]}
         if layer.rope is not None and rotary_emb is not None and bool(shifts.any()):
-            keys = shift_keys_per_token(keys, rotary_emb, shifts)
-        cache_ops.append_kv(cache, layer.layer_idx, keys, values)
+            pair[layer.rope.tensor] = shift_keys_per_token(pair[layer.rope.tensor], rotary_emb, shifts)
+        cache_ops.append_kv(cache, layer.layer_idx, pair["keys"], pair["values"])
 
 
 def _set_exact_end(cache: DynamicCache, entry: SegmentEntry) -> None:
     for layer in entry.linear:
         if layer.end_state is not None:
             cache_ops.set_recurrent_state(cache, layer.layer_idx, layer.end_state[None])
-        cache_ops.set_conv_state(cache, layer.layer_idx, layer.conv_tail[None])
+        if layer.conv_tail is not None:
+            cache_ops.set_conv_state(cache, layer.layer_idx, layer.conv_tail[None])
 
 
 def _advance_interior(cache: DynamicCache, entry: SegmentEntry, use_operator: bool, fresh_seam: bool) -> None:
@@ -80,6 +81,8 @@ def _advance_interior(cache: DynamicCache, entry: SegmentEntry, use_operator: bo
             state = torch.zeros_like(end) if current is None else current
             operator = layer.interior_operator[None] if use_operator else None
             cache_ops.set_recurrent_state(cache, layer.layer_idx, compose_state(state, operator, end))
+        if layer.conv_tail is None:  # a mixer with no conv (lightning attention)
+            continue
         tail = layer.conv_tail[None]
         if fresh_seam:
             tail = merge_conv_tail(cache_ops.conv_state(cache, layer.layer_idx), tail, entry.interior_length)

@@ -67,10 +67,10 @@ def precompute_segments(
     kv = {}
     for layer in spec.attention:
         keys, values = cache_ops.kv(cache, layer.layer_idx)
-        keys = keys[:, :, prefix_length:]
-        if layer.rope is not None and rotary_emb is not None:
-            keys = shift_keys(keys, rotary_emb, -prefix_length)
-        kv[layer.layer_idx] = (keys, values[:, :, prefix_length:])
+        pair = {"keys": keys[:, :, prefix_length:], "values": values[:, :, prefix_length:]}
+        if layer.rope is not None and rotary_emb is not None:  # stored at position 0
+            pair[layer.rope.tensor] = shift_keys(pair[layer.rope.tensor], rotary_emb, -prefix_length)
+        kv[layer.layer_idx] = (pair["keys"], pair["values"])
     entries = []
     for row, token_ids in enumerate(batch):
         linear = []

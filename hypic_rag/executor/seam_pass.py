@@ -6,8 +6,9 @@ earlier seams, their outputs at that same layer, so all seams can go through the
   - attention: the cache holds the prefix, segment 0 and every interior's K/V at their real
     positions before the pass; the seam tokens attend with a position-causal mask (key position <=
     query position), which is exactly what each seam saw when run alone;
-  - linear layers (Gated DeltaNet / KDA: qwen3_5, qwen3_next, kimi_linear; Mamba2: falcon_h1, bamba,
-    granitemoehybrid; short conv only: lfm2): inside each layer the recurrence still walks the seams in order, from
+  - linear layers (Gated DeltaNet / KDA: qwen3_5, qwen3_next, olmo_hybrid, kimi_linear, bailing_hybrid;
+    Mamba2: falcon_h1, bamba, granitemoehybrid, nemotron_h, zamba2; lightning: minimax; short conv only:
+    lfm2): inside each layer the recurrence still walks the seams in order, from
     segment 0's end state, with S <- M S + E over each interior between them, and the causal conv
     restarts at each seam from the tail before it. Only these two calls are split; the projections,
     norms, gates and MLPs run once over all seam tokens.
@@ -103,7 +104,7 @@ def _split_at_seams_locked(spec: ModelSpec, mixers, entries: list[SegmentEntry],
     first = spec.linear[0]  # every linear layer of a model lives in one modeling module
     adapter = adapter_for(first)
     module = sys.modules[first.modeling_module]
-    conv_fn = getattr(module, adapter.conv_fn)
+    conv_fn = getattr(module, adapter.conv_fn) if adapter.conv_fn else None  # None: no conv (lightning)
     chunk_fn = getattr(module, first.chunk_fn) if first.chunk_fn else None  # None: conv-only layers (LFM2)
     step_fn = getattr(module, first.recurrent_fn) if first.recurrent_fn else chunk_fn
 
@@ -234,7 +235,7 @@ def _split_at_seams_locked(spec: ModelSpec, mixers, entries: list[SegmentEntry],
         """`own` for this pass's layers; any other model's call goes to the original unchanged."""
         return lambda *args, **kwargs: own(*args, **kwargs) if own_call(current) else original(*args, **kwargs)
 
-    replacements = {adapter.conv_fn: passing(conv, conv_fn)}
+    replacements = {adapter.conv_fn: passing(conv, conv_fn)} if conv_fn is not None else {}
     if chunk_fn is not None:
         replacements[first.chunk_fn] = passing(recurrence, chunk_fn)
     with track_layers(spec.linear, mixers) as current, swapped_functions(module, replacements):

@@ -17,6 +17,7 @@ class MixerFamily(str, Enum):
 
     GATED_DELTA = "gated_delta"  # dense d_k x d_k operator (Gated DeltaNet, KDA)
     MAMBA2 = "mamba2"  # scalar per head: exp(A_h * sum dt)
+    LIGHTNING = "lightning"  # scalar per head: lambda_h^L, a fixed decay (MiniMax lightning attention)
     CONV_ONLY = "conv_only"  # no recurrent state, conv tail only (LFM2)
 
 
@@ -24,9 +25,10 @@ class MixerFamily(str, Enum):
 class LinearLayerSpec:
     """A linear-attention / SSM / short-conv mixer at `layer_idx`.
 
-    conv_width: columns kept in the layer's conv state (the kernel size K).
+    conv_width: columns kept in the layer's conv state (the kernel size K); 0 for a mixer with no conv.
     chunk_fn / recurrent_fn: names of the module-level recurrence functions in the modeling module
-        (the chunked one is wrapped at precompute time to read the exact inputs the model used).
+        (the chunked one is wrapped at precompute time to read the exact inputs the model used);
+        modeling_module is where they live (hypic_rag's own module for lightning attention).
     """
 
     layer_idx: int
@@ -39,9 +41,16 @@ class LinearLayerSpec:
 
 @dataclass(frozen=True)
 class RopeSpec:
-    """Rotary embedding on the cached keys: how many leading key dims rotate."""
+    """Rotary embedding in an attention layer's cache: how many leading dims rotate, and in which of
+    the layer's two cached tensors ("keys" in standard attention; "values" in an MLA cache whose
+    values slot holds the rotated shared key, as Ring-linear's)."""
 
     rotary_dim: int
+    tensor: str = "keys"
+
+    def __post_init__(self) -> None:
+        if self.tensor not in ("keys", "values"):
+            raise ValueError(f"RopeSpec.tensor must be 'keys' or 'values', not {self.tensor!r}")
 
 
 @dataclass(frozen=True)

@@ -126,10 +126,74 @@ def _lfm2():
     )
 
 
+def _olmo_hybrid():
+    from transformers import OlmoHybridConfig
+
+    return OlmoHybridConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, layer_types=["linear_attention", "linear_attention", "full_attention",
+                                            "linear_attention"],
+        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+        linear_conv_kernel_dim=4, max_position_embeddings=4096, eos_token_id=1, bos_token_id=0, pad_token_id=2,
+    )
+
+
+def _bailing_hybrid():
+    from transformers import BailingHybridConfig
+
+    return BailingHybridConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=4, head_dim=16, kv_lora_rank=16, qk_rope_head_dim=8,
+        qk_nope_head_dim=16, v_head_dim=16, n_group=2, topk_group=1, num_local_experts=4, num_experts_per_tok=2,
+        layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"],
+        mlp_layer_types=["dense", "sparse", "dense", "sparse"], rope_theta=10000.0, max_position_embeddings=4096,
+        eos_token_id=1, bos_token_id=0, pad_token_id=2,
+    )
+
+
+def _nemotron_h():
+    from transformers import NemotronHConfig
+
+    return NemotronHConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+        layers_block_type=["mamba", "mlp", "attention", "mlp", "mamba", "moe"], num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, ssm_state_size=16, mamba_num_heads=4, mamba_head_dim=32, n_groups=2,
+        conv_kernel=4, chunk_size=16, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+        moe_shared_expert_intermediate_size=32, max_position_embeddings=4096, eos_token_id=1, bos_token_id=0,
+        pad_token_id=2,
+    )
+
+
+def _zamba2():
+    from transformers import Zamba2Config
+
+    return Zamba2Config(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=4, layers_block_type=["mamba", "hybrid", "mamba", "hybrid"],
+        mamba_d_state=16, mamba_d_conv=4, mamba_expand=2, mamba_ngroups=1, n_mamba_heads=4, chunk_size=16,
+        num_attention_heads=4, num_key_value_heads=4, num_mem_blocks=1, use_shared_attention_adapter=True,
+        adapter_rank=8, use_mem_rope=True, tie_word_embeddings=False, max_position_embeddings=4096, eos_token_id=1, bos_token_id=0,
+        pad_token_id=2,
+    )
+
+
+def _minimax():
+    from transformers import MiniMaxConfig
+
+    return MiniMaxConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, layer_types=["linear_attention", "linear_attention", "full_attention",
+                                                        "linear_attention"],
+        num_local_experts=4, num_experts_per_tok=2, block_size=16, max_position_embeddings=4096,
+        eos_token_id=1, bos_token_id=0, pad_token_id=2,
+    )
+
+
 def tiny_config(family: str):
-    """Configs by name: qwen3_5, qwen3_next, falcon_h1, bamba, granitemoehybrid (with experts and RoPE),
-    granitemoehybrid_dense (NoPE), kimi_linear, lfm2 (hybrids), and qwen3_5_linear_only /
-    bamba_linear_only (one linear layer, no attention)."""
+    """Configs by name: qwen3_5, qwen3_next, olmo_hybrid, falcon_h1, bamba, granitemoehybrid (with
+    experts and RoPE), granitemoehybrid_dense (NoPE), nemotron_h (NoPE, MLP and MoE blocks), zamba2
+    (shared attention with adapters, RoPE), kimi_linear, bailing_hybrid (KDA + MLA, MoE), minimax
+    (lightning, layer 0 linear), lfm2 (hybrids), and qwen3_5_linear_only / bamba_linear_only (one
+    linear layer, no attention)."""
     gdn3to1 = ("linear_attention", "linear_attention", "linear_attention", "full_attention")
     builders = {
         "qwen3_5": lambda: _qwen3_5(gdn3to1),
@@ -142,6 +206,11 @@ def tiny_config(family: str):
         "granitemoehybrid_dense": lambda: _granite(0, rope=False),  # shared MLP only, NoPE (as Granite-4.0-H ships)
         "kimi_linear": _kimi_linear,
         "lfm2": _lfm2,
+        "olmo_hybrid": _olmo_hybrid,
+        "bailing_hybrid": _bailing_hybrid,
+        "nemotron_h": _nemotron_h,
+        "zamba2": _zamba2,
+        "minimax": _minimax,
     }
     if family not in builders:
         raise RequestError(f"unknown tiny family {family!r}; choose one of {sorted(builders)}")
@@ -158,7 +227,10 @@ def give_long_memory(model: torch.nn.Module, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     for module in model.modules():
         a_log, dt_bias = getattr(module, "A_log", None), getattr(module, "dt_bias", None)
-        if isinstance(a_log, torch.nn.Parameter) and isinstance(dt_bias, torch.nn.Parameter):
+        if getattr(module, "safe_gate", False):  # Ring-linear's bounded gate: lower_bound * sigmoid(rate * x)
+            a_log.zero_()  # rate 1
+            dt_bias.copy_(torch.empty(dt_bias.shape).uniform_(-6.0, -4.0, generator=g).to(dt_bias.dtype))
+        elif isinstance(a_log, torch.nn.Parameter) and isinstance(dt_bias, torch.nn.Parameter):
             rates = torch.empty(a_log.shape).uniform_(0.02, 0.2, generator=g)
             a_log.copy_(rates.log().to(a_log.dtype))
             dt_bias.fill_(-2.0)  # softplus(-2) = 0.127

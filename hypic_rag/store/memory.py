@@ -32,7 +32,9 @@ def entry_to(entry: SegmentEntry, device: torch.device | str) -> SegmentEntry:
 def on_device(entry: SegmentEntry, device: torch.device | str) -> SegmentEntry:
     """`entry` itself when its tensors already live on `device`, else a copy moved there (a store
     tier on another device, e.g. host memory feeding a CUDA model)."""
-    probe = (entry.attention[0].keys if entry.attention else entry.linear[0].conv_tail).device
+    probe = next(t for t in [*(a.keys for a in entry.attention),
+                             *(x for l in entry.linear for x in (l.conv_tail, l.end_state)), torch.empty(0)]
+                 if t is not None).device
     want = torch.device(device)
     same = probe.type == want.type and (want.index is None or probe.index in (None, want.index))
     return entry if same else entry_to(entry, device)

@@ -11,20 +11,23 @@ any per-seam settings of the call (Mamba2's chunk size). `adapter_for(layer_spec
 
 Which model types use which adapter, and where their decoder layers keep the mixer, is in
 models/registry.py (SUPPORTED); models/function_swap.py owns every swap of a wrapped function.
+Families: gated_delta (Gated DeltaNet and KDA), mamba2 (SSD), lightning (MiniMax's fixed-decay linear
+attention, whose functions live in hypic_rag since transformers writes it inline), short_conv (LFM2).
 """
 
 from __future__ import annotations
 
 from hypic_rag.models.families.base import MixerAdapter, RecurrenceForm
 from hypic_rag.models.families.gated_delta import GATED_DELTA, KIMI_DELTA
+from hypic_rag.models.families.lightning import LIGHTNING
 from hypic_rag.models.families.mamba2 import MAMBA2
 from hypic_rag.models.families.short_conv import SHORT_CONV
 from hypic_rag.models.specs import LinearLayerSpec, MixerFamily
 
-ADAPTERS: dict[MixerFamily, MixerAdapter] = {a.family: a for a in (GATED_DELTA, MAMBA2, SHORT_CONV)}
+ADAPTERS: dict[MixerFamily, MixerAdapter] = {a.family: a for a in (GATED_DELTA, MAMBA2, LIGHTNING, SHORT_CONV)}
 
-__all__ = ["ADAPTERS", "GATED_DELTA", "KIMI_DELTA", "MAMBA2", "SHORT_CONV", "MixerAdapter", "RecurrenceForm",
-           "adapter_for"]
+__all__ = ["ADAPTERS", "GATED_DELTA", "KIMI_DELTA", "LIGHTNING", "MAMBA2", "SHORT_CONV", "MixerAdapter",
+           "RecurrenceForm", "adapter_for"]
 
 
 def adapter_for(layer: LinearLayerSpec) -> MixerAdapter:

@@ -31,9 +31,12 @@ class MixerAdapter:
     interior: E and M over tokens [start, T) from a recorded call (None: no recurrent state).
     operator_ref: M from the same call the plain way (a product of per-token transitions), taking
         (call, start, recurrent_fn): the reference `interior` is tested against.
-    conv_fn: the modeling module's causal-conv function the mixer calls on a multi-token forward.
+    conv_fn: the modeling module's causal-conv function the mixer calls on a multi-token forward (None:
+        the mixer has no conv).
     step_seams_up_to: seams of at most this many tokens run the token-by-token recurrence (0: never).
     batched_runs: equal-width seams run as one call from the augmented start [0 | I].
+    functions_module: the module holding chunk_fn / recurrent_fn when it is not the mixer's modeling
+        module (a family whose recurrence transformers writes inline: see families/lightning.py).
     """
 
     family: MixerFamily
@@ -42,9 +45,10 @@ class MixerAdapter:
     recurrence: RecurrenceForm | None
     interior: Callable[[RecurrenceCall, int], InteriorTransition] | None
     operator_ref: Callable[..., torch.Tensor] | None
-    conv_fn: str = "causal_conv1d_fn"
+    conv_fn: str | None = "causal_conv1d_fn"
     step_seams_up_to: int = 0
     batched_runs: bool = False
+    functions_module: str | None = None
 
     def seam_settings(self, names: list[str], call_args: tuple, call_kwargs: dict, width: int) -> dict:
         """Extra arguments of the recurrence call for one seam of `width` tokens (none by default)."""
