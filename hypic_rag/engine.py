@@ -330,6 +330,14 @@ class HypicExecutor:
     def _lean_step(self, state) -> Callable[[int, int], torch.Tensor]:
         return lambda token, _position: self.lean.step(state, token)
 
+    def diagnose(self, segments: Sequence[Sequence[int]], question: Sequence[int], mode: Mode | str | None = None,
+                 threshold: float = 0.05):
+        """Per-layer relative hidden-state error of a cached rung against full recompute, at the
+        question's tokens, and the first layer over `threshold` (executor/diagnose.py)."""
+        from hypic_rag.executor.diagnose import diagnose
+
+        return diagnose(self, segments, question, mode, threshold)
+
     def first_token_logits(self, segments: Sequence[Sequence[int]], question: Sequence[int],
                            mode: Mode | str | None = None) -> torch.Tensor:
         """Next-token logits after the question, [vocab] fp32 (for accuracy measurements)."""

@@ -38,6 +38,22 @@ class RequestMethods:
         question_ids = self.question_ids(question)
         return self._submit(token_lists, question_ids, segments, retrieval, options, timeout)
 
+    def diagnose(self, question: str, k: int = 4, mode: Mode | str | None = None, segment_ids: list[str] | None = None,
+                 threshold: float = 0.05, timeout: float | None = None):
+        """Where a cached rung (default: the store's) departs from full recompute for this question: each
+        layer's relative hidden-state error at the question's tokens, the first layer over `threshold`
+        and the first-token KL (a Diagnosis; .table() prints it). Retrieval as in query()."""
+        segments = self._segments(question, k, segment_ids)
+        token_lists = [s.record.token_ids for s in segments]
+        question_ids = self.question_ids(question)
+
+        def run():
+            with self._lock:
+                options = self.options(mode)
+                return self.executor_for(options.mode).diagnose(token_lists, question_ids, options.mode, threshold)
+
+        return self._worker.run(run, timeout)
+
     def stream(self, question: str, k: int = 4, mode: Mode | str | None = None,
                max_new_tokens: int | None = None, segment_ids: list[str] | None = None,
                temperature: float | None = None, top_p: float | None = None, seed: int | None = None,

@@ -197,3 +197,18 @@ def test_ctrl_c_ends_a_command_without_a_traceback(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "hypic-rag: interrupted" in err and "Traceback" not in err, err[-2000:]
+
+
+def test_diagnose_prints_a_layer_table_and_json(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", demo_docs(4))
+    store = tmp_path / "store"
+    assert run("precompute", str(corpus), "--store", str(store)).returncode == 0
+    question = f"What is the home city of {demo_docs(4)[1]['title']}?"
+    out = run("diagnose", question, "--store", str(store), "--k", "3", "--mode", "pic_addition", "--threshold", "0.01")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("pic_addition: hidden-state error vs full recompute") and "first layer over" in out.stdout
+    assert all(len(line) <= 80 for line in out.stdout.splitlines())
+    out = run("diagnose", question, "--store", str(store), "--json")
+    report = json.loads(out.stdout)
+    assert report["mode"] == "hypic" and report["threshold"] == 0.05 and len(report["layers"]) == 8
+    assert run("diagnose", question, "--store", str(store), "--mode", "full_recompute").returncode == 2  # argparse

@@ -94,6 +94,15 @@ def cmd_query(s: dict, explicit: set[str]) -> int:
     return 0
 
 
+def cmd_diagnose(s: dict, explicit: set[str]) -> int:
+    from hypic_rag.api import HypicRAG
+
+    with HypicRAG.from_store(s["store"], model=s.get("model")) as rag:
+        result = rag.diagnose(s["question"], k=int(s["k"]), mode=s["mode"], threshold=float(s["threshold"]))
+    print(json.dumps({"question": s["question"], **result.to_dict()}, indent=1) if s.get("json") else result.table())
+    return 0
+
+
 def store_summary(directory: str | Path) -> dict:
     """A store's manifest, counts, tiers and usage counters, read without loading its model."""
     from hypic_rag.index.segment_index import SegmentIndex
@@ -145,4 +154,5 @@ def cmd_delete(s: dict, explicit: set[str]) -> int:
     return 1 if report.missing else 0
 
 
-COMMANDS = {"precompute": cmd_precompute, "query": cmd_query, "inspect": cmd_inspect, "delete": cmd_delete}
+COMMANDS = {"precompute": cmd_precompute, "query": cmd_query, "diagnose": cmd_diagnose, "inspect": cmd_inspect,
+            "delete": cmd_delete}

@@ -1,4 +1,5 @@
-"""`hypic-rag`: precompute a corpus, query a store, inspect a store, delete documents, run the demo.
+"""`hypic-rag`: precompute a corpus, query a store, diagnose a rung, inspect a store, delete documents,
+run the demo.
 
 Settings come from command-line flags, then a --config file (JSON, TOML or YAML with the long
 flags' names, dashes or underscores; unknown names refused), then the defaults (cli/settings.py).
@@ -62,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", default=None, help="print the result as JSON (default: text)")
     q.add_argument("--config", help="JSON, TOML or YAML file of settings (default: none)")
 
+    dg = sub.add_parser("diagnose", help="where a cached rung departs from full recompute for one question: "
+                                         "each layer's relative hidden-state error")
+    dg.add_argument("question")
+    dg.add_argument("--store", required=True, help="store directory")
+    dg.add_argument("--model", help="the store's checkpoint where it moved (default: the manifest's path)")
+    dg.add_argument("--k", type=int, help=h("segments retrieved", "k"))
+    dg.add_argument("--mode", choices=MODES[2:], help=h("cached rung compared with full recompute", "mode"))
+    dg.add_argument("--threshold", type=float, help=h("relative error that marks a layer as diverged", "threshold"))
+    dg.add_argument("--json", action="store_true", default=None, help="print as JSON (default: a table)")
+    dg.add_argument("--config", help="JSON, TOML or YAML file of settings (default: none)")
+
     ins = sub.add_parser("inspect", help="counts, bytes, usage counters and the fingerprint of a store "
                                          "(without loading its model)")
     ins.add_argument("--store", required=True, help="store directory")
@@ -74,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="build a store from the shipped corpus and compare full recompute vs hypic")
     demo.add_argument("--store", help="store directory (default: a temporary one)")
-    demo.add_argument("--questions", type=int, default=6, help="questions asked (default: 6)")
+    demo.add_argument("--questions", type=int, default=8, help="questions asked (default: 8, all of them)")
+    demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                      help="where the model runs (default: auto, CUDA when present)")
     return p
 
 
@@ -95,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from hypic_rag.cli.demo import run_demo
 
-            return run_demo(args.store, args.questions)
+            return run_demo(args.store, args.questions, args.device)
         from hypic_rag.cli.commands import COMMANDS
 
         merged, explicit = settings(args, _allowed(parser, args.command))
