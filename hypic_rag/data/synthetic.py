@@ -41,6 +41,55 @@ _FILLER = (
 )
 
 
+# long documents (paragraphs > 0): more about the person, and sentences about other invented people
+# that carry values of every kind (a city, a job, a color, a food) without stating any asked fact
+_MORE_FILLER = (
+    "On market days {n} walks to the square before noon.",
+    "{n} likes long walks along the river after rain.",
+    "A small dog follows {n} around the garden.",
+    "Most letters that {n} writes are short and warm.",
+    "{n} mends old chairs for the neighbors.",
+    "Each summer {n} paints the fence behind the house.",
+    "{n} keeps a diary of the weather.",
+    "Visitors often find {n} reading by the window.",
+)
+_DISTRACTORS = (
+    "{m}, a {job} from {city}, visits {n} every spring.",
+    "{n} once shared a meal of {food} with {m}.",
+    "The {color} door of the house of {m} faces the river.",
+    "{m} moved to {city} to work as a {job}.",
+    "Neighbors say {m} grows {food} in a {color} pot.",
+    "{m} and {n} met long ago on a road near {city}.",
+)
+
+
+def _distractor(person: "Person", other: str, rng: random.Random) -> str:
+    values = {k: rng.choice(v) for k, v in _VALUES.items()}
+    return rng.choice(_DISTRACTORS).format(n=person.name, m=other, **values)
+
+
+def _long_document(person: "Person", rng: random.Random, paragraphs: int, taken: set[str]) -> dict:
+    """The person's facts (and mentor) scattered over `paragraphs` paragraphs of three to six
+    sentences: their own routine, and distractors about other invented people. Every third paragraph
+    is about one of those others only."""
+    facts = [FACTS[k][0].format(n=person.name, v=v) for k, v in person.facts.items()]
+    if person.mentor:
+        facts.append(f"The mentor of {person.name} is {person.mentor}.")
+    others = [_name(rng, taken) for _ in range(2)]
+    own = [f.format(n=person.name) for f in _FILLER + _MORE_FILLER]
+    body = []
+    for i in range(paragraphs):
+        if i % 3 == 2:
+            body.append([_distractor(person, others[i % 2], rng) for _ in range(rng.randint(3, 4))])
+        else:
+            body.append(rng.sample(own, rng.randint(2, 3)) + [_distractor(person, rng.choice(others), rng)
+                                                             for _ in range(rng.randint(1, 2))])
+    for fact in facts:
+        para = body[rng.choice([i for i in range(paragraphs) if i % 3 != 2])]
+        para.insert(rng.randrange(len(para) + 1), fact)
+    return {"title": person.name, "text": "\n\n".join(" ".join(p) for p in body)}
+
+
 @dataclass(frozen=True)
 class Person:
     name: str
@@ -66,7 +115,12 @@ def _document(person: Person, rng: random.Random) -> dict:
     return {"title": person.name, "text": " ".join(sentences[:half]) + "\n\n" + " ".join(sentences[half:])}
 
 
-def make_record(rng: random.Random, num_docs: int = 4, two_hop: bool = False) -> dict:
+def make_record(rng: random.Random, num_docs: int = 4, two_hop: bool = False, paragraphs: int = 0) -> dict:
+    """One question over num_docs documents; paragraphs > 0 makes each document that many paragraphs
+    long, with distractors (_long_document); 0 keeps the two short paragraphs (and the exact draws of
+    datasets made before long documents existed)."""
+    if paragraphs < 0 or (paragraphs and paragraphs < 2):
+        raise RequestError(f"paragraphs is 0 (short documents) or at least 2, got {paragraphs}")
     taken: set[str] = set()
     people = [Person(_name(rng, taken), {k: rng.choice(v) for k, v in _VALUES.items()}, None) for _ in range(num_docs)]
     target = people[0]
@@ -89,7 +143,7 @@ def make_record(rng: random.Random, num_docs: int = 4, two_hop: bool = False) ->
     # with a mentor: the mentor's other facts asked through the mentor (training signal, no rng draws)
     via = [{"question": FACTS[k][1].format(n=f"the mentor of {target.name}"), "answer": people[1].facts[k]}
            for k in FACTS if k != kind] if two_hop else []
-    docs = [_document(p, rng) for p in people]
+    docs = [_long_document(p, rng, paragraphs, taken) if paragraphs else _document(p, rng) for p in people]
     rng.shuffle(docs)
     more = []
     for person in rng.sample(people, len(people)):  # further single-hop questions (extra training signal)
@@ -99,9 +153,9 @@ def make_record(rng: random.Random, num_docs: int = 4, two_hop: bool = False) ->
             "all_qa": every, "two_hop_qa": via}
 
 
-def make_dataset(n: int, seed: int, num_docs: int = 4, two_hop_fraction: float = 0.25) -> list[dict]:
+def make_dataset(n: int, seed: int, num_docs: int = 4, two_hop_fraction: float = 0.25, paragraphs: int = 0) -> list[dict]:
     rng = random.Random(seed)
-    return [make_record(rng, num_docs, rng.random() < two_hop_fraction) for _ in range(n)]
+    return [make_record(rng, num_docs, rng.random() < two_hop_fraction, paragraphs) for _ in range(n)]
 
 
 def load_records(path: str | Path) -> list[dict]:
@@ -125,17 +179,19 @@ def question_text(question: str) -> str:
     return f"Question: {question}\nAnswer:"
 
 
-def make_corpus(num_records: int, seed: int, num_docs: int = 4) -> tuple[list[dict], list[dict]]:
+def make_corpus(num_records: int, seed: int, num_docs: int = 4, paragraphs: int = 0,
+                two_hop_fraction: float = 0.25, keep=None) -> tuple[list[dict], list[dict]]:
     """A flat corpus of uniquely titled documents plus the questions asked of it.
 
     Returns (documents as {"id", "title", "text"}, questions as {"question", "answers", "hops", "gold"}).
-    Records whose names collide with an earlier record are dropped.
+    Records whose names collide with an earlier record are dropped, as are records with a document
+    `keep` (a predicate on {"title", "text"}) refuses.
     """
     docs: dict[str, dict] = {}
     questions = []
-    for record in make_dataset(num_records, seed, num_docs):
+    for record in make_dataset(num_records, seed, num_docs, two_hop_fraction, paragraphs):
         titles = [c["title"] for c in record["ctxs"]]
-        if any(t in docs for t in titles):
+        if any(t in docs for t in titles) or (keep is not None and not all(keep(c) for c in record["ctxs"])):
             continue
         for c in record["ctxs"]:
             docs[c["title"]] = {"id": c["title"], "title": c["title"], "text": c["text"]}

@@ -201,9 +201,9 @@ def _init_worker(tokenizer_dir: str) -> None:
 
 
 def _batch_for(job: tuple, tokenizer) -> Batch:
-    seed, size, num_docs, two_hop_fraction, lm_weight, extra, pool, question_lm, two_hop = job
-    return batch_of(make_dataset(size, seed=seed, num_docs=num_docs, two_hop_fraction=two_hop_fraction), tokenizer,
-                    lm_weight, extra, pool, question_lm, two_hop)
+    seed, size, num_docs, two_hop_fraction, lm_weight, extra, pool, question_lm, two_hop, paragraphs = job
+    return batch_of(make_dataset(size, seed=seed, num_docs=num_docs, two_hop_fraction=two_hop_fraction,
+                                 paragraphs=paragraphs), tokenizer, lm_weight, extra, pool, question_lm, two_hop)
 
 
 def _worker_batch(job: tuple):
@@ -219,9 +219,15 @@ def batches(args, tokenizer, tokenizer_dir, rng: random.Random):
     def jobs():
         while True:
             top = min(args.docs + 1, 2) if time.time() < short_until else args.docs + 1  # curriculum
-            yield (rng.randrange(1 << 30), args.batch, rng.randint(min(args.min_docs, top), top),
+            seed = rng.randrange(1 << 30)  # draws in the order of runs made before long documents existed
+            docs = rng.randint(min(args.min_docs, top), top)
+            long_docs = args.paragraphs >= 2 and rng.random() < args.long_share
+            paragraphs = rng.randint(2, args.paragraphs) if long_docs else 0
+            if long_docs:  # documents of `paragraphs` paragraphs: at most args.docs of them
+                docs = min(docs, args.docs)
+            yield (seed, args.long_batch if long_docs else args.batch, docs,
                    args.two_hop_fraction, args.lm_weight, args.extra_questions, args.question_pool, args.question_lm,
-                   args.two_hop_supervision > 0)
+                   args.two_hop_supervision > 0, paragraphs)
 
     if args.data_workers <= 0:
         for job in jobs():

@@ -135,6 +135,11 @@ def main() -> None:
     p.add_argument("--block-attention", type=float, default=0.0,
                    help="share of training sequences whose document tokens attend only to their own document "
                         "and the bos, as cached segments do (see block_attention.py); 0: off")
+    p.add_argument("--paragraphs", type=int, default=0,
+                   help="long documents: a --long-share of batches hold documents of 2 to this many paragraphs "
+                        "with distractors (data.synthetic._long_document); 0: short documents only")
+    p.add_argument("--long-share", type=float, default=0.5, help="with --paragraphs: share of long-document batches")
+    p.add_argument("--long-batch", type=int, default=4, help="with --paragraphs: sequences per long-document batch")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     p.add_argument("--data-workers", type=int, default=0, help="processes that build batches (0: in the loop)")
     p.add_argument("--eval-questions", type=int, default=100)
@@ -193,7 +198,8 @@ def main() -> None:
         first_hop = AnswerAttention(model, hop)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.95))
     rng = random.Random(args.seed)
-    held_out = make_dataset(args.eval_questions, seed=10_000 + args.seed, num_docs=args.docs)
+    held_out = make_dataset(args.eval_questions, seed=10_000 + args.seed, num_docs=args.docs,
+                            paragraphs=args.paragraphs)
     stream = batches(args, tokenizer, out, rng)
     started = time.time()
     deadline = started + args.minutes * 60
