@@ -73,3 +73,22 @@ def demo_rag(n_docs=12):
         rag.ingest(demo_docs(n_docs))
         _DEMO_RAG[n_docs] = rag
     return _DEMO_RAG[n_docs]
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A real Redis for the tier tests (see redis_server.py)."""
+    from redis_server import shared_redis_url, stop_shared
+
+    yield shared_redis_url()
+    stop_shared()
+
+
+@pytest.fixture
+def own_redis():
+    """A redis-server this test may stop and restart."""
+    from redis_server import RedisServer
+
+    server = RedisServer()
+    yield server
+    server.close()

@@ -13,7 +13,8 @@ def _store_config(s: dict):
     from hypic_rag.store.tiered import StoreConfig
 
     return StoreConfig(device_bytes=int(s["device_bytes"]), host_bytes=int(s["host_bytes"]),
-                       disk_bytes=int(s["disk_bytes"]))
+                       disk_bytes=int(s["disk_bytes"]), redis_url=s.get("redis"),
+                       redis_namespace=s.get("redis_namespace") or "hypic_rag")
 
 
 def cmd_precompute(s: dict, explicit: set[str]) -> int:
@@ -31,8 +32,17 @@ def cmd_precompute(s: dict, explicit: set[str]) -> int:
     if missing:
         raise RequestError(f"corpus path does not exist: {', '.join(missing)}")
     if Path(s["store"], "manifest.json").exists():
-        check_store_fixed(Manifest.read(s["store"]), s, explicit)
-        rag = HypicRAG.from_store(s["store"], model=s.get("model"))
+        manifest = Manifest.read(s["store"])
+        check_store_fixed(manifest, s, explicit)
+        remote = {k: s[k] for k in ("redis", "redis_namespace") if k in explicit}
+        store_config = None
+        if remote:  # point an existing store at (another) Redis tier for this run
+            from hypic_rag.store.tiered import StoreConfig
+
+            store_config = StoreConfig(**{**manifest.store, "redis_url": remote.get("redis", manifest.store.get(
+                "redis_url")), "redis_namespace": remote.get("redis_namespace", manifest.store.get(
+                "redis_namespace", "hypic_rag"))})
+        rag = HypicRAG.from_store(s["store"], model=s.get("model"), store_config=store_config)
     else:
         rag = HypicRAG.create(
             s["store"], model=s.get("model") or SHIPPED_MODEL, config=ExecutorConfig(seam_tokens=int(s["seam"])),

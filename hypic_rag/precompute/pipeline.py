@@ -63,7 +63,7 @@ def retire_entries(index, store, keys) -> int:
     retired = 0
     for key in sorted(set(keys)):
         if not index.key_in_use(key) and key in store:
-            store.discard(key)
+            getattr(store, "retire", store.discard)(key)  # a shared tier keeps what other stores may use
             retired += 1
     return retired
 

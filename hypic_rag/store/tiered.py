@@ -1,8 +1,10 @@
-"""Tiers composed into one read-through store: device LRU -> host LRU -> disk.
+"""Tiers composed into one read-through store: device LRU -> host LRU -> disk -> Redis (optional).
 
-Reads look top-down and promote a hit into the top tier; entries evicted from a tier are demoted to
-the next one down (the disk tier evicts by itself). Writes go to the top tier and, write-through,
-to disk, so a precompute run's work survives the process. Counters are monotonic per tier.
+Reads look top-down and promote a hit into the top tier (a Redis hit into the local disk too);
+entries evicted from a tier are demoted to the next one down (the disk tier and Redis evict by
+themselves). Writes go to the top tier and, write-through, to disk and Redis, so a precompute run's
+work survives the process and reaches every process sharing the Redis tier. Counters are monotonic
+per tier.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from hypic_rag.errors import RequestError
 from hypic_rag.store.base import EntryStore
 from hypic_rag.store.disk import DiskTier
 from hypic_rag.store.memory import MemoryTier
+from hypic_rag.store.redis_tier import RedisTier
 from hypic_rag.types import SegmentEntry
 
 
@@ -26,14 +29,21 @@ class StoreConfig:
     device_bytes: int = 512 * 2**20
     host_bytes: int = 2 * 2**30
     disk_bytes: int = 32 * 2**30
+    redis_url: str | None = None  # a shared remote tier below disk: redis://host:port/db, or env:VAR to read it there
+    redis_namespace: str = "hypic_rag"
+    redis_chunk_bytes: int = 64 * 2**20
 
     def __post_init__(self) -> None:
-        for name in ("device_bytes", "host_bytes", "disk_bytes"):
+        for name in ("device_bytes", "host_bytes", "disk_bytes", "redis_chunk_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise RequestError(f"{name} must be an integer number of bytes >= 0, got {value!r}")
         if self.disk_bytes == 0:
             raise RequestError("disk_bytes must be > 0: the disk tier is the store of record")
+        if self.redis_url is not None and not (isinstance(self.redis_url, str) and self.redis_url.startswith(
+                ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://", "env:"))):
+            raise RequestError(f"redis_url must be a redis://, rediss://, unix:// or redis+cluster:// URL, or "
+                               f"env:VAR naming one; got {self.redis_url!r}")
 
 
 @dataclass(frozen=True)
@@ -54,10 +64,14 @@ class TieredStore(EntryStore):
             MemoryTier(self.config.host_bytes, device="cpu", name="host"),
         ]
         self.disk = DiskTier(Path(directory) / "entries", self.config.disk_bytes)
+        self.remote = None if self.config.redis_url is None else RedisTier(
+            self.config.redis_url, self.config.redis_namespace, max_value_bytes=self.config.disk_bytes,
+            chunk_bytes=self.config.redis_chunk_bytes)
         self.last_hit_tier: str | None = None
 
     def __contains__(self, key: str) -> bool:
-        return any(key in t for t in self.memory_tiers) or key in self.disk
+        return (any(key in t for t in self.memory_tiers) or key in self.disk
+                or (self.remote is not None and key in self.remote))
 
     def _insert(self, level: int, key: str, entry: SegmentEntry) -> None:
         """Put into memory tier `level`, cascading evictions downwards (the last memory tier drops
@@ -82,6 +96,11 @@ class TieredStore(EntryStore):
                 return entry
         entry = self.disk.get(key)
         self.last_hit_tier = "disk" if entry is not None else None
+        if entry is None and self.remote is not None:
+            entry = self.remote.get(key)
+            if entry is not None:
+                self.last_hit_tier = "redis"
+                self.disk.put(key, entry)
         if entry is not None:
             entry = self._promote(key, entry)
         return entry
@@ -98,12 +117,22 @@ class TieredStore(EntryStore):
 
     @property
     def last_read_untrusted(self) -> bool:
-        return self.last_hit_tier == "disk"
+        return self.last_hit_tier in ("disk", "redis")
 
-    def discard(self, key: str) -> None:
+    def retire(self, key: str) -> None:
+        """Forget an entry no segment of this store uses any more, in this store's own tiers. The shared
+        Redis tier keeps it: other stores may hold the same content (it evicts by itself)."""
         for tier in self.memory_tiers:
             tier.pop(key)
         self.disk.discard(key)
+
+    def discard(self, key: str) -> None:
+        """Drop a damaged or foreign entry from every tier, the shared one included."""
+        for tier in self.memory_tiers:
+            tier.pop(key)
+        self.disk.discard(key)
+        if self.remote is not None:
+            self.remote.discard(key)
 
     def __len__(self) -> int:
         """Entries stored (every entry is written through to the disk tier)."""
@@ -111,12 +140,19 @@ class TieredStore(EntryStore):
 
     def put(self, key: str, entry: SegmentEntry) -> None:
         self.disk.put(key, entry)
+        if self.remote is not None:
+            self.remote.put(key, entry)
         self._insert(0, key, entry)
 
     def stats(self) -> list[TierStats]:
         rows = [TierStats(t.name, len(t), t.used_bytes, t.hits, t.misses) for t in self.memory_tiers]
         rows.append(TierStats("disk", len(self.disk), self.disk.used_bytes, self.disk.hits, self.disk.misses))
+        if self.remote is not None:
+            entries, used = self.remote.census()
+            rows.append(TierStats("redis", entries, used, self.remote.hits, self.remote.misses))
         return rows
 
     def close(self) -> None:
         self.disk.close()
+        if self.remote is not None:
+            self.remote.close()
