@@ -96,13 +96,18 @@ class HypicRAG(RequestMethods):
     @classmethod
     def create(cls, directory, model=SHIPPED_MODEL, tokenizer=None, config: ExecutorConfig | None = None,
                template: PromptTemplate | None = None, store_config: StoreConfig | None = None,
-               embedder: str = DEFAULT_EMBEDDER, max_segment_tokens: int = 512) -> "HypicRAG":
-        """Open or start a store at `directory` for `model` (a checkpoint path, or a loaded model with its tokenizer)."""
+               embedder: str = DEFAULT_EMBEDDER, max_segment_tokens: int = 512,
+               device: str | None = None) -> "HypicRAG":
+        """Open or start a store at `directory` for `model` (a checkpoint path, or a loaded model with its
+        tokenizer). device: where a checkpoint path is loaded ("cpu", "cuda"; default CUDA when present);
+        a loaded model stays where it is."""
         model_path = None
         if isinstance(model, (str, Path)):
             model_path = Path(model).resolve()
-            model, loaded_tokenizer = load_model(model_path)
+            model, loaded_tokenizer = load_model(model_path, device=device)
             tokenizer = tokenizer or loaded_tokenizer
+        elif device is not None:
+            raise RequestError("device= places a model loaded from a path; move a loaded model with .to() first")
         if tokenizer is None:
             raise RequestError("pass the tokenizer together with a loaded model")
         return cls(directory, model, tokenizer, model_path, config or ExecutorConfig(), template or PromptTemplate(),

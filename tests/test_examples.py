@@ -53,3 +53,16 @@ def test_demo_command_runs():
     assert out.returncode == 0, out.stderr[-3000:]
     assert "full recompute vs hypic" in out.stdout and "median TTFT" in out.stdout
     assert all(len(line) <= 80 for line in out.stdout.splitlines()), out.stdout  # piped: 80 columns, no wrapping
+    assert "k=8 retrieved segments" in out.stdout and out.stdout.count(" from 8 cached segments") == 2, out.stdout
+    bars = [l for l in out.stdout.splitlines() if l.lstrip().startswith(("full  #", "hypic #"))]
+    assert len(bars) == 2 and bars[0].count("#") > bars[1].count("#"), out.stdout  # hypic's bar is the shorter
+
+
+def test_demo_refuses_cuda_where_there_is_none():
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    out = subprocess.run([sys.executable, "-m", "hypic_rag.cli.main", "demo", "--device", "cuda"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "--device cuda needs a CUDA GPU" in out.stdout + out.stderr

@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--system", help="system prompt cached once as the shared prefix (default: none)")
     for tier in ("device", "host", "disk"):
         pre.add_argument(f"--{tier}-bytes", type=int, help=h(f"byte budget of the {tier} tier", f"{tier}_bytes"))
+    pre.add_argument("--redis", metavar="URL", help="a Redis tier shared by every process pointing at it: "
+                                                    "redis://host:6379/0, or env:VAR to read the URL from $VAR "
+                                                    "(default: none)")
+    pre.add_argument("--redis-namespace", help="key prefix of this corpus' entries in Redis (default: hypic_rag)")
     pre.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port while running "
                                                       "(default: off)")
     pre.add_argument("--config", help="JSON, TOML or YAML file of settings (default: none)")
