@@ -6,6 +6,7 @@ plus the next-token KL(full || mode) at the first answer position.
 
     python bench/accuracy.py --questions 500 --out bench/results
     python bench/accuracy.py --questions 500 --docs 1 --name accuracy_gold_only --out bench/results
+    python bench/accuracy.py --questions 200 --docs 8 --paragraphs 5 --name accuracy_long --out bench/results
 
 Writes NAME.json, NAME.md and NAME.png (NAME: --name, default accuracy) into --out. Synthetic
 questions come with --docs documents each: the gold one(s) plus distractors.
@@ -53,13 +54,19 @@ def main() -> None:
     p.add_argument("--docs", type=int, default=4, help="documents per synthetic question (gold + distractors)")
     p.add_argument("--out", default="bench/results")
     p.add_argument("--name", default="accuracy", help="stem of the result files")
+    p.add_argument("--paragraphs", type=int, default=0,
+                   help="long synthetic documents of this many paragraphs with distractors (0: short ones)")
+    p.add_argument("--diagnose", type=int, default=50,
+                   help="explain the table: mean per-layer hidden-state error to full recompute of every cached "
+                        "rung over the first N questions (HypicExecutor.diagnose); 0: off")
     args = p.parse_args()
     if args.docs < 1:
         p.error("--docs must be at least 1")
     torch.manual_seed(0)
     model, tokenizer = load_model(args.model, device="cpu")
     template = PromptTemplate()
-    records = load_records(args.data) if args.data else make_dataset(args.questions, seed=args.seed, num_docs=args.docs)
+    records = load_records(args.data) if args.data else make_dataset(args.questions, seed=args.seed, num_docs=args.docs,
+                                                                     paragraphs=args.paragraphs)
     records = records[: args.questions]
     prefix = [tokenizer.bos_token_id]
     executors = {
@@ -89,6 +96,7 @@ def main() -> None:
         if (i + 1) % 50 == 0:
             print(f"{i + 1}/{len(records)} questions, {time.time() - started:.0f}s", flush=True)
     n = len(records)
+    divergence = layer_divergence(executors, records[: args.diagnose], tokenizer, template) if args.diagnose else {}
     table = []
     for (mode, w), row in rows.items():
         table.append({
@@ -103,7 +111,8 @@ def main() -> None:
             "documents_per_question": None if args.data else args.docs,
             "single_hop": rows[LADDER[0]]["em_1hop"][1], "two_hop": rows[LADDER[0]]["em_2hop"][1],
             "seconds": round(time.time() - started, 1), "device": "cpu", "dtype": "float32"}
-    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "results": table}, indent=1))
+    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "results": table,
+                                                       "layer_divergence": divergence}, indent=1))
     source = f"{args.data}" if args.data else f"synthetic, {args.docs} document(s) each"
     lines = [f"# Accuracy by mode ({n} questions, {source}: {meta['single_hop']} single-hop, {meta['two_hop']} two-hop)",
              "", f"Model: {meta['model']}, greedy, {args.max_new_tokens} new tokens max, CPU fp32. "
@@ -113,9 +122,33 @@ def main() -> None:
     for r in table:
         lines.append(f"| {r['mode']} | {r['seam']} | {r['exact_match']:.3f} | {r['token_f1']:.3f} | "
                      f"{_rate(r['exact_match_single_hop'])} | {_rate(r['exact_match_two_hop'])} | {r['mean_first_token_kl']:.2e} |")
+    if divergence:
+        names = list(divergence)
+        lines += ["", f"Why: mean relative hidden-state error to full recompute at the question's tokens, per "
+                      f"layer, over the first {min(args.diagnose, n)} questions (`HypicExecutor.diagnose`; "
+                      "the layer kind in brackets).", "",
+                  "| layer | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        kinds = divergence[names[0]]["kinds"]
+        for layer, kind in enumerate(kinds):
+            lines.append(f"| {layer} ({kind}) | " + " | ".join(f"{divergence[m]['mean'][layer]:.2e}" for m in names)
+                         + " |")
     (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     plot(table, out / f"{args.name}.png")
     print("\n".join(lines))
+
+
+def layer_divergence(executors, records, tokenizer, template) -> dict:
+    """Per cached rung: the mean over `records` of each layer's relative hidden-state error."""
+    out = {}
+    for (mode, w), ex in executors.items():
+        if not ex.config.mode.rung.segment_cache:
+            continue
+        runs = [ex.diagnose(*encode(record, tokenizer, template)) for record in records]
+        name = mode if mode != "hypic" else f"hypic w={w}"
+        out[name] = {"kinds": [l.kind for l in runs[0].layers],
+                     "mean": [sum(r.layers[i].relative_error for r in runs) / len(runs)
+                              for i in range(len(runs[0].layers))]}
+    return out
 
 
 def _rate(value: float | None) -> str:
