@@ -163,6 +163,13 @@ def test_a_hypic_request_dispatches_about_one_forward_whatever_the_segment_count
     assert max(counts.values()) <= 1.1 * min(counts.values()), counts
 
 
+@pytest.mark.parametrize("family", ["falcon_h1", "olmo_hybrid", "bailing_hybrid", "nemotron_h", "zamba2", "minimax"])
+def test_families_not_ported_are_refused_by_the_lean_runtime(family):
+    with pytest.raises(UnsupportedModelError, match="transformers path"):
+        LeanRuntime(get_model(family))
+    assert HypicExecutor(get_model(family), config=ExecutorConfig(runtime="auto")).lean is None
+
+
 def test_families_not_ported_stay_on_the_transformers_path():
     with pytest.raises(UnsupportedModelError, match="transformers path"):
         LeanRuntime(get_model("falcon_h1"))
