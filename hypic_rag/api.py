@@ -71,7 +71,8 @@ class HypicRAG(RequestMethods):
         # every setting is checked before anything touches the store (a bad one must not be persisted)
         self.max_segment_tokens = check_segment_budget(max_segment_tokens, self.loaded.spec.max_positions)
         self.shared_prefix = template.prefix_ids(tokenizer)
-        fingerprint = ModelFingerprint.of(model, config.precompute_seam, self.shared_prefix).to_string()
+        fingerprint = ModelFingerprint.of(model, config.precompute_seam, self.shared_prefix,
+                                          config.interior_dtype).to_string()
         existing = (self.directory / "manifest.json").exists()
         if existing:
             Manifest.read(self.directory).check_compatible(fingerprint, self.directory)
@@ -118,7 +119,7 @@ class HypicRAG(RequestMethods):
                    store_config: StoreConfig | None = None, read_only: bool = False) -> "HypicRAG":
         """Reopen a store with the model recorded in its manifest (or the one given, which must match)."""
         manifest = Manifest.read(directory)
-        config = config or ExecutorConfig(seam_tokens=manifest.seam_tokens)
+        config = config or ExecutorConfig(seam_tokens=manifest.seam_tokens, interior_dtype=manifest.interior_dtype)
         model_path = None
         if model is None or isinstance(model, (str, Path)):
             model_path = Path(model or manifest.model_path or "")

@@ -67,6 +67,7 @@ LADDER: dict[Mode, Rung] = {
 
 
 RUNTIMES = ("auto", "transformers", "lean")
+INTERIOR_DTYPES = ("float32", "bfloat16")
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
 
@@ -149,6 +150,10 @@ class ExecutorConfig:
         qwen3_5; other requests and rungs stay on transformers), "auto" (default) is lean on a CUDA
         device where the family is ported (a small request there is launch-bound) and transformers
         elsewhere (on CPU the transformers seam pass is as fast). Same results to ~1e-6.
+    interior_dtype: "float32" (default) or "bfloat16": the dtype entries keep the interior state E and
+        the operator M in (composition still runs in fp32). bfloat16 halves them, a third of an entry
+        on a large model (bench/results/entry_bytes.md measures the size and the first-token KL); the
+        store's fingerprint records it.
     """
 
     mode: Mode = Mode.HYPIC
@@ -162,9 +167,12 @@ class ExecutorConfig:
     miss_batch_tokens: int = 32768
     batched_seams: bool = True
     runtime: str = "auto"
+    interior_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode.parse(self.mode))
+        if self.interior_dtype not in INTERIOR_DTYPES:
+            raise RequestError(f"interior_dtype must be one of {', '.join(INTERIOR_DTYPES)}, got {self.interior_dtype!r}")
         if not isinstance(self.seam_tokens, int) or isinstance(self.seam_tokens, bool) or self.seam_tokens < 0:
             raise RequestError(f"seam_tokens must be an integer >= 0, got {self.seam_tokens!r}")
         if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 0:

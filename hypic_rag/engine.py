@@ -90,7 +90,8 @@ class HypicExecutor:
         self.device, self.dtype, self.vocab_size = loaded.device, loaded.dtype, loaded.vocab_size
         self.eos_ids = loaded.eos_ids
         self.shared_prefix = self._validated_ids(shared_prefix, "shared_prefix", allow_empty=True)
-        self.fingerprint = ModelFingerprint.of(self.model, self.config.precompute_seam, self.shared_prefix)
+        self.fingerprint = ModelFingerprint.of(self.model, self.config.precompute_seam, self.shared_prefix,
+                                               self.config.interior_dtype)
         self.store: EntryStore = (
             store if store is not None else MemoryTier(capacity_bytes=2**62, device=self.device, name="memory")
         )

@@ -7,7 +7,10 @@ executor checks, stores and composes. The default is batched_precompute on the e
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Protocol
+
+import torch
 
 from hypic_rag.executor.precompute import precompute_segments
 from hypic_rag.types import SegmentEntry
@@ -49,9 +52,10 @@ def batched_precompute(executor: "HypicExecutor", segments: list[tuple[int, ...]
                        max_batch: int | None = None) -> list[SegmentEntry]:
     """Entries of `segments` computed on the executor's device: on the lean runtime every length in
     one forward (config.miss_batch_tokens at a time), on transformers' equal lengths in one forward."""
+    dtype = getattr(torch, executor.config.interior_dtype)
     if getattr(executor, "lean", None) is not None:
         seam, fingerprint = executor.config.precompute_seam, executor.fingerprint.to_string()
-        return [entry for group in token_batches(segments, executor.config.miss_batch_tokens)
+        return [with_interior_dtype(entry, dtype) for group in token_batches(segments, executor.config.miss_batch_tokens)
                 for entry in executor.lean.precompute([segments[i] for i in group], seam, fingerprint)]
     max_batch = max_batch or executor.config.miss_batch_size
     out: list[SegmentEntry | None] = [None] * len(segments)
@@ -62,5 +66,15 @@ def batched_precompute(executor: "HypicExecutor", segments: list[tuple[int, ...]
             executor.fingerprint.to_string(),
         )
         for i, entry in zip(group, entries):
-            out[i] = entry
+            out[i] = with_interior_dtype(entry, dtype)
     return out  # type: ignore[return-value]
+
+
+def with_interior_dtype(entry: SegmentEntry, dtype: torch.dtype) -> SegmentEntry:
+    """`entry` with its interior state E and operator M in `dtype` (ExecutorConfig.interior_dtype)."""
+    if all(l.interior_state is None or l.interior_state.dtype == dtype for l in entry.linear):
+        return entry
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    return dataclasses.replace(entry, linear=tuple(
+        dataclasses.replace(l, interior_state=cast(l.interior_state), interior_operator=cast(l.interior_operator))
+        for l in entry.linear))

@@ -65,9 +65,11 @@ class ModelFingerprint:
     dtype: str
     seam_tokens: int
     prefix_digest: str
+    interior_dtype: str = "float32"  # entries' E and M (recorded only when not the default)
 
     @classmethod
-    def of(cls, model: torch.nn.Module, seam_tokens: int, shared_prefix: tuple[int, ...]) -> "ModelFingerprint":
+    def of(cls, model: torch.nn.Module, seam_tokens: int, shared_prefix: tuple[int, ...],
+           interior_dtype: str = "float32") -> "ModelFingerprint":
         dtype = str(next(model.parameters()).dtype).replace("torch.", "")
         return cls(
             model_type=model.config.get_text_config(decoder=True).model_type,
@@ -76,20 +78,24 @@ class ModelFingerprint:
             dtype=dtype,
             seam_tokens=seam_tokens,
             prefix_digest=tokens_digest(shared_prefix)[:16],
+            interior_dtype=interior_dtype,
         )
 
     def to_string(self) -> str:
+        interior = "" if self.interior_dtype == "float32" else f":i{self.interior_dtype}"
         return (
             f"{self.model_type}:{self.config_digest}:{self.weights_digest}:{self.dtype}:"
-            f"w{self.seam_tokens}:p{self.prefix_digest}"
+            f"w{self.seam_tokens}:p{self.prefix_digest}{interior}"
         )
 
     @classmethod
     def from_string(cls, text: str) -> "ModelFingerprint":
         parts = text.split(":")
-        if len(parts) != 6 or not parts[4].startswith("w") or not parts[5].startswith("p"):
+        if (len(parts) not in (6, 7) or not parts[4].startswith("w") or not parts[5].startswith("p")
+                or (len(parts) == 7 and not parts[6].startswith("i"))):
             raise RequestError(f"not a hypic_rag model fingerprint: {text!r}")
-        return cls(parts[0], parts[1], parts[2], parts[3], int(parts[4][1:]), parts[5][1:])
+        interior = parts[6][1:] if len(parts) == 7 else "float32"
+        return cls(parts[0], parts[1], parts[2], parts[3], int(parts[4][1:]), parts[5][1:], interior)
 
 
 def segment_key(fingerprint: ModelFingerprint | str, token_ids: tuple[int, ...]) -> str:

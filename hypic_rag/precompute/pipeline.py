@@ -87,7 +87,8 @@ def _init_worker(store_dir: str) -> None:
     torch.set_num_threads(1)
     manifest = Manifest.read(store_dir)
     loaded = LoadedModel.load(manifest.model_path, device="cpu")
-    executor = HypicExecutor(loaded, None, ExecutorConfig(seam_tokens=manifest.seam_tokens),
+    executor = HypicExecutor(loaded, None, ExecutorConfig(seam_tokens=manifest.seam_tokens,
+                                                          interior_dtype=manifest.interior_dtype),
                              PromptTemplate(**manifest.template).prefix_ids(loaded.tokenizer))
     manifest.check_compatible(executor.fingerprint.to_string(), store_dir)
     _WORKER = executor

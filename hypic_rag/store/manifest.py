@@ -66,6 +66,13 @@ class Manifest:
         tmp.write_text(json.dumps(asdict(self), indent=1, sort_keys=True), encoding="utf-8")
         os.replace(tmp, directory / "manifest.json")
 
+    @property
+    def interior_dtype(self) -> str:
+        """The dtype the store's entries keep E and M in (from its fingerprint)."""
+        from hypic_rag.models.fingerprint import ModelFingerprint
+
+        return ModelFingerprint.from_string(self.fingerprint).interior_dtype
+
     def check_compatible(self, fingerprint: str, directory: str | Path) -> None:
         if fingerprint != self.fingerprint:
             raise StoreError(
