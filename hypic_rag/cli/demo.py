@@ -14,12 +14,11 @@ import torch
 from rich.console import Console
 
 from hypic_rag.api import SHIPPED_MODEL, HypicRAG
-from hypic_rag.data.demo_corpus import CORPUS_FILE, QUESTIONS_FILE
+from hypic_rag.data.demo_corpus import CORPUS_FILE, DEMO_DIR, QUESTIONS_FILE
 from hypic_rag.data.scoring import exact_match
 from hypic_rag.data.synthetic import context_text
 from hypic_rag.errors import RequestError, StoreError
 
-DEMO_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo"
 WIDTH = 80
 K = 8
 

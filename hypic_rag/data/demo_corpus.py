@@ -19,6 +19,7 @@ from hypic_rag.data.synthetic import FACTS, context_text, make_corpus
 DRAWN, KEPT, SEED, DOCS_PER_QUESTION, PARAGRAPHS = 300, 4, 2027, 8, 5
 TOKEN_RANGE = (400, 500)  # eight documents and a question stay within the model's 4096 positions
 CORPUS_FILE, QUESTIONS_FILE = "rag_corpus.jsonl", "rag_questions.jsonl"
+DEMO_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo"
 
 
 def build(tokenizer) -> tuple[list[dict], list[dict]]:
@@ -55,7 +56,6 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from hypic_rag.api import SHIPPED_MODEL
-    from hypic_rag.cli.demo import DEMO_DIR
 
     docs, questions = build(AutoTokenizer.from_pretrained(SHIPPED_MODEL))
     for name, rows in ((CORPUS_FILE, docs), (QUESTIONS_FILE, questions)):
