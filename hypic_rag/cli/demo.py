@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import statistics
 import tempfile
-from pathlib import Path
 
 import torch
 from rich.console import Console
