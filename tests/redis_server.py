@@ -19,6 +19,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too and exists (<= 65535)."""
+    import random
+
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 55535)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
 class RedisServer:
     """redis-server on 127.0.0.1:port, without persistence; stop() and start() keep the port."""
 
@@ -39,15 +56,16 @@ class RedisServer:
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", self.dir, "--protected-mode", "yes", *getattr(self, "extra", [])],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.time() + 10
-        while time.time() < deadline:
+        while time.time() < deadline and self.process.poll() is None:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return
             except OSError:
                 time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
+        self.process.kill()
+        raise RuntimeError(f"redis-server did not start on port {self.port}: {self.process.communicate()[0][-800:]}")
 
     def stop(self) -> None:
         if self.process is not None:
@@ -87,7 +105,7 @@ class RedisClusterNodes:
         self.nodes = []
         for _ in range(3):
             node = RedisServer.__new__(RedisServer)
-            node.binary, node.port, node.process = shutil.which("redis-server"), free_port(), None
+            node.binary, node.port, node.process = shutil.which("redis-server"), free_cluster_port(), None
             if node.binary is None:
                 pytest.skip("redis-server is not installed")
             node.dir = tempfile.mkdtemp(prefix="hypic-redis-cluster-")
