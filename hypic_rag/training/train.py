@@ -18,6 +18,16 @@ run W1):
         --copy-supervision 1 --block-attention 0.5 --eval-questions 200 --save-every 300 --seed 2 \
         --out hypic_rag/assets/small_model
 
+Then a second stage, from that checkpoint, for documents of several paragraphs with distractors (half
+the batches: up to 8 documents of 2-5 paragraphs, ~3.7k tokens; the demo's retrieval size), 55 minutes
+on one core: single-hop exact match under full recompute on 8 such documents went from 0.75 to 0.99,
+on 4 short ones it stays at 0.99 (200 questions each):
+
+    python -m hypic_rag.training --init hypic_rag/assets/small_model --minutes 55 --threads 1 --lr 1e-3 \
+        --lm-weight 0.3 --extra-questions 8 --question-pool all --min-docs 2 --docs 8 --paragraphs 5 \
+        --long-share 0.5 --long-batch 4 --attention-supervision 1 --supervised-layer 7 --copy-supervision 1 \
+        --block-attention 0.5 --eval-questions 100 --save-every 100 --seed 11 --out OUT
+
 On a CUDA machine the same script runs on the GPU (``--device auto``) with batches built by
 ``--data-workers`` processes so the GPU is not left waiting on tokenization.
 """
