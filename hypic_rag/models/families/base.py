@@ -12,6 +12,16 @@ from hypic_rag.ops.capture import RecurrenceCall
 from hypic_rag.ops.transition import InteriorTransition
 
 
+def product_of_transitions(batch: int, heads: int, d_k: int, steps: int, device, transition) -> torch.Tensor:
+    """A_{T-1} ... A_1 A_0, each A_t = transition(t, I): the state a plain recurrent function reaches
+    from an identity start on token t with zero value input (the reference operators). [B, H, d_k, d_k] fp32."""
+    eye = torch.eye(d_k, dtype=torch.float32, device=device).expand(batch, heads, d_k, d_k).contiguous()
+    product = eye.clone()
+    for t in range(steps):
+        product = transition(t, eye.clone()).float() @ product
+    return product
+
+
 @dataclass(frozen=True)
 class RecurrenceForm:
     """How a family's chunked recurrence function takes a sequence and a state."""

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import torch
 
-from hypic_rag.models.families.base import MixerAdapter, RecurrenceForm
+from hypic_rag.models.families.base import MixerAdapter, RecurrenceForm, product_of_transitions
 from hypic_rag.models.specs import MixerFamily
 from hypic_rag.ops.capture import RecurrenceCall
 from hypic_rag.ops.transition import InteriorTransition, slice_time
@@ -54,22 +54,14 @@ def gated_delta_operator_ref(call: RecurrenceCall, start: int, recurrent_fn) -> 
     q, k, v, g, beta = (args[n][:, start:] for n in SEQUENCE_ARGS)
     batch, steps, h_v, _ = v.shape
     d_k = k.shape[-1]
-    eye = torch.eye(d_k, dtype=torch.float32, device=v.device).expand(batch, h_v, d_k, d_k).contiguous()
-    product = eye.clone()
     zeros = v.new_zeros(batch, 1, h_v, d_k)
-    for t in range(steps):
-        _, a_t = recurrent_fn(
-            q[:, t : t + 1],
-            k[:, t : t + 1],
-            zeros,
-            g=g[:, t : t + 1],
-            beta=beta[:, t : t + 1],
-            initial_state=eye.clone(),
-            output_final_state=True,
-            use_qk_l2norm_in_kernel=args.get("use_qk_l2norm_in_kernel", False),
-        )
-        product = a_t.float() @ product
-    return product
+    l2 = args.get("use_qk_l2norm_in_kernel", False)
+
+    def transition(t: int, eye: torch.Tensor) -> torch.Tensor:
+        return recurrent_fn(q[:, t : t + 1], k[:, t : t + 1], zeros, g=g[:, t : t + 1], beta=beta[:, t : t + 1],
+                            initial_state=eye, output_final_state=True, use_qk_l2norm_in_kernel=l2)[1]
+
+    return product_of_transitions(batch, h_v, d_k, steps, v.device, transition)
 
 
 GATED_DELTA = MixerAdapter(

@@ -23,7 +23,7 @@ import types
 import torch
 import torch.nn.functional as F
 
-from hypic_rag.models.families.base import MixerAdapter, RecurrenceForm
+from hypic_rag.models.families.base import MixerAdapter, RecurrenceForm, product_of_transitions
 from hypic_rag.models.specs import MixerFamily
 from hypic_rag.ops.capture import RecurrenceCall
 from hypic_rag.ops.transition import InteriorTransition
@@ -157,14 +157,13 @@ def lightning_transition_product(call: RecurrenceCall, start: int, recurrent_fn)
     args = call.arguments
     q, k = args["query"][:, start:], args["key"][:, start:]
     batch, steps, heads, d_k = k.shape
-    eye = torch.eye(d_k, dtype=torch.float32, device=k.device).expand(batch, heads, d_k, d_k).contiguous()
-    product = eye.clone()
     zeros = k.new_zeros(batch, 1, heads, d_k).float()
-    for t in range(steps):
-        _, a_t = recurrent_fn(q[:, t:t + 1].float(), k[:, t:t + 1].float(), zeros, args["slope"],
-                              initial_state=eye.clone(), output_final_state=True)
-        product = a_t.float() @ product
-    return product
+
+    def transition(t: int, eye: torch.Tensor) -> torch.Tensor:
+        return recurrent_fn(q[:, t:t + 1].float(), k[:, t:t + 1].float(), zeros, args["slope"], initial_state=eye,
+                            output_final_state=True)[1]
+
+    return product_of_transitions(batch, heads, d_k, steps, k.device, transition)
 
 
 LIGHTNING = MixerAdapter(
