@@ -103,6 +103,13 @@ class RedisClusterNodes:
         if shutil.which("redis-cli") is None:
             pytest.skip("redis-cli is not installed (it comes with Debian's redis-server)")
         self.nodes = []
+        try:
+            self._start()
+        except BaseException:
+            self.close()  # nodes already started must not outlive a failed start
+            raise
+
+    def _start(self) -> None:
         for _ in range(3):
             node = RedisServer.__new__(RedisServer)
             node.binary, node.port, node.process = shutil.which("redis-server"), free_cluster_port(), None
