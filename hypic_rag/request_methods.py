@@ -169,14 +169,14 @@ class RequestMethods:
         """On the worker thread: the request itself (text pieces, then the QueryResult)."""
         with self._lock:
             executor = self.executor_for(options.mode)
-            before = {s.name: s.hits for s in self.store.stats()}
+            before = self.store.hits()
             result = None
             for event in executor.stream(token_lists, question_ids, options=options, transient=transient):
                 if event.result is not None:
                     result = event.result
                 elif event.text:
                     yield event.text
-            after = {s.name: s.hits for s in self.store.stats()}
+            after = self.store.hits()
         tiers = {name: after[name] - before[name] for name in after}
         answered = QueryResult(first_line(result.text or ""), segments, result, retrieval, tiers)
         self._count(answered, executor.config.mode.value if options.mode is None else Mode.parse(options.mode).value)

@@ -165,12 +165,18 @@ class RedisTier(EntryStore):
             self._failed(exc)
 
     def discard(self, key: str) -> None:
-        """Delete `key` (one-chunk value, manifest and every chunk), counted as corrupt."""
+        """Delete `key` (one-chunk value, manifest and every chunk), counted as corrupt. The manifest
+        names the chunks; only a malformed one makes this scan the namespace for them."""
         self.corrupt += 1
         try:
-            names = [self._one(key), self._manifest(key)]
-            names += [k for k in self._client.scan_iter(match=f"{self.prefix}c:[{{]{key}[}}]:*", count=1000)]
-            self._client.delete(*names)
+            manifest = self._client.get(self._manifest(key))
+            parsed = None if manifest is None else _MANIFEST.fullmatch(manifest)
+            if parsed is not None:
+                chunks = [self._chunk(key, i) for i in range(int(parsed[1]))]
+            else:
+                chunks = [] if manifest is None else list(
+                    self._client.scan_iter(match=f"{self.prefix}c:[{{]{key}[}}]:*", count=1000))
+            self._client.delete(self._one(key), self._manifest(key), *chunks)
         except self._errors_of as exc:
             self._failed(exc)
 
@@ -190,23 +196,37 @@ class RedisTier(EntryStore):
     def __len__(self) -> int:
         return len(self.keys())
 
+    def _scan(self) -> tuple[int, int]:
+        """(entries, bytes of values) under this namespace: one scan, value sizes asked in pipelined
+        batches (not a round trip per key)."""
+        entries = size = 0
+        try:
+            values = []
+            for name in self._client.scan_iter(match=f"{self.prefix}*", count=1000):
+                kind = name[len(self.prefix):len(self.prefix) + 2]
+                entries += kind in (b"e:", b"m:")
+                if kind in (b"e:", b"c:"):
+                    values.append(name)
+            for start in range(0, len(values), 1000):
+                with self._client.pipeline(transaction=False) as batch:
+                    for name in values[start:start + 1000]:
+                        batch.strlen(name)
+                    size += sum(int(n) for n in batch.execute())
+        except self._errors_of as exc:
+            self._failed(exc)
+        return entries, size
+
     @property
     def used_bytes(self) -> int:
         """Bytes of the values stored under this namespace (a full scan)."""
-        total = 0
-        try:
-            for name in self._client.scan_iter(match=f"{self.prefix}[ec]:*", count=1000):
-                total += int(self._client.strlen(name))
-        except self._errors_of as exc:
-            self._failed(exc)
-        return total
+        return self._scan()[1]
 
     def census(self, max_age_s: float = 30.0) -> tuple[int, int]:
-        """(entries, bytes) under this namespace from a scan at most `max_age_s` old: per-request
-        statistics must not scan a shared server every time."""
+        """(entries, bytes) under this namespace from a scan at most `max_age_s` old: statistics must
+        not scan a shared server every time they are read."""
         now = time.monotonic()
         if self._census is None or now - self._census[0] > max_age_s:
-            self._census = (now, len(self), self.used_bytes)
+            self._census = (now, *self._scan())
         return self._census[1], self._census[2]
 
     def close(self) -> None:

@@ -144,6 +144,12 @@ class TieredStore(EntryStore):
             self.remote.put(key, entry)
         self._insert(0, key, entry)
 
+    def hits(self) -> dict[str, int]:
+        """Each tier's hit counter by name: what a request's tier hits are measured against, without
+        counting entries or bytes (a disk COUNT, a scan of a shared Redis)."""
+        tiers = [*self.memory_tiers, self.disk] + ([self.remote] if self.remote is not None else [])
+        return {t.name: t.hits for t in tiers}
+
     def stats(self) -> list[TierStats]:
         rows = [TierStats(t.name, len(t), t.used_bytes, t.hits, t.misses) for t in self.memory_tiers]
         rows.append(TierStats("disk", len(self.disk), self.disk.used_bytes, self.disk.hits, self.disk.misses))
