@@ -34,14 +34,13 @@ def cmd_precompute(s: dict, explicit: set[str]) -> int:
     if Path(s["store"], "manifest.json").exists():
         manifest = Manifest.read(s["store"])
         check_store_fixed(manifest, s, explicit)
-        remote = {k: s[k] for k in ("redis", "redis_namespace") if k in explicit}
+        remote = {field: s[flag] for flag, field in (("redis", "redis_url"), ("redis_namespace", "redis_namespace"))
+                  if flag in explicit}
         store_config = None
         if remote:  # point an existing store at (another) Redis tier for this run
             from hypic_rag.store.tiered import StoreConfig
 
-            store_config = StoreConfig(**{**manifest.store, "redis_url": remote.get("redis", manifest.store.get(
-                "redis_url")), "redis_namespace": remote.get("redis_namespace", manifest.store.get(
-                "redis_namespace", "hypic_rag"))})
+            store_config = StoreConfig(**{**manifest.store, **remote})
         rag = HypicRAG.from_store(s["store"], model=s.get("model"), store_config=store_config)
     else:
         rag = HypicRAG.create(

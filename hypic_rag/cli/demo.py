@@ -15,7 +15,6 @@ from rich.console import Console
 from hypic_rag.api import SHIPPED_MODEL, HypicRAG
 from hypic_rag.data.demo_corpus import CORPUS_FILE, DEMO_DIR, QUESTIONS_FILE
 from hypic_rag.data.scoring import exact_match
-from hypic_rag.data.synthetic import context_text
 from hypic_rag.errors import RequestError, StoreError
 
 WIDTH = 80
@@ -57,8 +56,8 @@ def run_demo(store_dir: str | None, num_questions: int, device: str = "auto") ->
     console.print(f"store: {_cut(str(store_dir), WIDTH - 7)}")
     with HypicRAG.create(store_dir, model=SHIPPED_MODEL, device=device) as rag:
         report = rag.ingest([DEMO_DIR / CORPUS_FILE])
-        sizes = [len(rag.tokenizer(context_text(d), add_special_tokens=False)["input_ids"])
-                 for d in _read(CORPUS_FILE)]
+        ids = {d["id"] for d in _read(CORPUS_FILE)}  # one segment per document, tokenised at ingest
+        sizes = [len(r.token_ids) for r in rag.index.records() if r.doc_id in ids]
         console.print(f"corpus: {report.documents} documents of {min(sizes)}-{max(sizes)} tokens, "
                       f"{report.entries_computed} segment caches precomputed in {report.seconds:.1f} s")
         for q in questions[:1]:  # warm both paths once so the table compares steady-state runs

@@ -14,7 +14,7 @@ import json
 import random
 from pathlib import Path
 
-from hypic_rag.data.synthetic import FACTS, context_text, make_corpus
+from hypic_rag.data.synthetic import _VALUES, FACTS, context_text, make_corpus
 
 DRAWN, KEPT, SEED, DOCS_PER_QUESTION, PARAGRAPHS = 300, 4, 2027, 8, 5
 TOKEN_RANGE = (400, 500)  # eight documents and a question stay within the model's 4096 positions
@@ -41,15 +41,9 @@ def build(tokenizer) -> tuple[list[dict], list[dict]]:
         other = rng.choice([t for t in q["gold"] if t not in q["question"]])
         kind = rng.choice(list(FACTS))
         fact, ask = FACTS[kind]
-        value = next(v for v in _values(kind) if fact.format(n=other, v=v) in by_title[other]["text"])
+        value = next(v for v in _VALUES[kind] if fact.format(n=other, v=v) in by_title[other]["text"])
         questions.append({"question": ask.format(n=other), "answers": [value], "hops": 1, "gold": q["gold"]})
     return docs, questions
-
-
-def _values(kind: str) -> tuple[str, ...]:
-    from hypic_rag.data.synthetic import _VALUES
-
-    return tuple(_VALUES[kind])
 
 
 def main() -> None:
@@ -59,7 +53,7 @@ def main() -> None:
 
     docs, questions = build(AutoTokenizer.from_pretrained(SHIPPED_MODEL))
     for name, rows in ((CORPUS_FILE, docs), (QUESTIONS_FILE, questions)):
-        (Path(DEMO_DIR) / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (DEMO_DIR / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"{len(docs)} documents, {len(questions)} questions in {DEMO_DIR}")
 
 

@@ -62,9 +62,9 @@ class Diagnosis:
                 f"layer  kind      relative error  (| marks the threshold, {self.threshold:g})"]
         mark = round(40 * self.threshold / top)
         for l in self.layers:
-            bar = "#" * round(40 * l.relative_error / top)
-            bar = (bar + " " * 41)[:41]
-            bar = bar[:mark] + ("|" if len(bar) > mark and bar[mark] == " " else bar[mark]) + bar[mark + 1:]
+            bar = ("#" * round(40 * l.relative_error / top)).ljust(41)
+            if bar[mark] == " ":  # the threshold's mark, where the bar does not reach it
+                bar = bar[:mark] + "|" + bar[mark + 1:]
             rows.append(f"{l.layer:>5}  {l.kind:<9} {l.relative_error:>8.2e}  {bar.rstrip()}")
         first = "none" if self.first_over is None else f"layer {self.first_over}"
         rows.append(f"first layer over the threshold: {first}; first-token KL {self.first_token_kl:.3e}")

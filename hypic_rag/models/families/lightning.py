@@ -31,14 +31,20 @@ from hypic_rag.ops.transition import InteriorTransition
 LIGHTNING_CLASS = "MiniMaxLightningAttention"
 
 
+def _start(initial_state, d_k: int, v: torch.Tensor) -> torch.Tensor:
+    """The state a call starts from, [B, H, D_k, D_v] in the values' dtype (zeros without one)."""
+    if initial_state is None:
+        return torch.zeros(v.shape[0], v.shape[1], d_k, v.shape[-1], dtype=v.dtype, device=v.device)
+    return initial_state.to(v.dtype)
+
+
 def lightning_attention(query, key, value, slope, initial_state=None, output_final_state=False, block_size=256):
     """Outputs [B, T, H, D_v] and the final state [B, H, D_k, D_v] (None unless asked), block by block:
     within a block (QK^T * decay) V, across blocks (Q * decay) S. slope: [H, 1, 1]."""
     q, k, v = (x.transpose(1, 2) for x in (query, key, value))  # [B, H, T, D]
-    batch, heads, steps, d_k = q.shape
+    _, heads, steps, d_k = q.shape
     s = slope.to(torch.float32).reshape(heads, 1, 1)
-    state = (torch.zeros(batch, heads, d_k, v.shape[-1], dtype=v.dtype, device=v.device)
-             if initial_state is None else initial_state.to(v.dtype))
+    state = _start(initial_state, d_k, v)
     outs = []
     for start in range(0, steps, block_size):
         c = min(block_size, steps - start)
@@ -59,10 +65,9 @@ def lightning_attention(query, key, value, slope, initial_state=None, output_fin
 def lightning_recurrent(query, key, value, slope, initial_state=None, output_final_state=False, block_size=None):
     """The plain per-token recurrence (transformers' path once a state exists); block_size unused."""
     q, k, v = (x.transpose(1, 2) for x in (query, key, value))
-    batch, heads, steps, d_k = q.shape
+    _, heads, steps, d_k = q.shape
     ratio = torch.exp(-slope.to(torch.float32).reshape(heads, 1, 1)).to(v.dtype)
-    state = (torch.zeros(batch, heads, d_k, v.shape[-1], dtype=v.dtype, device=v.device)
-             if initial_state is None else initial_state.to(v.dtype))
+    state = _start(initial_state, d_k, v)
     outs = []
     for t in range(steps):
         state = ratio * state + torch.matmul(k[:, :, t:t + 1].transpose(-1, -2), v[:, :, t:t + 1])
