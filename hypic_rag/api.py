@@ -80,7 +80,8 @@ class HypicRAG(RequestMethods):
         self.store = TieredStore(self.directory, store_config)
         self.executor = HypicExecutor(self.loaded, None, config, self.shared_prefix, self.store)
         self.index = SegmentIndex(self.directory / "index", self.embedder.dim,
-                                  body_of=lambda record: template.body_of(record.text, record.title))
+                                  body_of=lambda record: template.body_of(record.text, record.title),
+                                  config=self.store.config.index)
         if not read_only and not existing:
             Manifest(
                 fingerprint=fingerprint, model_path=None if model_path is None else str(model_path),

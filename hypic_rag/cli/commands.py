@@ -12,9 +12,12 @@ from hypic_rag.errors import RequestError
 def _store_config(s: dict):
     from hypic_rag.store.tiered import StoreConfig
 
+    from hypic_rag.index.vector_index import IndexConfig
+
     return StoreConfig(device_bytes=int(s["device_bytes"]), host_bytes=int(s["host_bytes"]),
                        disk_bytes=int(s["disk_bytes"]), redis_url=s.get("redis"),
-                       redis_namespace=s.get("redis_namespace") or "hypic_rag")
+                       redis_namespace=s.get("redis_namespace") or "hypic_rag",
+                       index=IndexConfig(kind=s.get("index_kind") or "auto"))
 
 
 def cmd_precompute(s: dict, explicit: set[str]) -> int:
@@ -124,13 +127,16 @@ def store_summary(directory: str | Path) -> dict:
     from hypic_rag.config import PromptTemplate
 
     template = PromptTemplate(**manifest.template)
+    from hypic_rag.store.tiered import StoreConfig
+
     index = SegmentIndex(directory / "index", manifest.embedding_dim,
-                         body_of=lambda record: template.body_of(record.text, record.title))
+                         body_of=lambda record: template.body_of(record.text, record.title),
+                         config=StoreConfig(**manifest.store).index)
     disk = DiskTier(directory / "entries", int(manifest.store.get("disk_bytes", 32 * 2**30)))
     try:
         return {"store": str(directory), "model": manifest.model_path, "fingerprint": manifest.fingerprint,
                 "seam": manifest.seam_tokens, "max_segment_tokens": manifest.max_segment_tokens,
-                "documents": index.document_count(), "segments": len(index),
+                "documents": index.document_count(), "segments": len(index), "index": index.index_kind,
                 "disk": {"entries": len(disk), "bytes": disk.used_bytes},
                 "usage": Usage.read(directory).__dict__}
     finally:

@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--redis-namespace", help="key prefix of this corpus' entries in Redis (default: hypic_rag)")
     pre.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port while running "
                                                       "(default: off)")
+    pre.add_argument("--index-kind", choices=["auto", "flat", "ivf_flat", "ivf_pq"],
+                     help="FAISS index type of the segment embeddings; auto: exact below 100k segments, IVF-Flat "
+                          "above, IVF-PQ from 2M (default: auto)")
     pre.add_argument("--config", help="JSON, TOML or YAML file of settings (default: none)")
 
     q = sub.add_parser("query", help="answer a question from a store")

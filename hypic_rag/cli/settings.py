@@ -66,6 +66,7 @@ def check_store_fixed(manifest, s: dict, explicit: set[str]) -> None:
     """Refuse settings that an existing store fixed and that this run asks to change."""
     fixed = {"seam": manifest.seam_tokens, "max_segment_tokens": manifest.max_segment_tokens,
              "system": manifest.template.get("system", ""),
+             "index_kind": (manifest.store.get("index") or {}).get("kind", "auto"),
              **{f"{t}_bytes": manifest.store.get(f"{t}_bytes") for t in ("device", "host", "disk")}}
     for name, value in fixed.items():
         if name in explicit and s[name] != value:

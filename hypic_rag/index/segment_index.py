@@ -1,11 +1,12 @@
 """Segment records in SQLite beside a FAISS inner-product index over their embeddings.
 
-SQLite is the record of truth (segment id, store key, document, text, token ids, metadata and the
-embedding); the FAISS index is rebuilt from it whenever the saved index file is unreadable or
-disagrees with it (dimension, count, or the set of row ids), so a killed run, a damaged file or
-another writer never leaves an index pointing at rows that were not committed or missing rows
-that were. Writers in several processes coordinate through SQLite's own lock: inserts are
-idempotent (INSERT OR IGNORE) inside one immediate transaction per batch.
+SQLite is the record of truth (segment id, store key, document, text, token ids, metadata, the
+embedding and, for IVF indexes, each row's list and code); the FAISS index is rebuilt from it on
+open (vector_state_sql.py), never read from a FAISS file, so a killed run, a damaged or crafted file
+or another writer never leaves an index pointing at rows that were not committed or missing rows
+that were. Which FAISS type serves the corpus follows its size (vector_index.py). Writers in several
+processes coordinate through SQLite's own lock: inserts are idempotent (INSERT OR IGNORE) inside one
+immediate transaction per batch, and a writer that finds the index retrained by another reloads it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from typing import Callable
 import numpy as np
 
 from hypic_rag.errors import RequestError, StoreError
+from hypic_rag.index import vector_state_sql as vector_sql
 from hypic_rag.index.anchor_table import AnchorTable
+from hypic_rag.index.vector_index import IndexConfig, VectorIndex
 
 
 @dataclass(frozen=True)
@@ -83,27 +86,26 @@ class _SqliteGuard:
         return False
 
 
-def _faiss():
-    import faiss
-
-    return faiss
-
-
 class SegmentIndex(AnchorTable):
-    def __init__(self, directory: str | Path, dim: int, body_of: Callable[[SegmentRecord], str] | None = None):
+    def __init__(self, directory: str | Path, dim: int, body_of: Callable[[SegmentRecord], str] | None = None,
+                 config: IndexConfig | None = None):
         """`body_of(record)`: the document text a record's prompt text was made from (its anchor is
-        taken there, hypic_rag/index/anchors.py); default: the whole text."""
+        taken there, hypic_rag/index/anchors.py); default: the whole text. `config`: which FAISS index
+        type serves the corpus at its size (IndexConfig)."""
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.dim = dim
         self.body_of = body_of or (lambda record: record.text)
         self._lock = threading.RLock()  # callers may come from worker threads (LangChain, LlamaIndex)
         self._path = self.directory / "segments.sqlite"
+        self.config = config or IndexConfig()
+        self.config.check_dim(dim)
         with self._guard():
             self._db = sqlite3.connect(str(self._path), check_same_thread=False, timeout=120, isolation_level=None)
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS segments (row INTEGER PRIMARY KEY, segment_id TEXT UNIQUE, key TEXT,"
-                " doc_id TEXT, title TEXT, text TEXT, token_ids TEXT, metadata TEXT, embedding BLOB, head TEXT)"
+                " doc_id TEXT, title TEXT, text TEXT, token_ids TEXT, metadata TEXT, embedding BLOB, head TEXT,"
+                " list_no INTEGER, code BLOB)"
             )
             self._db.execute("CREATE INDEX IF NOT EXISTS segments_head ON segments(head)")
             self._db.execute("CREATE INDEX IF NOT EXISTS segments_text ON segments(text)")
@@ -111,63 +113,84 @@ class SegmentIndex(AnchorTable):
             self._db.execute("CREATE INDEX IF NOT EXISTS segments_key ON segments(key)")
             self._db.execute("CREATE TABLE IF NOT EXISTS anchors (hash INTEGER, length INTEGER, segment_id TEXT)")
             self._db.execute("CREATE INDEX IF NOT EXISTS anchors_hash ON anchors(hash)")
-            self._index = self._load_or_rebuild()
-        self._gpu = None
+            vector_sql.ensure_schema(self._db)
+            self._index = self._open_vectors()
+        try:  # a FAISS file an earlier version wrote: never read, no longer kept
+            (self.directory / "segments.faiss").unlink(missing_ok=True)
+        except OSError:
+            pass
         self._backfill_anchors()
 
     def _guard(self):
         """Turn SQLite's damage reports into one StoreError naming the file and the repair."""
         return _SqliteGuard(self._path)
 
-    # ------------------------------------------------------------------ persistence
-    @property
-    def _index_path(self) -> Path:
-        return self.directory / "segments.faiss"
+    # ------------------------------------------------------------------ the vector index
+    def _open_vectors(self) -> VectorIndex:
+        """The vector index rebuilt from SQLite (vector_state_sql.py): FAISS files are never read. It is
+        retrained when its stored state is damaged or the corpus now wants another type."""
+        state, intact = vector_sql.read_state(self._db, self.dim)
+        self._generation = vector_sql.generation(self._db)
+        index = vector_sql.load(self._db, self.dim, self.config, state) if intact else None
+        n = len(self)
+        if index is not None and not index.needs_training(n):
+            self.rebuilt_on_open = False
+            return index
+        self.rebuilt_on_open = bool(n)
+        return self._retrain()
 
-    def _empty(self):
-        faiss = _faiss()
-        return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
-
-    def _row_ids(self) -> np.ndarray:
-        return np.fromiter((r for (r,) in self._db.execute("SELECT row FROM segments ORDER BY row")), dtype=np.int64)
-
-    def _load_or_rebuild(self):
-        """The saved FAISS index when it agrees with SQLite row for row, else one rebuilt from SQLite."""
-        faiss = _faiss()
-        rows = self._row_ids()
-        # read the file only when its size is exactly what these rows need: FAISS trusts the sizes a
-        # file declares, so a crafted or damaged file must not reach it (SQLite can always rebuild)
-        expected = len(faiss.serialize_index(self._empty())) + len(rows) * (4 * self.dim + 8)
-        if self._index_path.is_file() and self._index_path.stat().st_size == expected:
-            try:
-                index = faiss.read_index(str(self._index_path))
-                ids = np.sort(faiss.vector_to_array(index.id_map)) if hasattr(index, "id_map") else None
-            except RuntimeError:  # unreadable or truncated: SQLite holds every embedding
-                ids = None
-            if ids is not None and index.d == self.dim and np.array_equal(ids, rows):
-                self.rebuilt_on_open = False
-                return index
-        self.rebuilt_on_open = bool(len(rows))
-        return self._rebuild()
-
-    def _rebuild(self):
-        index = self._empty()
-        rows, vecs = [], []
-        for row, blob in self._db.execute("SELECT row, embedding FROM segments ORDER BY row"):
-            vec = np.frombuffer(blob, dtype=np.float32)
-            if vec.shape != (self.dim,):
-                raise StoreError(f"{self._path}: segment row {row} holds a {vec.size}-value embedding, the index "
-                                 f"expects {self.dim}; {_REPAIR}")
-            rows.append(row)
-            vecs.append(vec)
-        if rows:
-            index.add_with_ids(np.stack(vecs), np.asarray(rows, dtype=np.int64))
+    def _retrain(self) -> VectorIndex:
+        """Retrain and store the result in one write transaction; a database this process may not
+        write (read-only) keeps the result in memory only."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "readonly" not in str(exc) and "read-only" not in str(exc):
+                raise
+            rows, vecs = self._embeddings()
+            index = VectorIndex(self.dim, self.config, VectorIndex.train(self.dim, self.config, vecs, self._generation))
+            index.add(rows, vecs, index.encode(vecs)[0])
+            return index
+        try:
+            index = None
+            if vector_sql.generation(self._db) != self._generation:  # another process retrained first
+                state, intact = vector_sql.read_state(self._db, self.dim)
+                index = vector_sql.load(self._db, self.dim, self.config, state) if intact else None
+                if index is not None and index.needs_training(len(self)):
+                    index = None
+            self._generation = vector_sql.generation(self._db) + (index is None)
+            if index is None:
+                index = self._checked(lambda: vector_sql.retrain(self._db, self.dim, self.config, self._generation))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
         return index
 
-    def _save_index(self) -> None:
-        tmp = self._index_path.with_suffix(".faiss.tmp")
-        _faiss().write_index(self._index, str(tmp))
-        os.replace(tmp, self._index_path)
+    def _embeddings(self):
+        return self._checked(lambda: vector_sql.embeddings(self._db, self.dim))
+
+    def _checked(self, read):
+        try:
+            return read()
+        except ValueError as exc:  # a malformed embedding: SQLite is the record, so this needs a rebuild
+            raise StoreError(f"{self._path}: {exc}; {_REPAIR}") from None
+
+    def _in_step_with_other_writers(self) -> None:
+        """Reload when another process retrained or changed the rows (called inside a write transaction)."""
+        if vector_sql.generation(self._db) != self._generation or self._index.ntotal != len(self):
+            state, intact = vector_sql.read_state(self._db, self.dim)
+            self._generation = vector_sql.generation(self._db)
+            index = vector_sql.load(self._db, self.dim, self.config, state) if intact else None
+            if index is None:  # damaged meanwhile: retrain inside this transaction
+                self._generation += 1
+                index = self._checked(lambda: vector_sql.retrain(self._db, self.dim, self.config, self._generation))
+            self._index = index
+
+    @property
+    def index_kind(self) -> str:
+        """The FAISS index type in use now: flat, ivf_flat or ivf_pq."""
+        return self._index.kind
 
     # ------------------------------------------------------------------ writes
     def __contains__(self, segment_id: str) -> bool:
@@ -186,33 +209,34 @@ class SegmentIndex(AnchorTable):
             self._add(records, vectors)
 
     def _add(self, records: list[SegmentRecord], vectors: np.ndarray) -> None:
-        new_rows, new_vecs = [], []
+        new, new_rows = [], []
         with self._guard():
             self._db.execute("BEGIN IMMEDIATE")  # the write lock first: no check-then-insert race
             try:
-                for record, vec in zip(records, vectors):
+                self._in_step_with_other_writers()
+                lists, codes = self._index.encode(vectors)
+                for i, (record, vec) in enumerate(zip(records, vectors)):
                     cur = self._db.execute(
                         "INSERT OR IGNORE INTO segments (segment_id, key, doc_id, title, text, token_ids, metadata,"
-                        " embedding, head) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " embedding, head, list_no, code) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (record.segment_id, record.key, record.doc_id, record.title, record.text,
                          json.dumps(list(record.token_ids)), json.dumps(record.metadata),
-                         np.asarray(vec, dtype=np.float32).tobytes(), head_of(record.text)),
+                         np.asarray(vec, dtype=np.float32).tobytes(), head_of(record.text),
+                         None if lists is None else int(lists[i]), None if codes is None else codes[i].tobytes()),
                     )
                     if cur.rowcount == 1:
+                        new.append(i)
                         new_rows.append(cur.lastrowid)
-                        new_vecs.append(vec)
                         self._insert_anchor(record)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            if new_rows:
-                self._index.add_with_ids(np.asarray(new_vecs, dtype=np.float32), np.asarray(new_rows, dtype=np.int64))
-            if self._index.ntotal != len(self):  # another process added rows meanwhile
-                self._index = self._rebuild()
-            if new_rows:
-                self._gpu = None
-                self._save_index()
+            if new:
+                self._index.add(np.asarray(new_rows, dtype=np.int64), np.asarray(vectors, dtype=np.float32)[new],
+                                None if lists is None else lists[new])
+            if self._index.needs_training(len(self)):
+                self._index = self._retrain()
 
     def delete_documents(self, doc_ids: list[str]) -> list[tuple[str, str]]:
         """Remove every segment of these documents (one transaction, then the FAISS rows); returns the
@@ -231,11 +255,11 @@ class SegmentIndex(AnchorTable):
                 self._db.execute("ROLLBACK")
                 raise
             if gone:
-                self._index.remove_ids(np.asarray([r for r, _, _ in gone], dtype=np.int64))
+                self._index.remove(np.asarray([r for r, _, _ in gone], dtype=np.int64))
                 if self._index.ntotal != len(self):  # another process changed rows meanwhile
-                    self._index = self._rebuild()
-                self._gpu = None
-                self._save_index()
+                    self._index = self._open_vectors()
+                elif self._index.needs_training(len(self)):
+                    self._index = self._retrain()
         return [(sid, key) for _, sid, key in gone]
 
     def document_segments(self, doc_id: str) -> list[tuple[str, str]]:
@@ -292,12 +316,6 @@ class SegmentIndex(AnchorTable):
             ids = [r[0] for r in self._db.execute("SELECT segment_id FROM segments ORDER BY row")]
         return [self.get(i) for i in ids]
 
-    def _searcher(self):
-        faiss = _faiss()
-        if self._gpu is None and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
-            self._gpu = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, self._index)
-        return self._gpu or self._index
-
     def search(self, vectors: np.ndarray, k: int) -> list[list[RetrievedSegment]]:
         """Top-k per query vector, best first."""
         if k < 1:
@@ -305,7 +323,8 @@ class SegmentIndex(AnchorTable):
         with self._lock:
             if self._index.ntotal == 0:
                 return [[] for _ in range(len(vectors))]
-            scores, rows = self._searcher().search(np.asarray(vectors, dtype=np.float32), min(k, self._index.ntotal))
+            exact = lambda rows: self._checked(lambda: vector_sql.embeddings_of(self._db, self.dim, rows))  # noqa: E731
+            scores, rows = self._index.search(vectors, min(k, self._index.ntotal), exact=exact)
         out = []
         for score_row, id_row in zip(scores, rows):
             hits = []

@@ -145,7 +145,9 @@ class DiskTier(EntryStore):
 
     name = "disk"
 
-    def __init__(self, directory: str | Path, size_limit_bytes: int):
+    def __init__(self, directory: str | Path, size_limit_bytes: int, compression: str | None = None,
+                 compression_level: int = 3):
+        """compression: None, "zstd" or "lz4" for what this tier writes (it reads all of them)."""
         if size_limit_bytes <= 0:
             raise ValueError(f"disk size limit must be > 0 bytes, got {size_limit_bytes}")
         self.directory = Path(directory)
@@ -158,6 +160,8 @@ class DiskTier(EntryStore):
             raise StoreError(f"could not open the disk tier in {self.directory}: {exc}; check that it is writable "
                              "and free space there") from None
         self._cache.disk.max_read_bytes = size_limit_bytes
+        self.size_limit_bytes = size_limit_bytes
+        self.compression, self.compression_level = compression, compression_level
         self.hits = 0
         self.misses = 0
         self.corrupt = 0
@@ -180,7 +184,7 @@ class DiskTier(EntryStore):
         in `corrupt`) so that the caller recomputes it."""
         try:
             blob = self._cache.get(key, default=None)
-            entry = None if blob is None else entry_from_bytes(blob, key=key)
+            entry = None if blob is None else entry_from_bytes(blob, key=key, limit=self.size_limit_bytes)
         except (CorruptEntryError, OSError) as exc:
             self.discard(key)
             self.last_error = str(exc)
@@ -202,7 +206,7 @@ class DiskTier(EntryStore):
 
     def put(self, key: str, entry: SegmentEntry) -> None:
         try:
-            self._cache.set(key, entry_to_bytes(entry))
+            self._cache.set(key, entry_to_bytes(entry, self.compression, self.compression_level))
         except (OSError, sqlite3.OperationalError) as exc:
             raise StoreError(f"could not write an entry to {self.directory}: {getattr(exc, 'strerror', None) or exc}; "
                              "free space there (or lower --disk-bytes) and rerun: nothing committed is lost") from None

@@ -49,7 +49,8 @@ class RedisTier(EntryStore):
     name = "redis"
 
     def __init__(self, url: str, namespace: str = "hypic_rag", max_value_bytes: int = 2**34,
-                 chunk_bytes: int = 64 * 2**20, timeout_s: float = 5.0):
+                 chunk_bytes: int = 64 * 2**20, timeout_s: float = 5.0, compression: str | None = None,
+                 compression_level: int = 3):
         try:
             import redis
         except ImportError:
@@ -72,6 +73,7 @@ class RedisTier(EntryStore):
         self.prefix = f"{namespace}:"
         self.max_value_bytes = max_value_bytes
         self.chunk_bytes = chunk_bytes
+        self.compression, self.compression_level = compression, compression_level
         self.hits = self.misses = self.corrupt = self.errors = 0
         self.last_error: str | None = None
         self._census: tuple[float, int, int] | None = None
@@ -120,7 +122,7 @@ class RedisTier(EntryStore):
         entry = None
         try:
             blob = self._blob(key)
-            entry = None if blob is None else entry_from_bytes(blob, key=key)
+            entry = None if blob is None else entry_from_bytes(blob, key=key, limit=self.max_value_bytes)
         except CorruptEntryError as exc:
             self.last_error = str(exc)
             self.discard(key)
@@ -146,7 +148,7 @@ class RedisTier(EntryStore):
     # ------------------------------------------------------------------ writes
     def put(self, key: str, entry: SegmentEntry) -> None:
         """Store `entry`; a server that cannot be reached loses this write only (counted in errors)."""
-        blob = entry_to_bytes(entry)
+        blob = entry_to_bytes(entry, self.compression, self.compression_level)
         try:
             if len(blob) <= self.chunk_bytes:
                 with self._client.pipeline(transaction=True) as tx:

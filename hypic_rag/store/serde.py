@@ -21,6 +21,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from hypic_rag.errors import CorruptEntryError
+from hypic_rag.store.compression import FRAME_HEADER, MAGIC_Z, compress, decompress, frame_sizes, is_compressed
 from hypic_rag.models.fingerprint import segment_key
 from hypic_rag.types import AttentionLayerEntry, LinearLayerEntry, SegmentEntry
 
@@ -35,7 +36,14 @@ __all__ = ["CorruptEntryError", "PREAMBLE", "entry_from_bytes", "entry_to_bytes"
 _LINEAR_FIELDS = {"end": "end_state", "E": "interior_state", "M": "interior_operator", "conv": "conv_tail"}
 
 
-def entry_to_bytes(entry: SegmentEntry) -> bytes:
+def entry_to_bytes(entry: SegmentEntry, compression: str | None = None, level: int = 3) -> bytes:
+    """The entry's checksummed blob, inside a zstd or lz4 frame when `compression` names one
+    (compression.py)."""
+    blob = _plain_bytes(entry)
+    return blob if compression is None else compress(blob, compression, level)
+
+
+def _plain_bytes(entry: SegmentEntry) -> bytes:
     tensors: dict[str, torch.Tensor] = {}
     for layer in entry.linear:
         for short, name in _LINEAR_FIELDS.items():
@@ -80,7 +88,14 @@ def _declared_size(header: bytes) -> int:
 def read_bounded(reader: BinaryIO, size: int, limit: int) -> bytes:
     """Read one stored blob of `size` bytes from `reader`, never more than its header declares nor
     more than `limit`: a blob whose declared size is not its real size is refused after the header."""
-    head = reader.read(PREAMBLE)
+    magic = reader.read(len(MAGIC))
+    if magic == MAGIC_Z:  # a compressed frame: its sizes are declared in its header
+        head = magic + reader.read(FRAME_HEADER - len(MAGIC))
+        _, _, packed = frame_sizes(head, limit)
+        if FRAME_HEADER + packed != size:
+            raise CorruptEntryError(f"stored entry holds {size} bytes but its header declares {FRAME_HEADER + packed}")
+        return head + reader.read(packed)
+    head = magic + reader.read(PREAMBLE - len(MAGIC))
     header = reader.read(_header_length(head, min(size, limit)))
     want = _declared_size(header)
     if want != size or want > limit:
@@ -102,11 +117,16 @@ def _checked(name: str, t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def entry_from_bytes(blob: bytes, key: str | None = None) -> SegmentEntry:
-    """Parse and check a stored blob; `key`, when given, must be the entry's own content key."""
-    if not isinstance(blob, (bytes, bytearray, memoryview)) or len(blob) < PREAMBLE:
+def entry_from_bytes(blob: bytes, key: str | None = None, limit: int = 2**40) -> SegmentEntry:
+    """Parse and check a stored blob, plain or compressed (then at most `limit` bytes uncompressed);
+    `key`, when given, must be the entry's own content key."""
+    if not isinstance(blob, (bytes, bytearray, memoryview)) or len(blob) < min(PREAMBLE, FRAME_HEADER):
         raise CorruptEntryError("stored entry is truncated or not bytes")
     blob = bytes(blob)
+    if is_compressed(blob):
+        blob = decompress(blob, limit)
+    if len(blob) < PREAMBLE:
+        raise CorruptEntryError("stored entry is truncated or not bytes")
     if blob[: len(MAGIC)] != MAGIC:
         raise CorruptEntryError("stored entry has no hypic_rag header")
     payload = blob[_HEADER:]

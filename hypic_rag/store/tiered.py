@@ -9,13 +9,15 @@ per tier.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 
 from hypic_rag.errors import RequestError
+from hypic_rag.index.vector_index import IndexConfig
 from hypic_rag.store.base import EntryStore
+from hypic_rag.store.compression import check_codec
 from hypic_rag.store.disk import DiskTier
 from hypic_rag.store.memory import MemoryTier
 from hypic_rag.store.redis_tier import RedisTier
@@ -24,7 +26,8 @@ from hypic_rag.types import SegmentEntry
 
 @dataclass(frozen=True)
 class StoreConfig:
-    """Byte budgets per tier. device_bytes lives on CUDA when present, otherwise on the CPU."""
+    """Byte budgets per tier (device_bytes lives on CUDA when present, otherwise on the CPU), the
+    shared Redis tier, and which FAISS index type serves the segment embeddings (IndexConfig)."""
 
     device_bytes: int = 512 * 2**20
     host_bytes: int = 2 * 2**30
@@ -32,8 +35,22 @@ class StoreConfig:
     redis_url: str | None = None  # a shared remote tier below disk: redis://host:port/db, or env:VAR to read it there
     redis_namespace: str = "hypic_rag"
     redis_chunk_bytes: int = 64 * 2**20
+    compression: str | None = None  # zstd or lz4 for what the disk and Redis tiers write (they read all)
+    compression_level: int = 3  # zstd's level (lz4 runs its fast mode)
+    index: IndexConfig = IndexConfig()
 
     def __post_init__(self) -> None:
+        if isinstance(self.index, dict):  # as a manifest stores it
+            known = {f.name for f in fields(IndexConfig)}
+            unknown = sorted(set(self.index) - known)
+            if unknown:
+                raise RequestError(f"unknown index setting(s) {unknown}; IndexConfig takes {sorted(known)}")
+            object.__setattr__(self, "index", IndexConfig(**self.index))
+        check_codec(self.compression)
+        if not isinstance(self.compression_level, int) or not 1 <= self.compression_level <= 19:
+            raise RequestError(f"compression_level must be an integer from 1 to 19, got {self.compression_level!r}")
+        if not isinstance(self.index, IndexConfig):
+            raise RequestError(f"index must be an IndexConfig, got {type(self.index).__name__}")
         for name in ("device_bytes", "host_bytes", "disk_bytes", "redis_chunk_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
@@ -63,10 +80,11 @@ class TieredStore(EntryStore):
             MemoryTier(self.config.device_bytes, device=device, name=f"device:{device}"),
             MemoryTier(self.config.host_bytes, device="cpu", name="host"),
         ]
-        self.disk = DiskTier(Path(directory) / "entries", self.config.disk_bytes)
+        codec = dict(compression=self.config.compression, compression_level=self.config.compression_level)
+        self.disk = DiskTier(Path(directory) / "entries", self.config.disk_bytes, **codec)
         self.remote = None if self.config.redis_url is None else RedisTier(
             self.config.redis_url, self.config.redis_namespace, max_value_bytes=self.config.disk_bytes,
-            chunk_bytes=self.config.redis_chunk_bytes)
+            chunk_bytes=self.config.redis_chunk_bytes, **codec)
         self.last_hit_tier: str | None = None
 
     def __contains__(self, key: str) -> bool:
