@@ -94,4 +94,5 @@ def test_the_setting_is_checked_and_reaches_the_redis_tier(tmp_path, redis_url):
     assert remote.startswith(MAGIC_Z) and store.disk.raw(key).startswith(MAGIC_Z)
     other = TieredStore(tmp_path / "other", StoreConfig(redis_url=redis_url, redis_namespace="tcomp"))
     assert_same(other.get(key), entry) and other.last_hit_tier == "redis"
+    assert other.disk.raw(key) == remote  # promoted as read: not serialised again (nor decompressed)
     store.remote.discard(key)

@@ -160,3 +160,36 @@ def test_a_redis_cluster_holds_chunked_entries_in_one_slot_each():
         assert entries[0][1] not in tier and len(tier) == 2
     finally:
         cluster.close()
+
+
+def test_a_ray_precompute_into_redis_interrupted_midway_resumes_on_another_machine(redis_url, tmp_path):
+    """`hypic-rag precompute --ray` writing into Redis is stopped (Ctrl-C) once part of the corpus is
+    there; a run from another store directory (another machine) computes only the rest."""
+    import os
+    import re
+    import signal
+    import time
+
+    pytest.importorskip("ray")
+    ns, docs = namespace(), demo_docs(24)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(d) + "\n" for d in docs))
+
+    def precompute(store):
+        return [sys.executable, "-m", "hypic_rag.cli.main", "precompute", str(corpus), "--store", str(tmp_path / store),
+                "--redis", redis_url, "--redis-namespace", ns, "--ray", "--workers", "1", "--batch-size", "2"]
+
+    tier = RedisTier(redis_url, ns)
+    first = subprocess.Popen(precompute("first"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "RAY_DEDUP_LOGS": "0"})
+    deadline = time.time() + 240
+    while len(tier) < 6 and first.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    first.send_signal(signal.SIGINT)  # as Ctrl-C
+    first.communicate(timeout=120)
+    done = len(tier)
+    assert 6 <= done < 24, f"{done} entries in Redis when stopped"
+    second = subprocess.run(precompute("second"), capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    computed, reused = map(int, re.search(r"(\d+) entries computed, (\d+) reused", second.stderr).groups())
+    assert (computed, reused) == (24 - done, done) and len(tier) == 24

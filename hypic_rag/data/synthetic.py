@@ -149,8 +149,9 @@ def make_record(rng: random.Random, num_docs: int = 4, two_hop: bool = False, pa
     for person in rng.sample(people, len(people)):  # further single-hop questions (extra training signal)
         kind = rng.choice(list(FACTS))
         more.append({"question": FACTS[kind][1].format(n=person.name), "answer": person.facts[kind]})
+    answered_by = [target.name] + ([people[1].name] if two_hop else [])  # the documents the answer needs
     return {"question": question, "ctxs": docs, "answers": [answer], "hops": 2 if two_hop else 1, "more_qa": more,
-            "all_qa": every, "two_hop_qa": via}
+            "all_qa": every, "two_hop_qa": via, "answered_by": answered_by}
 
 
 def make_dataset(n: int, seed: int, num_docs: int = 4, two_hop_fraction: float = 0.25, paragraphs: int = 0) -> list[dict]:

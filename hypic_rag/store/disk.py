@@ -205,8 +205,12 @@ class DiskTier(EntryStore):
         self._cache.delete(key)  # deletes the file only when BytesOnlyDisk.remove finds it inside the layout
 
     def put(self, key: str, entry: SegmentEntry) -> None:
+        self.put_bytes(key, entry_to_bytes(entry, self.compression, self.compression_level))
+
+    def put_bytes(self, key: str, blob: bytes) -> None:
+        """Store bytes that already passed entry_from_bytes (a Redis hit kept as it was read)."""
         try:
-            self._cache.set(key, entry_to_bytes(entry, self.compression, self.compression_level))
+            self._cache.set(key, blob)
         except (OSError, sqlite3.OperationalError) as exc:
             raise StoreError(f"could not write an entry to {self.directory}: {getattr(exc, 'strerror', None) or exc}; "
                              "free space there (or lower --disk-bytes) and rerun: nothing committed is lost") from None

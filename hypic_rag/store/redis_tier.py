@@ -119,7 +119,11 @@ class RedisTier(EntryStore):
         return blob
 
     def get(self, key: str) -> SegmentEntry | None:
-        entry = None
+        return self.fetch(key)[0]
+
+    def fetch(self, key: str) -> tuple[SegmentEntry | None, bytes | None]:
+        """The entry and the stored bytes it passed every check from (None, None on a miss)."""
+        entry = blob = None
         try:
             blob = self._blob(key)
             entry = None if blob is None else entry_from_bytes(blob, key=key, limit=self.max_value_bytes)
@@ -132,7 +136,7 @@ class RedisTier(EntryStore):
             self.misses += 1
         else:
             self.hits += 1
-        return entry
+        return entry, (blob if entry is not None else None)
 
     def __contains__(self, key: str) -> bool:
         try:

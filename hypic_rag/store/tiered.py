@@ -115,10 +115,10 @@ class TieredStore(EntryStore):
         entry = self.disk.get(key)
         self.last_hit_tier = "disk" if entry is not None else None
         if entry is None and self.remote is not None:
-            entry = self.remote.get(key)
+            entry, blob = self.remote.fetch(key)
             if entry is not None:
                 self.last_hit_tier = "redis"
-                self.disk.put(key, entry)
+                self.disk.put_bytes(key, blob)  # the bytes just checked: no second serialisation
         if entry is not None:
             entry = self._promote(key, entry)
         return entry

@@ -1,0 +1,191 @@
+"""Accuracy on held-out conditions: 2, 4 and 8 documents, the gold document forced first and last,
+on seeds never used for training or tuning (bench/used_seeds.json; a used seed is refused).
+
+Per condition and rung: exact match, the gap to full recompute with a paired-bootstrap 95% interval
+(the same questions resampled for both), how many questions full recompute gets right and the rung
+wrong and the reverse, and the mean first-token KL(full || rung). Each (model, condition) is written
+to its own JSON with every question's outcome, so conditions run separately (or in parallel
+processes) and `--report` assembles the table and plot from whatever has been run.
+
+    python bench/held_out.py --model hypic_rag/assets/small_model --conditions docs2,docs4 --out bench/results
+    python bench/held_out.py --report --out bench/results        # held_out.md and held_out.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import hypic_rag  # noqa: F401
+from hypic_rag import ExecutorConfig, HypicExecutor
+from hypic_rag.api import SHIPPED_MODEL, first_line, load_model
+from hypic_rag.config import PromptTemplate
+from hypic_rag.data.scoring import exact_match
+from hypic_rag.data.synthetic import make_dataset
+
+from accuracy import encode, kl  # bench/accuracy.py
+
+USED_SEEDS = Path(__file__).with_name("used_seeds.json")
+HELD_OUT_BASE = 1 << 30  # training draws its batch seeds below this (used_seeds.json)
+# condition -> (documents per question, where the gold document(s) go, seed)
+CONDITIONS = {
+    "docs2": (2, None, HELD_OUT_BASE + 2),
+    "docs4": (4, None, HELD_OUT_BASE + 4),
+    "docs8": (8, None, HELD_OUT_BASE + 8),
+    "gold_first": (4, "first", HELD_OUT_BASE + 41),
+    "gold_last": (4, "last", HELD_OUT_BASE + 42),
+}
+RUNGS = [("full_recompute", 0), ("pic_transition_rope", 0), ("hypic", 0), ("hypic", 8), ("hypic", 16), ("hypic", 32)]
+
+
+def refuse_used(seed: int) -> None:
+    used = json.loads(USED_SEEDS.read_text())
+    for r in used["ranges"]:
+        if r["from"] <= seed < r["to"]:
+            raise SystemExit(f"seed {seed} lies in a used range ({r['use']}); pick one outside it")
+    for s in used["seeds"]:
+        if s["seed"] == seed:
+            raise SystemExit(f"seed {seed} was used: {s['use']}")
+
+
+def place_gold(record: dict, where: str | None) -> dict:
+    if where is None:
+        return record
+    gold = [c for c in record["ctxs"] if c["title"] in record["answered_by"]]
+    rest = [c for c in record["ctxs"] if c["title"] not in record["answered_by"]]
+    return {**record, "ctxs": gold + rest if where == "first" else rest + gold}
+
+
+def run_condition(model_path: str, condition: str, questions: int, max_new_tokens: int) -> dict:
+    docs, where, seed = CONDITIONS[condition]
+    refuse_used(seed)
+    model, tokenizer = load_model(model_path, device="cpu")
+    template = PromptTemplate()
+    prefix = [tokenizer.bos_token_id]
+    executors = {(m, w): HypicExecutor(model, tokenizer, ExecutorConfig(mode=m, seam_tokens=w,
+                                                                        max_new_tokens=max_new_tokens), prefix)
+                 for m, w in RUNGS}
+    outcomes = {f"{m}:{w}": {"em": [], "kl": []} for m, w in RUNGS}
+    hops = []
+    started = time.time()
+    for i, record in enumerate(make_dataset(questions, seed=seed, num_docs=docs)):
+        record = place_gold(record, where)
+        segments, question = encode(record, tokenizer, template)
+        reference = None
+        hops.append(record["hops"])
+        for (m, w), ex in executors.items():
+            result = ex.generate(segments, question)
+            if reference is None:
+                reference = result.first_token_logits
+            outcomes[f"{m}:{w}"]["em"].append(exact_match(first_line(result.text or ""), record["answers"]))
+            outcomes[f"{m}:{w}"]["kl"].append(kl(reference, result.first_token_logits))
+        if (i + 1) % 50 == 0:
+            print(f"{condition}: {i + 1}/{questions} questions, {time.time() - started:.0f}s", flush=True)
+    return {"model": Path(model_path).name, "condition": condition, "documents": docs, "gold": where, "seed": seed,
+            "questions": questions, "hops": hops, "outcomes": outcomes, "seconds": round(time.time() - started, 1)}
+
+
+def bootstrap_gap(full: np.ndarray, mode: np.ndarray, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of mean(mode) - mean(full) over questions resampled in pairs."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(full), (resamples, len(full)))
+    gaps = (mode[idx] - full[idx]).mean(axis=1)
+    return float(np.percentile(gaps, 2.5)), float(np.percentile(gaps, 97.5))
+
+
+def summarise(run: dict) -> list[dict]:
+    full = np.asarray(run["outcomes"]["full_recompute:0"]["em"], dtype=float)
+    single = np.asarray(run["hops"]) == 1
+    rows = []
+    for name, got in run["outcomes"].items():
+        em = np.asarray(got["em"], dtype=float)
+        low, high = bootstrap_gap(full, em)
+        rows.append({"model": run["model"], "condition": run["condition"], "rung": name, "em": em.mean(),
+                     "em_single_hop": em[single].mean(), "gap": em.mean() - full.mean(), "gap_low": low,
+                     "gap_high": high, "full_right_mode_wrong": int(((full == 1) & (em == 0)).sum()),
+                     "mode_right_full_wrong": int(((full == 0) & (em == 1)).sum()),
+                     "kl": float(np.mean(got["kl"])), "questions": len(em)})
+    return rows
+
+
+def report(out: Path) -> None:
+    runs = [json.loads(p.read_text()) for p in sorted((out / "held_out").glob("*/*.json"))]
+    rows = [r for run in runs for r in summarise(run)]
+    lines = ["# Held-out accuracy: conditions and seeds never used for training or tuning", "",
+             "`python bench/held_out.py` (seeds and conditions in the script; used seeds in bench/used_seeds.json). "
+             "EM over all questions (about a quarter two-hop); gap = rung EM - full recompute EM, in points, with a "
+             "paired-bootstrap 95% interval (10,000 resamples); F>R: full right and the rung wrong, R>F: the "
+             "reverse; KL: mean first-token KL(full || rung).", "",
+             "| model | condition | rung | EM | EM single-hop | gap (95% CI), points | F>R | R>F | KL |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['condition']} | {r['rung'].replace(':', ' w=') if r['rung'].startswith('hypic') else r['rung'].split(':')[0]} "
+                     f"| {r['em']:.3f} | {r['em_single_hop']:.3f} | {100 * r['gap']:+.1f} ({100 * r['gap_low']:+.1f}, "
+                     f"{100 * r['gap_high']:+.1f}) | {r['full_right_mode_wrong']} | {r['mode_right_full_wrong']} | "
+                     f"{r['kl']:.2e} |")
+    (out / "held_out.md").write_text("\n".join(lines) + "\n")
+    (out / "held_out.json").write_text(json.dumps(rows, indent=1))
+    plot(rows, out / "held_out.png")
+    print("\n".join(lines))
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({r["model"] for r in rows})
+    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 4.5), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        mine = [r for r in rows if r["model"] == model and r["rung"] != "full_recompute:0"]
+        conditions = sorted({r["condition"] for r in mine})
+        rungs = list(dict.fromkeys(r["rung"] for r in mine))
+        width = 0.8 / len(rungs)
+        for j, rung in enumerate(rungs):
+            got = [next(r for r in mine if r["condition"] == c and r["rung"] == rung) for c in conditions]
+            x = np.arange(len(conditions)) + j * width
+            gap = np.array([100 * r["gap"] for r in got])
+            err = np.array([[100 * (r["gap"] - r["gap_low"]) for r in got], [100 * (r["gap_high"] - r["gap"]) for r in got]])
+            ax.bar(x, gap, width, yerr=err, capsize=2, label=rung.replace(":", " w="))
+        ax.axhline(-1, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_xticks(np.arange(len(conditions)) + 0.4 - width / 2, conditions)
+        ax.set_ylabel("EM gap to full recompute (points, 95% CI)")
+        ax.set_title(model)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=str(SHIPPED_MODEL))
+    p.add_argument("--conditions", default=",".join(CONDITIONS))
+    p.add_argument("--questions", type=int, default=500)
+    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--report", action="store_true", help="only assemble held_out.md/.png from the runs in --out")
+    p.add_argument("--out", default="bench/results")
+    args = p.parse_args()
+    out = Path(args.out)
+    if not args.report:
+        torch.set_num_threads(args.threads)
+        random.seed(0)
+        for condition in args.conditions.split(","):
+            if condition not in CONDITIONS:
+                p.error(f"unknown condition {condition!r}; choose from {', '.join(CONDITIONS)}")
+            run = run_condition(args.model, condition, args.questions, args.max_new_tokens)
+            target = out / "held_out" / run["model"] / f"{condition}.json"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(run))
+    report(out)
+
+
+if __name__ == "__main__":
+    main()
