@@ -180,7 +180,7 @@ def _same_entries(serial, parallel):
         assert serial.store.get(record.key).token_ids == parallel.store.get(record.key).token_ids
         sa, pa = serial.store.get(record.key), parallel.store.get(record.key)
         for x, y in zip(sa.linear, pa.linear):
-            assert (x.end_state - y.end_state).abs().max() < 1e-5
+            assert (x.interior_state - y.interior_state).abs().max() < 1e-5
 
 
 def test_ctrl_c_ends_a_command_without_a_traceback(tmp_path):

@@ -62,3 +62,24 @@ def test_prefix_cache_mode_is_exact_and_reuses_prefixes():
     assert result.segment_hits == 2 and result.cached_tokens == len(a) + len(b)
     result = ex.generate([b, a], q, max_new_tokens=1)
     assert result.segment_hits == 0
+
+
+@pytest.mark.parametrize("runtime", ["transformers", "lean"])
+def test_an_entry_stored_with_an_end_state_by_an_earlier_version_still_serves(runtime):
+    """Entries no longer keep an end state (segment 0's seam is recomputed from the prefix); one an
+    earlier version stored with it passes the checks and its end state is never read."""
+    import dataclasses
+
+    model = get_model("qwen3_5")
+    ex = HypicExecutor(model, config=ExecutorConfig(seam_tokens=8, runtime=runtime), shared_prefix=[1, 2, 3])
+    *segs, q = random_ids([40, 30, 6], seed=31)
+    reference = ex.first_token_logits(segs, q)
+    key = ex.key_of(tuple(segs[0]))
+    entry = ex.store.get(key)
+    assert all(layer.end_state is None for layer in entry.linear)
+    old = dataclasses.replace(entry, linear=tuple(
+        dataclasses.replace(layer, end_state=torch.full_like(layer.interior_state, 7.0)) for layer in entry.linear))
+    assert ex.checker.problem(old, tuple(segs[0])) is None
+    ex.store.put(key, old)
+    assert ex.store.get(key) is not None and ex.store.get(key).linear[0].end_state is not None
+    assert torch.equal(ex.first_token_logits(segs, q), reference)

@@ -133,8 +133,8 @@ def test_the_planned_request_compiles_as_one_graph_no_host_synchronisation(famil
     model = get_model(family)
     segs, q = random_ids([24, 24, 24, 24], seed=6), random_ids([6], seed=7)[0]
     executor = HypicExecutor(model, config=ExecutorConfig(seam_tokens=8), shared_prefix=PREFIX)
-    entries = [executor.ensure(s)[0] for s in segs]
     runtime = LeanRuntime(model, PREFIX)
+    entries = runtime.anchored([executor.ensure(s)[0] for s in segs])
     plan = plan_request(entries, q, len(PREFIX), runtime.lean.conv_width, torch.device("cpu"))
     request = _request_fn(runtime)
     torch._dynamo.reset()
@@ -155,7 +155,7 @@ def test_a_hypic_request_dispatches_about_one_forward_whatever_the_segment_count
         segs = random_ids([24] * n, seed=n, vocab=vocab)
         entries = [executor.ensure(s)[0] for s in segs]
         hypic = _ops(lambda: runtime.hypic(entries, q))
-        plain = _ops(lambda: runtime.prefill(random_ids([(n - 1) * 8 + len(q)], seed=1, vocab=vocab)[0]))
+        plain = _ops(lambda: runtime.prefill(random_ids([n * 8 + len(q)], seed=1, vocab=vocab)[0]))
         assert hypic <= 1.5 * plain, (n, hypic, plain)  # one forward over the same new tokens
         transformers_path = _ops(lambda: executor.first_token_logits(segs, q))
         assert hypic < transformers_path
@@ -176,7 +176,9 @@ def test_families_not_ported_stay_on_the_transformers_path():
     runtime = LeanRuntime(get_model("qwen3_5"))
     executor = HypicExecutor(get_model("qwen3_5"), config=ExecutorConfig(seam_tokens=8))
     one = [executor.ensure(random_ids([20], seed=1)[0])[0]]
-    assert not runtime.covers(one, [5, 6])
+    assert runtime.covers(one, [5, 6])  # one segment: its seam from the prefix
+    short = [executor.ensure(random_ids([6], seed=1)[0])[0]]
+    assert not runtime.covers(short, [5, 6])  # no interior after the seam: the transformers path
 
 
 @pytest.mark.parametrize("family", ["qwen3_5", "bamba", "granitemoehybrid"])
@@ -195,7 +197,7 @@ def test_the_executor_runs_every_rung_and_decoding_on_the_lean_runtime_when_aske
         assert got.token_ids == expected.token_ids and got.cached_tokens == expected.cached_tokens
         assert got.segment_hits + got.segment_misses == expected.segment_hits + expected.segment_misses
         assert float((got.first_token_logits - expected.first_token_logits).abs().max()) < TOL
-    one = lean.generate(segs[:1], q, max_new_tokens=3)  # one segment: the transformers path, same answer
+    one = lean.generate(segs[:1], q, max_new_tokens=3)  # one segment: its seam from the prefix, same answer
     assert one.token_ids == plain.generate(segs[:1], q, max_new_tokens=3).token_ids
     with pytest.raises(UnsupportedModelError):
         HypicExecutor(get_model("falcon_h1"), config=ExecutorConfig(runtime="lean"))

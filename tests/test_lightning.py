@@ -82,7 +82,7 @@ def test_a_minimax_entry_has_no_conv_tail():
     from hypic_rag import HypicExecutor
 
     entry = HypicExecutor(get_model("minimax")).precompute(random_ids([20])[0])
-    assert all(l.conv_tail is None and l.end_state.shape == (4, 16, 16) for l in entry.linear)
+    assert all(l.conv_tail is None and l.interior_state.shape == (4, 16, 16) for l in entry.linear)
     assert all(l.interior_operator.shape == (4,) for l in entry.linear)
 
 
@@ -93,5 +93,5 @@ def test_a_minimax_entry_survives_the_store_format():
     entry = HypicExecutor(get_model("minimax")).precompute(random_ids([20])[0])
     back = entry_from_bytes(entry_to_bytes(entry))
     for a, b in zip(entry.linear, back.linear):
-        assert b.conv_tail is None and torch.equal(a.end_state, b.end_state)
+        assert b.conv_tail is None and torch.equal(a.interior_state, b.interior_state)
         assert torch.equal(a.interior_operator, b.interior_operator)

@@ -25,7 +25,7 @@ def entry_and_key(seed=0, length=40):
 
 
 def same(a, b):
-    return all(torch.equal(x.end_state, y.end_state) and torch.equal(x.conv_tail, y.conv_tail)
+    return all(torch.equal(x.interior_state, y.interior_state) and torch.equal(x.conv_tail, y.conv_tail)
                for x, y in zip(a.linear, b.linear)) and all(
         torch.equal(x.keys, y.keys) for x, y in zip(a.attention, b.attention))
 

@@ -103,5 +103,6 @@ def test_equal_width_seams_share_one_recurrence_and_one_conv_call_per_layer(monk
         monkeypatch.setattr(module, name, counting(key, getattr(module, name)))
     again = ex.first_token_logits(segs, q)
     assert torch.equal(before, again)
-    assert calls["step"] == [3, 1] * len(spec.linear)  # batch sizes: three seams, then the question
-    assert calls["conv"] == [3, 1] * len(spec.linear)
+    # batch sizes: the four seams (segment 0's from the prefix too), then the question
+    assert calls["step"] == [4, 1] * len(spec.linear)
+    assert calls["conv"] == [4, 1] * len(spec.linear)

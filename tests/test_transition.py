@@ -62,14 +62,17 @@ def test_end_state_equals_operator_applied_to_seam_state_plus_interior(family, s
     (ids,) = random_ids([70], seed=11)
     ex = HypicExecutor(model, config=ExecutorConfig(seam_tokens=seam))
     entry = ex.precompute(ids)
-    cache = cache_ops.new_cache(model)
+    cache, whole = cache_ops.new_cache(model), cache_ops.new_cache(model)
     if seam:
         model.model(input_ids=torch.tensor([ids[:seam]]), past_key_values=cache, position_ids=torch.arange(seam)[None])
+    model.model(input_ids=torch.tensor([ids]), past_key_values=whole, position_ids=torch.arange(len(ids))[None])
     for layer in entry.linear:
+        assert layer.end_state is None  # composed at query time from the prefix (executor/prefix_anchor.py)
+        end = cache_ops.recurrent_state(whole, layer.layer_idx)[0]
         start = cache_ops.recurrent_state(cache, layer.layer_idx) if seam else None
-        start = torch.zeros_like(layer.end_state)[None] if start is None else start
+        start = torch.zeros_like(layer.interior_state)[None] if start is None else start
         composed = compose_state(start, layer.interior_operator[None], layer.interior_state[None])
-        assert rel_err(composed[0], layer.end_state) < 1e-4
+        assert rel_err(composed[0], end) < 1e-4
 
 
 @pytest.mark.parametrize("shape,op_shape", [((2, 3, 8, 5), (2, 3, 8, 8)), ((1, 4, 16, 6), (1, 4)), ((1, 2, 4, 4), None)])

@@ -1,10 +1,9 @@
 """Splicing cached segments into a request's DynamicCache, for each cached mode of the ladder.
 
 For segment i at offset o (tokens before it), in request order:
-  hypic, i = 0      : the segment's own end state, conv tail and K/V (keys rotated to o): exact,
-                      since it follows the same shared prefix it was computed after.
-  hypic, i > 0      : 1. run its first w tokens through every layer with the true context
+  hypic             : 1. run its first w tokens through every layer with the true context
                          (linear layers start from the composed state and the previous conv tail,
+                         or the shared prefix's for i = 0, which makes segment 0 exact;
                          attention sees all earlier K/V at real positions);
                       2. advance each linear state over the interior: S <- M S + E;
                       3. conv state <- the segment's tail (fresh seam columns where the interior < K);
@@ -25,6 +24,7 @@ from hypic_rag.config import Mode
 from hypic_rag.errors import RequestError
 from hypic_rag.executor import cache_ops
 from hypic_rag.executor.clock import clock
+from hypic_rag.executor.prefix_anchor import prefix_anchor
 from hypic_rag.executor.seam_pass import batched_seam_pass, supports_batched_seams
 from hypic_rag.models.specs import ModelSpec
 from hypic_rag.ops.compose import compose_state, merge_conv_tail
@@ -65,11 +65,13 @@ def _append_segments_kv(
         cache_ops.append_kv(cache, layer.layer_idx, pair["keys"], pair["values"])
 
 
-def _set_exact_end(cache: DynamicCache, entry: SegmentEntry) -> None:
-    for layer in entry.linear:
-        if layer.end_state is not None:
+def _fill_missing_prefix_state(cache: DynamicCache, anchor: SegmentEntry) -> None:
+    """Zeros where the shared prefix left a linear layer no state (an empty prefix); the rest is the
+    prefix's own already."""
+    for layer in anchor.linear:
+        if layer.end_state is not None and cache_ops.recurrent_state(cache, layer.layer_idx) is None:
             cache_ops.set_recurrent_state(cache, layer.layer_idx, layer.end_state[None])
-        if layer.conv_tail is not None:
+        if layer.conv_tail is not None and cache_ops.conv_state(cache, layer.layer_idx) is None:
             cache_ops.set_conv_state(cache, layer.layer_idx, layer.conv_tail[None])
 
 
@@ -110,19 +112,16 @@ def compose_segments(
     caller prefills the question itself)."""
     device = next(model.parameters()).device
     rung = mode.rung
-    if (rung.seams and batched_seams and mixers is not None and len(entries) > 1
-            and sum(e.seam_tokens for e in entries[1:]) > 1 and supports_batched_seams(model, spec)):
+    if (rung.seams and batched_seams and mixers is not None and sum(e.seam_tokens for e in entries) > 1
+            and supports_batched_seams(model, spec)):
         return _compose_with_one_seam_pass(model, spec, rotary_emb, cache, entries, prefix_length, mixers, question)
     offset = prefix_length
     seam_seconds = 0.0
     recomputed = 0
     pending: list[tuple[SegmentEntry, int, int]] = []  # the PIC rungs' K/V, appended together at the end
     started = clock(device)
-    for i, entry in enumerate(entries):
-        if rung.seams and i == 0:
-            _set_exact_end(cache, entry)
-            _append_segment_kv(cache, spec, rotary_emb, entry, 0, offset)
-        elif rung.seams:
+    for entry in entries:
+        if rung.seams:
             seam = entry.seam_tokens
             if seam > 0:
                 t0 = clock(device)
@@ -151,7 +150,11 @@ def compose_segments(
 def _compose_with_one_seam_pass(model, spec, rotary_emb, cache, entries, prefix_length, mixers, question) -> ComposeReport:
     device = next(model.parameters()).device
     started = clock(device)
-    _set_exact_end(cache, entries[0])
+    unbatched = lambda t: None if t is None else t[0]  # noqa: E731
+    anchor = prefix_anchor(entries, lambda i: unbatched(cache_ops.recurrent_state(cache, i)),
+                           lambda i: unbatched(cache_ops.conv_state(cache, i)))
+    entries = [anchor, *entries]  # the seam pass chains every seam, segment 0's too, from the prefix
+    _fill_missing_prefix_state(cache, anchor)
     pieces, offset = [(entries[0], 0, prefix_length)], prefix_length + entries[0].length
     for entry in entries[1:]:  # every interior's K/V first: seams attend to the interiors before them
         pieces.append((entry, entry.seam_tokens, offset))

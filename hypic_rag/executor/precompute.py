@@ -79,7 +79,7 @@ def precompute_segments(
             linear.append(
                 LinearLayerEntry(
                     layer_idx=layer.layer_idx,
-                    end_state=_row(cache_ops.recurrent_state(cache, layer.layer_idx), row),
+                    end_state=None,  # composed from the prefix at query time (executor/prefix_anchor.py)
                     interior_state=None if interior is None else _row(interior.state, row),
                     interior_operator=None if interior is None else _row(interior.operator, row),
                     conv_tail=_row(cache_ops.conv_state(cache, layer.layer_idx), row),

@@ -3,13 +3,16 @@
 Recomputing the seams one segment at a time costs one forward, and one read of every weight, per
 segment; on small batches that read is the whole cost. Yet seam i at layer l only needs, from the
 earlier seams, their outputs at that same layer, so all seams can go through the stack together:
+  - segment 0 is not special: the request is passed as [prefix anchor, segment 0, ...]
+    (executor/prefix_anchor.py), an entry of no tokens holding the prefix's state, so every
+    segment's seam is recomputed from the state before it;
   - attention: the cache holds the prefix, segment 0 and every interior's K/V at their real
     positions before the pass; the seam tokens attend with a position-causal mask (key position <=
     query position), which is exactly what each seam saw when run alone;
   - linear layers (Gated DeltaNet / KDA: qwen3_5, qwen3_next, olmo_hybrid, kimi_linear, bailing_hybrid;
     Mamba2: falcon_h1, bamba, granitemoehybrid, nemotron_h, zamba2; lightning: minimax; short conv only:
     lfm2): inside each layer the recurrence still walks the seams in order, from
-    segment 0's end state, with S <- M S + E over each interior between them, and the causal conv
+    entries[0]'s end state (the prefix anchor's), with S <- M S + E over each interior between them, and the causal conv
     restarts at each seam from the tail before it. Only these two calls are split; the projections,
     norms, gates and MLPs run once over all seam tokens.
   - the question rides in the same forward, as one more seam after the last interior, so a request
@@ -245,13 +248,15 @@ def _split_at_seams_locked(spec: ModelSpec, mixers, entries: list[SegmentEntry],
 @torch.no_grad()
 def batched_seam_pass(model, spec: ModelSpec, cache: DynamicCache, entries: list[SegmentEntry], prefix_length: int,
                       mixers, question: list[int] | None = None) -> SeamPassResult:
-    """Run the seams of entries[1:] through the model in one forward. Before the call the cache holds
-    the prefix, segment 0 (exact end states) and every interior's K/V; afterwards each linear layer
+    """Run the seams of entries[1:] through the model in one forward (entries[0]: the prefix anchor,
+    or any segment whose state the cache holds). Before the call the cache holds the prefix, entries[0]
+    and every interior's K/V; afterwards each linear layer
     holds the state right after the last seam. With a question, its tokens ride in the same forward
     after the last segment's interior, and the result carries the next-token logits after it."""
     device = next(model.parameters()).device
     keys, seams = _key_positions(entries, prefix_length)
-    held = cache_ops.kv(cache, spec.attention[0].layer_idx)[0].shape[-2] if spec.attention else len(keys)
+    cached = cache_ops.kv(cache, spec.attention[0].layer_idx)[0] if spec.attention else None
+    held = len(keys) if not spec.attention else (0 if cached is None else cached.shape[-2])
     if held != len(keys):
         raise RuntimeError(f"seam pass expected {len(keys)} cached keys, the cache holds {held}")
     tokens = [t for e in entries[1:] for t in e.token_ids[: e.seam_tokens]]

@@ -26,6 +26,7 @@ from hypic_rag.runtime.mamba2_hybrid import LeanMamba2Hybrid
 from hypic_rag.runtime.mamba2_hybrid import MODEL_TYPES as MAMBA2_TYPES
 from hypic_rag.runtime.qwen3_5 import MODEL_TYPES as QWEN3_5_TYPES
 from hypic_rag.runtime.qwen3_5 import LeanQwen3_5
+from hypic_rag.executor.prefix_anchor import prefix_anchor
 from hypic_rag.runtime.seam_chain import SeamChain, plan_request
 from hypic_rag.runtime.segment_runs import SegmentRuns
 from hypic_rag.types import SegmentEntry
@@ -66,21 +67,26 @@ class LeanRuntime:
         return self._extend(state, ids, len(self.shared_prefix)), state
 
     def covers(self, entries: Sequence[SegmentEntry], question: Sequence[int]) -> bool:
-        if len(entries) < 2 or not question:
+        if not entries or not question:
             return False
-        width = entries[1].seam_tokens
-        return width > 0 and all(e.seam_tokens == width and e.interior_length > 0 for e in entries[1:])
+        width = entries[0].seam_tokens
+        return width > 0 and all(e.seam_tokens == width and e.interior_length > 0 for e in entries)
+
+    def anchored(self, entries: Sequence[SegmentEntry]) -> list[SegmentEntry]:
+        """[prefix anchor, *entries]: the layout plan_request and SeamChain take (executor/prefix_anchor.py)."""
+        prefix = self.prefix_state
+        return [prefix_anchor(list(entries), prefix.recurrent.get, prefix.conv.get), *entries]
 
     @torch.no_grad()
     def hypic(self, entries: Sequence[SegmentEntry], question: Sequence[int],
               run_width: int | None = None) -> tuple[torch.Tensor, LeanState]:
-        """The hypic rung: segment 0 exact, every later seam recomputed with its true context and every
-        interior composed, then the question; (next-token logits, state) after one forward. `run_width`
-        pads every run to a bucket's width (same result)."""
-        entries = list(entries)
+        """The hypic rung: every seam recomputed with its true context (segment 0's from the shared
+        prefix, which makes it exact) and every interior composed, then the question; (next-token
+        logits, state) after one forward. `run_width` pads every run to a bucket's width (same result)."""
         if not self.covers(entries, question):
-            raise RequestError("the lean seam chain needs >= 2 segments whose later ones share one seam width "
-                               "and each have an interior, and a question; run this request on the transformers path")
+            raise RequestError("the lean seam chain needs segments that share one seam width and each have an "
+                               "interior, and a question; run this request on the transformers path")
+        entries = self.anchored(entries)
         plan = plan_request(entries, list(question), len(self.shared_prefix), self.lean.conv_width, self.device,
                             run_width)
         chain = SeamChain(self.lean, plan, entries, self.prefix_state)

@@ -3,7 +3,7 @@ with the number of segments.
 
 The math is executor/seam_pass.py's (read its docstring); what changes is how it is laid out:
   - planning (host, once per request) turns the request's shape into index tensors: where each
-    new token sits, which cached K/V rows survive (segment 0 whole, every interior), the shift each
+    new token sits, which cached K/V rows survive (every interior), the shift each
     cached key needs, the position-causal mask, and for the causal conv which earlier column each
     run's window starts from (a cached tail, or the fresh seam columns when an interior is shorter
     than the kernel) and which window outputs are real;
@@ -59,8 +59,9 @@ class SeamPlan:
 
 def plan_request(entries: list[SegmentEntry], question: list[int], prefix_length: int, conv_width: int,
                  device: torch.device, run_width: int | None = None) -> SeamPlan:
-    """The plan of a hypic request with n >= 2 segments whose later ones all have a seam of the same
-    width w > 0 followed by a non-empty interior (lean_request checks this first). Runs are padded
+    """The plan of a hypic request laid out as [prefix anchor, segment 0, ...] (executor/prefix_anchor.py):
+    n >= 2 entries whose later ones all have a seam of the same width w > 0 followed by a non-empty
+    interior (lean_request checks this first). Runs are padded
     to `run_width` (at least max(w, question length); a bucket's width), which changes no result."""
     k, n, w = conv_width, len(entries), entries[1].seam_tokens
     ids, positions, kept, kept_pos, shifts = [], [], [], [], []
@@ -81,7 +82,7 @@ def plan_request(entries: list[SegmentEntry], question: list[int], prefix_length
     layout = RunLayout.of([(sum(widths[:r]), width) for r, width in enumerate(widths)], device,
                           max(w, len(question), run_width or 0))
     fresh = n * k  # the new tokens' columns follow the n tails
-    stream = list(range(k))  # segment 0's tail: exact
+    stream = list(range(k))  # the anchor's tail: the shared prefix's
     windows, t = [], 0
     for j, width in enumerate(widths, start=1):
         own = list(range(fresh + t, fresh + t + width))

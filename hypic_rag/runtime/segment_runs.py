@@ -124,7 +124,7 @@ class SegmentRuns:
             n = len(seg)
             interior = seam < n
             linear = tuple(
-                LinearLayerEntry(idx, self.states[idx][0][j], self.states[idx][1][j] if interior else None,
+                LinearLayerEntry(idx, None, self.states[idx][1][j] if interior else None,
                                  self.states[idx][2][j] if interior else None, self.conv_tails[idx][:, j])
                 for idx in rt.linear_layers)
             attention = tuple(AttentionLayerEntry(idx, keys[a][0][:, start:start + n], keys[a][1][:, start:start + n])
