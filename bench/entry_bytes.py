@@ -1,11 +1,12 @@
 """Bytes per token of a stored segment entry, beside what a prefix cache holds for the same tokens.
 
-A hypic entry holds, per linear layer, the end state, the interior state E and the operator M (fp32)
-and the conv tail; per attention layer the segment's K/V. A prefix cache (vLLM / SGLang for hybrids)
+A hypic entry holds, per linear layer, the interior state E and the operator M (fp32 or bf16) and
+the conv tail; per attention layer the segment's K/V (no end state since 2026-12-03: a request's
+first segment composes from the shared prefix like the others, executor/prefix_anchor.py). A prefix cache (vLLM / SGLang for hybrids)
 holds the same K/V and, at a segment boundary, one linear state and conv tail per layer. Entries are
 measured from a real precompute of one segment (SegmentEntry.nbytes, what the store writes before
-serialisation), split by part; the prefix cache's figure is the same K/V plus one state and tail per
-linear layer, in the dtype the state has here.
+serialisation), split by part; the prefix cache's figure is the same K/V plus one fp32 state (the
+size of E) and tail per linear layer.
 
     python bench/entry_bytes.py --out bench/results                     # shipped model + 1.4B config
 """
@@ -46,7 +47,8 @@ def measure(name: str, model, tokens: int, seam: int, interior_dtype: str = "flo
     }
     total = sum(parts.values())
     assert total == entry.nbytes
-    prefix = parts["kv"] + parts["end_state"] + parts["conv_tail"]  # K/V + one state and tail per linear layer
+    state = sum(l.interior_state.numel() * 4 for l in entry.linear if l.interior_state is not None)  # fp32
+    prefix = parts["kv"] + state + parts["conv_tail"]  # K/V + one state and tail per linear layer
     return {"model": name, "interior_dtype": interior_dtype, "tokens": tokens, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
             "entry_bytes": total, "entry_bytes_per_token": total / tokens, "parts": parts,
             "prefix_cache_bytes": prefix, "prefix_cache_bytes_per_token": prefix / tokens,

@@ -31,7 +31,7 @@ def _signature(entry: SegmentEntry) -> dict:
     sig: dict = {}
     for layer in entry.linear:
         for name in ("interior_state", "interior_operator", "conv_tail"):  # an end state is unused (entries
-            # built before 2026-12-04 have one; it is ignored: executor/prefix_anchor.py)
+            # built before 2026-12-03 have one; it is ignored: executor/prefix_anchor.py)
             t = getattr(layer, name)
             sig[("L", layer.layer_idx, name)] = None if t is None else (tuple(t.shape), t.dtype)
     for layer in entry.attention:
