@@ -3,7 +3,7 @@
 The two ceilings are measured on the machine (a bf16 matrix product and a device-to-device copy),
 not taken from a datasheet. The counts are per request and approximate the dominant terms:
   - every forward reads all weights once: hypic's one seam pass (every seam and the question) is one
-    forward; with --no batched seams it is one forward per segment after the first, plus the question's;
+    forward; with --no batched seams it is one forward per segment, plus the question's;
   - dense FLOPs 2 * params * tokens, attention 4 * tokens * context * heads * head_dim per layer,
     the chunked linear recurrences ~8 * tokens * heads * d_k * d_v per layer;
   - hypic reads each cached entry once and writes its K/V into the request cache.
@@ -72,7 +72,7 @@ def request_floors(model, segments: int, segment_tokens: int, question_tokens: i
 
     full_flops = flops(total, total / 2)
     full_bytes = weight_bytes + total * kv_bytes_per_token
-    seam_tokens = seam * (segments - 1)
+    seam_tokens = seam * segments  # every segment's seam, the first one's after the shared prefix
     hypic_flops = flops(seam_tokens, total / 2) + flops(question_tokens, total)
     hypic_bytes = forwards * weight_bytes + segments * (entry_bytes or 0) + total * kv_bytes_per_token
     f, bw = peaks["bf16_flops_per_s"], peaks["copy_bytes_per_s"]
