@@ -78,7 +78,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "entry_compression.json").write_text(json.dumps(rows, indent=1))
     lines = [f"# Compressing stored entries ({args.tokens}-token segments)", "",
-             "`python bench/entry_compression.py --out bench/results`: one thread, best of "
+             "`python bench/entry_compression.py --out bench/results`: one thread on a shared 2-core machine, best of "
              f"{args.repeat}; MB/s of the plain blob. `StoreConfig(compression=\"zstd\" | \"lz4\", "
              "compression_level=N)`.", "",
              "| model | E, M in | codec | plain MiB | stored MiB | stored / plain | compress MB/s | decompress MB/s |",
