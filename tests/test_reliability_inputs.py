@@ -176,12 +176,12 @@ def test_a_one_megabyte_paragraph_splits_in_bounded_memory_with_progress(tmp_pat
 # ----------------------------------------------------------------------------- disk full (item 6)
 def _limit_file_size():
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
-    resource.setrlimit(resource.RLIMIT_FSIZE, (700 * 1024, 700 * 1024))  # the SQLite files fit, an entry does not
+    resource.setrlimit(resource.RLIMIT_FSIZE, (400 * 1024, 400 * 1024))  # the SQLite files fit, an entry does not
 
 
 def test_a_full_disk_is_one_clear_error_and_leaves_no_orphan(tmp_path):
     corpus = tmp_path / "c.jsonl"
-    docs = [dict(d, text=" ".join([d["text"]] * 6)) for d in demo_docs(3)]  # ~500-token segments, ~800 KB entries
+    docs = [dict(d, text=" ".join([d["text"]] * 6)) for d in demo_docs(3)]  # ~500-token segments, ~600 KB entries
     corpus.write_text("".join(json.dumps(d) + "\n" for d in docs))
     store = tmp_path / "store"
     full = cli("precompute", str(corpus), "--store", str(store), preexec_fn=_limit_file_size)
