@@ -124,7 +124,7 @@ def main() -> None:
                      f"{p_['end_state'] / mib:.1f} | {p_['interior_E'] / mib:.1f} | {p_['operator_M'] / mib:.1f} | "
                      f"{p_['conv_tail'] / mib:.2f} | {p_['kv'] / mib:.1f} | {r['prefix_cache_bytes_per_token']:.0f} | "
                      f"{r['ratio_to_prefix_cache']:.2f}x |")
-    lines += ["", "Sizes in MiB per entry. End states are fp32, E and M as the column says; K/V and conv tails in the "
+    lines += ["", "Sizes in MiB per entry. Entries hold no end state since 2026-12-03 (a request's first segment composes from the shared prefix); E and M as the column says; K/V and conv tails in the "
               "model's dtype.", "",
               f"First-token KL(full recompute || hypic w={args.seam}) on the shipped model, mean over "
               f"{args.kl_questions} synthetic questions per condition (target: bf16 E/M within 10% of fp32):", "",
