@@ -62,7 +62,7 @@ def entries_in(url: str, namespace: str) -> int:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--documents", type=int, default=48)
+    p.add_argument("--documents", type=int, default=96)
     p.add_argument("--out", default="bench/results")
     args = p.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -89,8 +89,8 @@ def main() -> None:
             ns = "resume"
             first = subprocess.Popen(command(corpus, tmp / "a", url, ns, 2, True), stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env=env)
-            while entries_in(url, ns) < args.documents // 2 and first.poll() is None:
-                time.sleep(0.2)
+            while entries_in(url, ns) < args.documents // 4 and first.poll() is None:
+                time.sleep(0.05)
             first.send_signal(signal.SIGINT)
             first.communicate(timeout=300)
             stopped_at = entries_in(url, ns)
