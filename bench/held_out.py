@@ -62,16 +62,19 @@ def place_gold(record: dict, where: str | None) -> dict:
     return {**record, "ctxs": gold + rest if where == "first" else rest + gold}
 
 
-def run_condition(model_path: str, condition: str, questions: int, max_new_tokens: int) -> dict:
+def run_condition(model_path: str, condition: str, questions: int, max_new_tokens: int,
+                  rungs: list[tuple[str, int]]) -> dict:
+    """Every question of `condition` through full recompute (first: the KL reference) and `rungs`."""
     docs, where, seed = CONDITIONS[condition]
     refuse_used(seed)
     model, tokenizer = load_model(model_path, device="cpu")
     template = PromptTemplate()
     prefix = [tokenizer.bos_token_id]
+    rungs = [("full_recompute", 0)] + [r for r in rungs if r[0] != "full_recompute"]
     executors = {(m, w): HypicExecutor(model, tokenizer, ExecutorConfig(mode=m, seam_tokens=w,
                                                                         max_new_tokens=max_new_tokens), prefix)
-                 for m, w in RUNGS}
-    outcomes = {f"{m}:{w}": {"em": [], "kl": []} for m, w in RUNGS}
+                 for m, w in rungs}
+    outcomes = {f"{m}:{w}": {"em": [], "kl": []} for m, w in rungs}
     hops = []
     started = time.time()
     for i, record in enumerate(make_dataset(questions, seed=seed, num_docs=docs)):
@@ -89,6 +92,17 @@ def run_condition(model_path: str, condition: str, questions: int, max_new_token
             print(f"{condition}: {i + 1}/{questions} questions, {time.time() - started:.0f}s", flush=True)
     return {"model": Path(model_path).name, "condition": condition, "documents": docs, "gold": where, "seed": seed,
             "questions": questions, "hops": hops, "outcomes": outcomes, "seconds": round(time.time() - started, 1)}
+
+
+def merge(earlier: dict, run: dict) -> dict:
+    """`run`'s rungs added to an earlier run of the same questions; full recompute must agree."""
+    same = ("model", "condition", "seed", "questions", "hops")
+    if any(earlier[k] != run[k] for k in same):
+        raise SystemExit(f"{run['condition']}: the earlier run holds other questions; move it aside to rerun")
+    if earlier["outcomes"]["full_recompute:0"]["em"] != run["outcomes"]["full_recompute:0"]["em"]:
+        raise SystemExit(f"{run['condition']}: full recompute answered differently from the earlier run")
+    return {**earlier, "outcomes": {**earlier["outcomes"], **run["outcomes"]},
+            "seconds": earlier["seconds"] + run["seconds"]}
 
 
 def bootstrap_gap(full: np.ndarray, mode: np.ndarray, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
@@ -170,6 +184,8 @@ def main() -> None:
     p.add_argument("--questions", type=int, default=500)
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rungs", default=",".join(f"{m}:{w}" for m, w in RUNGS),
+                   help="mode:seam_tokens, comma-separated; added to an existing run of the condition")
     p.add_argument("--report", action="store_true", help="only assemble held_out.md/.png from the runs in --out")
     p.add_argument("--out", default="bench/results")
     args = p.parse_args()
@@ -177,12 +193,15 @@ def main() -> None:
     if not args.report:
         torch.set_num_threads(args.threads)
         random.seed(0)
+        rungs = [(r.split(":")[0], int(r.split(":")[1])) for r in args.rungs.split(",")]
         for condition in args.conditions.split(","):
             if condition not in CONDITIONS:
                 p.error(f"unknown condition {condition!r}; choose from {', '.join(CONDITIONS)}")
-            run = run_condition(args.model, condition, args.questions, args.max_new_tokens)
+            run = run_condition(args.model, condition, args.questions, args.max_new_tokens, rungs)
             target = out / "held_out" / run["model"] / f"{condition}.json"
             target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                run = merge(json.loads(target.read_text()), run)
             target.write_text(json.dumps(run))
     report(out)
 

@@ -18,7 +18,7 @@ def test_exact_requests_diagnose_as_exact_at_every_layer():
     seg, q = random_ids([57, 7], seed=1)
     one = ex.diagnose([seg], q)  # one segment: hypic equals full recompute
     assert len(one.layers) == 4 and one.first_over is None
-    assert max(l.relative_error for l in one.layers) < 1e-4 and one.first_token_kl < 1e-8
+    assert max(l.relative_error for l in one.layers) < 1e-4 and one.first_token_kl < 1e-6  # fp32 rounding of E/M
     *segs, q = random_ids([23, 31, 17, 6], seed=3)
     covered = executor(seam=31).diagnose(segs, q)  # seams cover every segment
     # every segment is a seam, the first one's after the shared prefix
