@@ -9,9 +9,12 @@
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #       transformers==5.23.0 flash-linear-attention==0.6.0 fla-core==0.6.0 diskcache==5.6.3 faiss-cpu==1.15.1 \
 #       huggingface-hub==2.4.0 tokenizers==0.23.3 safetensors==0.8.0
-# Results land in $OUT (lean_ttft_gpu.{md,json}, ttft_gpu.{md,json,png}, gpu_tests.txt and the
-# refreshed triton-cache.tgz); copy the reports into bench/results and commit them.
+# Results land in $OUT (device.txt, lean_ttft_gpu.{md,json} and its log, graph_replay_probe.json and
+# its log, gpu_tests.txt, the refreshed triton-cache.tgz; ttft_gpu.{md,json} when TTFT_S is set);
+# copy the reports into bench/results and commit them. LEAN_S, PROBE_S, TESTS_S, TTFT_S: caps (s).
+# A carried Triton cache (.triton-cache, from the last call's triton-cache.tgz) skips autotuning.
 set -u
+cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT" .triton-cache
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -19,10 +22,20 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" HF_HUB_OFFLINE=1 TRITON_CACHE_DIR="$PWD/.triton-cache"
+export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/device.txt"
-timeout 180 python3 -m pytest -q tests/test_gpu.py 2>&1 | tail -40 | tee "$OUT/gpu_tests.txt"
-timeout 150 python3 bench/lean_ttft.py --device cuda --dtype bfloat16 --hidden 2048 --layers 24 --vocab 32768 \
-  --segments 8 16 32 --requests 3 --threads 16 --out "$OUT" --name lean_ttft_gpu
-timeout 120 python3 bench/ttft.py --device cuda --dtype bfloat16 --models qwen3_5-style --hidden 2048 --layers 24 \
-  --vocab 32768 --segments 8 16 32 --pool 24 --requests 3 --warmup 2 --throughput-requests 1 --out "$OUT" --name ttft_gpu
+python3 -c "import torch, triton, transformers, fla; print(torch.__version__, triton.__version__, transformers.__version__, fla.__version__)" | tee -a "$OUT/device.txt"
+# The lean-runtime bench first (the issue's targets), 8 and 32 segments before 16; its report is
+# rewritten after every segment count, so a run cut short keeps what it measured.
+timeout ${LEAN_S:-180} python3 bench/lean_ttft.py --device cuda --dtype bfloat16 --hidden 2048 --layers 24 --vocab 32768 \
+  --segments 8 32 16 --requests 3 --threads 16 --out "$OUT" --name lean_ttft_gpu > "$OUT/lean_ttft.log" 2>&1
+tail -5 "$OUT/lean_ttft.log"
+timeout ${PROBE_S:-80} python3 bench/graph_replay_probe.py --segments 8 32 --out "$OUT" > "$OUT/probe.log" 2>&1
+tail -5 "$OUT/probe.log"
+timeout ${TESTS_S:-120} python3 -m pytest -q --timeout 60 tests/test_gpu.py 2>&1 | tail -60 > "$OUT/gpu_tests.txt"
+tail -25 "$OUT/gpu_tests.txt"
+if [ -n "${TTFT_S:-}" ]; then
+  timeout "$TTFT_S" python3 bench/ttft.py --device cuda --dtype bfloat16 --models qwen3_5-style --hidden 2048 --layers 24 \
+    --vocab 32768 --segments 8 16 32 --pool 32 --requests 3 --warmup 2 --throughput-requests 1 --out "$OUT" --name ttft_gpu
+fi
 tar czf "$OUT/triton-cache.tgz" -C .triton-cache .

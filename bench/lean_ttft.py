@@ -137,6 +137,11 @@ def main() -> None:
                                       "decode step, lean": rows[-1]["decode_step_p50_s"] / floors["decode_floor_s"]}
             rows[-1]["floors_s"] = floors
         print(json.dumps(rows[-1]), flush=True)
+        report(args, model, rows)  # after every segment count: a run cut short keeps what it measured
+
+
+
+def report(args, model, rows) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} thread(s)"

@@ -1,0 +1,178 @@
+"""How fast a hypic@100% request on the lean runtime is once its planned part runs as one CUDA graph.
+
+A probe, not the bucketed request path: for one fixed request (the same cached entries, the same
+question), the planned part (runtime/seam_chain.py: seam chain, every seam and the question in one
+forward, last-token logits) is captured once with torch.cuda.graph and replayed. Beside it, in the
+same process: the same request eager on the lean runtime, its host-side planning alone, and the
+lean full prefill over the same prompt. Checks that replay gives the eager logits.
+
+    python bench/graph_replay_probe.py --hidden 2048 --layers 24 --vocab 32768 --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hypic_rag import ExecutorConfig, HypicExecutor
+from hypic_rag.models.tiny import bamba_style_config, qwen3_5_style_config
+from hypic_rag.runtime.seam_chain import SeamChain, plan_request
+
+
+def cuda_timed(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return statistics.median(times)
+
+
+def profile(path: Path, runs: dict) -> None:
+    """The top kernels by CUDA time of each callable (torch.profiler), appended to `path`."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        for label, fn in runs.items():
+            with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                fn()
+                torch.cuda.synchronize()
+            table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70)
+            f.write(f"## {label}\n{table}\n\n")
+
+
+def report(out: Path, name: str, meta: dict, rows: list) -> None:
+    """{name}.json and {name}.md: every time in ms and each hypic figure as lean full prefill / it."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    lines = ["# A hypic@100% request on the lean runtime replayed as one CUDA graph (probe)", "",
+             f"{meta['device']}, torch {meta['torch']}, bf16, {meta['family']}-style model ({meta['layers']} layers, "
+             f"hidden {meta['hidden']}, vocab {meta['vocab']}); segments of {meta['segment_tokens']} tokens, question "
+             f"{meta['question_tokens']} tokens, seam w=8; medians of {meta['reps']} CUDA-event timings after warm-up, "
+             "every cell in one process. The graph is captured for ONE fixed request (the same cached entries) and "
+             "replayed: a probe of what capture buys, not the bucketed request path. Replay + plan = the graph plus "
+             "the host-side planning a real request also pays. x = lean full prefill / the cell.", "",
+             "| segments | full prefill, transformers (ms) | full prefill, lean (ms) | hypic eager, lean (ms) | "
+             "hypic graph replay + plan (ms) | x eager | x replay + plan | x replay + plan vs transformers full | "
+             "replay max abs diff vs eager | decode step eager (ms) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        graphed = r["hypic_graph_replay_s"] + r["plan_s"]
+        lines.append(f"| {r['segments']} | {r['full_prefill_transformers_s'] * 1e3:.1f} | {r['full_prefill_lean_s'] * 1e3:.1f} | "
+                     f"{r['hypic_eager_lean_s'] * 1e3:.1f} | {r['hypic_graph_replay_s'] * 1e3:.1f} + {r['plan_s'] * 1e3:.1f} | "
+                     f"{r['full_prefill_lean_s'] / r['hypic_eager_lean_s']:.2f} | {r['full_prefill_lean_s'] / graphed:.2f} | "
+                     f"{r['full_prefill_transformers_s'] / graphed:.2f} | {r['replay_max_abs_diff_vs_eager']:.1e} | "
+                     f"{r['decode_step_eager_s'] * 1e3:.1f} |")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--family", default="qwen3_5", choices=["qwen3_5", "bamba"])
+    p.add_argument("--hidden", type=int, default=2048)
+    p.add_argument("--layers", type=int, default=24)
+    p.add_argument("--vocab", type=int, default=32768)
+    p.add_argument("--segments", type=int, nargs="+", default=[8, 32])
+    p.add_argument("--segment-tokens", type=int, default=512)
+    p.add_argument("--question-tokens", type=int, default=24)
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--out", default="bench/results")
+    p.add_argument("--name", default="graph_replay_probe")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rewrite-report", metavar="JSON", help="only rewrite the .md of an earlier run's JSON")
+    p.add_argument("--profile", action="store_true", help="write the top CUDA kernels of the first segment count")
+    args = p.parse_args()
+    if args.rewrite_report:
+        data = json.loads(Path(args.rewrite_report).read_text())
+        report(Path(args.out), args.name, data["meta"], data["rows"])
+        return
+    from transformers import AutoModelForCausalLM
+
+    if args.family == "bamba":
+        config = bamba_style_config(args.vocab, args.hidden, args.layers)
+    else:
+        config = qwen3_5_style_config(args.vocab, args.hidden, args.layers, heads=8, linear_key_heads=4,
+                                      linear_value_heads=8, max_positions=32768)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
+    rng = np.random.default_rng(0)
+    question = rng.integers(3, args.vocab, size=args.question_tokens).tolist()
+    ex = HypicExecutor(model, config=ExecutorConfig(mode="hypic", seam_tokens=8, runtime="lean"), shared_prefix=[0])
+    runtime = ex.lean
+    rows = []
+    for n in args.segments:
+        segs = [rng.integers(3, args.vocab, size=args.segment_tokens).tolist() for _ in range(n)]
+        entries = [ex.ensure(s)[0] for s in segs]
+        prompt = [t for s in segs for t in s] + question
+        for _ in range(args.warmup):
+            runtime.prefill(prompt)
+            want, _ = runtime.hypic(entries, question)
+        full_s = cuda_timed(lambda: runtime.prefill(prompt), args.reps)
+        eager_s = cuda_timed(lambda: runtime.hypic(entries, question), args.reps)
+        whole = torch.tensor([[0, *prompt]], device="cuda")  # transformers' own forward over the same prompt
+
+        def transformers_prefill():
+            with torch.no_grad():
+                return model(input_ids=whole, logits_to_keep=1).logits
+
+        transformers_prefill()
+        transformers_s = cuda_timed(transformers_prefill, args.reps)
+        anchored = runtime.anchored(entries)
+
+        def plan():
+            return plan_request(anchored, list(question), 1, runtime.lean.conv_width, runtime.device)
+
+        plan_s = cuda_timed(plan, args.reps)
+        planned = plan()
+
+        def request():
+            chain = SeamChain(runtime.lean, planned, anchored, runtime.prefix_state)
+            return runtime.lean.logits(runtime.lean.forward(planned.ids, planned.positions, chain))
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.no_grad(), torch.cuda.stream(side):
+            for _ in range(args.warmup):
+                request()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(graph):
+            static_logits = request()
+        graph.replay()
+        torch.cuda.synchronize()
+        diff = float((static_logits.float() - want.float()).abs().max())
+        replay_s = cuda_timed(graph.replay, args.reps)
+        logits, state = runtime.hypic(entries, question)
+        token = int(torch.argmax(logits))
+        step_s = cuda_timed(lambda: runtime.step(state, token), args.reps)
+        row = {"segments": n, "full_prefill_lean_s": full_s, "full_prefill_transformers_s": transformers_s, "hypic_eager_lean_s": eager_s, "plan_s": plan_s,
+               "hypic_graph_replay_s": replay_s, "decode_step_eager_s": step_s, "replay_max_abs_diff_vs_eager": diff,
+               "x_full_over_eager": full_s / eager_s, "x_full_over_replay_plus_plan": full_s / (replay_s + plan_s)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        meta = {"device": torch.cuda.get_device_name(), "family": args.family, "hidden": args.hidden,
+                "layers": args.layers, "vocab": args.vocab, "segment_tokens": args.segment_tokens,
+                "question_tokens": args.question_tokens, "reps": args.reps, "torch": torch.__version__}
+        report(Path(args.out), args.name, meta, rows)
+        if args.profile and n == args.segments[0]:
+            try:  # a profiler failure keeps the timings
+                profile(Path(args.out) / f"{args.name}_profile.txt", {
+                    "lean full prefill": lambda: runtime.prefill(prompt),
+                    "hypic@100% eager": lambda: runtime.hypic(entries, question),
+                    "hypic@100% graph replay": graph.replay})
+            except Exception as error:  # noqa: BLE001
+                print(f"profile failed: {error!r}", flush=True)
+        del graph
+
+
+if __name__ == "__main__":
+    main()
