@@ -4,11 +4,12 @@
 # 8 minutes on a fresh machine without network. Run from the repository root through the device
 # tool, carrying the wheels and Triton's autotuning cache:
 #     run(command="bash bench/gpu_check.sh", carry=[".whl", ".triton-cache"], timeout_s=540)
-# The wheels (git-ignored, 37 MB; the device image lacks these versions), built here with:
+# The wheels (git-ignored, 42 MB; the device image lacks these versions), built here with:
 #     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #       transformers==5.23.0 flash-linear-attention==0.6.0 fla-core==0.6.0 diskcache==5.6.3 faiss-cpu==1.15.1 \
-#       huggingface-hub==2.4.0 tokenizers==0.23.3 safetensors==0.8.0
+#       huggingface-hub==2.4.0 tokenizers==0.23.3 safetensors==0.8.0 httpx2==2.16.2 httpcore2==2.16.2 hf-xet==1.8.0 \
+#       click truststore anyio       (hub 2.4.0 imports httpx2; the image has neither it nor click >= 8.4.2)
 # Results land in $OUT (device.txt, lean_ttft_gpu.{md,json} and its log, graph_replay_probe.json and
 # its log, gpu_tests.txt, the refreshed triton-cache.tgz; ttft_gpu.{md,json} when TTFT_S is set);
 # copy the reports into bench/results and commit them. LEAN_S, PROBE_S, TESTS_S, TTFT_S: caps (s).
