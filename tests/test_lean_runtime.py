@@ -12,7 +12,7 @@ from hypic_rag.config import Mode
 from hypic_rag.errors import UnsupportedModelError
 from hypic_rag.runtime.dispatch_count import kernel_ops as _ops
 from hypic_rag.runtime.lean_request import LeanRuntime
-from hypic_rag.runtime.scan import affine_prefix, affine_prefix_ref, scalar_prefix
+from hypic_rag.runtime.scan import affine_prefix, affine_prefix_ref, scalar_prefix, tensor_core_fp32
 from hypic_rag.runtime.seam_chain import SeamChain, plan_request
 
 PREFIX = (0, 5, 9)
@@ -102,13 +102,26 @@ def test_a_request_padded_into_a_larger_bucket_gives_the_same_logits(family):
         assert float((padded - exact).abs().max()) < 1e-5
 
 
+def test_tf32_for_the_chain_is_scoped_to_cuda_and_restored():
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    with tensor_core_fp32(torch.device("cpu")):
+        assert matmul.fp32_precision == before  # the CPU path is untouched
+    with tensor_core_fp32(torch.device("cuda")):  # a flag only: no CUDA device needed to set it
+        assert matmul.fp32_precision == "tf32"
+    assert matmul.fp32_precision == before
+    with pytest.raises(ValueError), tensor_core_fp32(torch.device("cuda")):
+        raise ValueError("a request that fails inside the block")
+    assert matmul.fp32_precision == before and matmul.allow_tf32 is False  # both APIs still readable
+
+
 def test_the_scan_equals_the_sequential_composition_at_any_depth():
     g = torch.Generator().manual_seed(0)
     for maps in (1, 3, 8, 13):
         p = torch.randn(maps, 2, 6, 6, generator=g) * 0.4
         q = torch.randn(maps, 2, 6, 5, generator=g)
         ref_p, ref_q = affine_prefix_ref(p, q)
-        for steps in (0, 5):
+        for steps in (0, 5):  # as many steps as the maps need, or more (a padded bucket)
             fast_p, fast_q = affine_prefix(p, q, min_steps=steps)
             assert torch.allclose(fast_p, ref_p, atol=1e-5) and torch.allclose(fast_q, ref_q, atol=1e-5)
         decays = torch.rand(maps, 3, 1, 1, generator=g) * 0.9 + 0.05  # Mamba2: scalar decays in (0, 1)

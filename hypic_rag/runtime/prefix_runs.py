@@ -7,7 +7,7 @@ A plain forward only returns the linear state after its last token. Here each un
 (and the question) is one run of the same batched recurrence call (runtime/recurrences.py) and
 padded to one width with steps that neither decay nor write; the chain over runs (no cached
 interiors between them: S_{r+1} = A_r S_r + B_r) gives the state at every boundary, by the same
-fixed-depth scan as the seam chain. Attention is ordinary causal attention over the restored K/V
+log-depth scan as the seam chain. Attention is ordinary causal attention over the restored K/V
 and the new tokens. So one forward yields the answer's logits and every boundary's snapshot.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from hypic_rag.runtime.scan import tensor_core_fp32
 from hypic_rag.runtime.contexts import ContinueFrom, LeanState, RunLayout, conv_columns, index_tensor
 from hypic_rag.runtime.seam_chain import conv_runs
 
@@ -51,8 +52,9 @@ class PrefixRuns(ContinueFrom):
         e = runs.shape[-1] - runs.shape[-2]
         first = self.state.recurrent.get(w.layer_idx)
         first = runs.new_zeros(runs.shape[1:-1] + (e,)) if first is None else kind.matrix(first)
-        prefix_p, prefix_q = kind.prefix(runs[..., e:], runs[..., :e])
-        after = torch.matmul(prefix_p, first) + prefix_q  # the state after each run
+        with tensor_core_fp32(runs.device):  # runtime/scan.py
+            prefix_p, prefix_q = kind.prefix(runs[..., e:], runs[..., :e])
+            after = torch.matmul(prefix_p, first) + prefix_q  # the state after each run
         starts = torch.cat([first[None], after[:-1]])
         self.boundary_state[w.layer_idx] = kind.native(after)
         self.state.recurrent[w.layer_idx] = self.boundary_state[w.layer_idx][-1]

@@ -1,33 +1,59 @@
 """Prefix compositions of affine maps S -> P S + Q: the chain every hypic request and prefix-cache
-request walks through its runs, in a fixed number of batched steps (a Kogge-Stone scan), beside the
-plain sequential reference the tests compare it with."""
+request walks through its runs, in ceil(log2 J) batched steps (a Kogge-Stone scan), beside the
+plain sequential reference the tests compare it with.
+
+On a CUDA device the chain's fp32 matrix products run on TF32 tensor cores (`tensor_core_fp32`):
+measured on an H200 (bench/results/graph_replay_probe_profile.txt), the same products as fp32 SIMT
+GEMMs were 39% of a replayed 8-segment request. fla's chunk kernels, which produce every cached E
+and M, already multiply in TF32, so this adds error of the size the entries carry.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 
-SCAN_STEPS = 5  # every request up to 2**5 = 32 segments scans with the same ops (one CUDA graph shape)
+
+@contextlib.contextmanager
+def tensor_core_fp32(device: torch.device) -> Iterator[None]:
+    """fp32 matmuls on `device` may use TF32 tensor cores inside the block (CUDA only; the CPU path
+    is unchanged). The setting is process-wide while the block runs, as torch has no per-call one,
+    and is restored after it."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    name, fast = ("fp32_precision", "tf32") if hasattr(matmul, "fp32_precision") else ("allow_tf32", True)
+    before = getattr(matmul, name)  # the new API where torch has it: mixing the two makes torch raise
+    setattr(matmul, name, fast)
+    try:
+        yield
+    finally:
+        setattr(matmul, name, before)
 
 
-def affine_prefix(p: torch.Tensor, q: torch.Tensor, min_steps: int = SCAN_STEPS) -> tuple[torch.Tensor, torch.Tensor]:
+def affine_prefix(p: torch.Tensor, q: torch.Tensor, min_steps: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Inclusive prefix compositions of maps f_j(S) = p_j S + q_j: F_j = f_j o ... o f_0, as (P, Q)
     with F_j(S) = P_j S + Q_j. p [J, H, d, d], q [J, H, d, e].
 
     Kogge-Stone over J maps: step s composes each map with the one 2**s before it (identity before
-    the first). At least `min_steps` steps run (a step reaching past the first map composes with
-    the identity: the same result, the same ops), so every J up to 2**min_steps dispatches the same
-    ops. Each map is kept as one [P | Q] matrix over J * H: f o g = [P_f P_g | P_f Q_g + Q_f], one
+    the first). ceil(log2 J) steps run, or `min_steps` if more (a step reaching past the first map
+    composes with the identity: the same result, the same ops); a request's bucket pads J, so one
+    bucket is one shape. Each map is kept as one [P | Q] matrix over J * H: f o g = [P_f P_g | P_f Q_g + Q_f], one
     batched matmul-add and one concatenation a step."""
     j, h, d, e = q.shape
     steps = max(max(j - 1, 0).bit_length(), min_steps)
     maps = torch.cat([p, q], dim=-1).reshape(j * h, d, d + e)
     identity = torch.cat([torch.eye(d, dtype=p.dtype, device=p.device), p.new_zeros(d, e)], dim=-1)
     identity = identity.expand(j * h, d, d + e)
-    for step in range(steps):
-        rows = min(1 << step, j) * h
-        earlier = torch.cat([identity[:rows], maps[: j * h - rows]])
-        maps = torch.baddbmm(F.pad(maps[..., d:], (d, 0)), maps[..., :d], earlier)
+    with tensor_core_fp32(p.device):
+        for step in range(steps):
+            rows = min(1 << step, j) * h
+            earlier = torch.cat([identity[:rows], maps[: j * h - rows]])
+            maps = torch.baddbmm(F.pad(maps[..., d:], (d, 0)), maps[..., :d], earlier)
     maps = maps.view(j, h, d, d + e)
     return maps[..., :d], maps[..., d:]
 

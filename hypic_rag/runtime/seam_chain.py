@@ -13,9 +13,9 @@ The math is executor/seam_pass.py's (read its docstring); what changes is how it
     (A_j, B_j) from one batched call of the family's recurrence (runtime/recurrences.py; the
     question is one more run of that call;
     runs are padded to one width with steps of zero decay and zero write strength, which leave a
-    state as it is), composed by the family's prefix composition (runtime/scan.py: a log-depth scan of fixed depth
-    for matrices, a closed form for scalar decays), so every request of up to 32 segments
-    dispatches the same ops.
+    state as it is), composed by the family's prefix composition (runtime/scan.py: a log-depth scan for
+    matrices, a closed form for scalar decays), so a request's ops grow only with log2 of its
+    segments.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from hypic_rag.runtime.scan import tensor_core_fp32
 from hypic_rag.runtime.contexts import LeanState, RunLayout, attention, causal_conv, index_tensor
 from hypic_rag.types import SegmentEntry
 
@@ -157,14 +158,15 @@ class SeamChain:
     def recur(self, w, inputs) -> torch.Tensor:
         """Every run (each seam, then the question) in one call of the layer's recurrence from zero
         (inputs in the run layout from conv, per-token ones gathered into it; padded slots decay nothing
-        and write nothing), chained through the cached interiors by the fixed-depth scan."""
+        and write nothing), chained through the cached interiors by the log-depth scan."""
         plan, at, kind = self.plan, self._linear_at[w.layer_idx], w.recurrence
         s = plan.seams
         aux, runs = kind.runs(inputs, plan.slots, plan.valid, s + 1, plan.run_width)  # [R, H, d, e + d]: [B | A]
         e = self._e.shape[-1]
-        maps = torch.matmul(self._m[at], runs[:s]) + F.pad(self._e[at], (0, runs.shape[-1] - e))  # [M B + E | M A]
-        prefix_p, prefix_q = kind.prefix(maps[..., e:], maps[..., :e])
-        first = self._first[at]
-        starts = torch.cat([first[None], torch.matmul(prefix_p[:s], first) + prefix_q[:s]])  # each run's start
-        self.state.recurrent[w.layer_idx] = kind.native(runs[s, ..., e:] @ starts[s] + runs[s, ..., :e])
+        with tensor_core_fp32(runs.device):  # runtime/scan.py: TF32 on CUDA, as fla's kernels multiply
+            maps = torch.matmul(self._m[at], runs[:s]) + F.pad(self._e[at], (0, runs.shape[-1] - e))  # [M B + E | M A]
+            prefix_p, prefix_q = kind.prefix(maps[..., e:], maps[..., :e])
+            first = self._first[at]
+            starts = torch.cat([first[None], torch.matmul(prefix_p[:s], first) + prefix_q[:s]])  # each run's start
+            self.state.recurrent[w.layer_idx] = kind.native(runs[s, ..., e:] @ starts[s] + runs[s, ..., :e])
         return kind.outputs(aux, starts, plan.outputs, inputs[0].dtype)
