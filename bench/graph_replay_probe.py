@@ -13,27 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from hypic_rag import ExecutorConfig, HypicExecutor
-from hypic_rag.models.tiny import bamba_style_config, qwen3_5_style_config
 from hypic_rag.runtime.seam_chain import SeamChain, plan_request
 
-
-def cuda_timed(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000)
-    return statistics.median(times)
+from lean_bench_model import add_model_arguments, build_model, cuda_timed  # (bench/, beside this script)
 
 
 def profile(path: Path, runs: dict) -> None:
@@ -77,12 +65,7 @@ def report(out: Path, name: str, meta: dict, rows: list) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--family", default="qwen3_5", choices=["qwen3_5", "bamba"])
-    p.add_argument("--hidden", type=int, default=2048)
-    p.add_argument("--layers", type=int, default=24)
-    p.add_argument("--vocab", type=int, default=32768)
-    p.add_argument("--segments", type=int, nargs="+", default=[8, 32])
-    p.add_argument("--segment-tokens", type=int, default=512)
+    add_model_arguments(p, hidden=2048, layers=24, vocab=32768, segments=[8, 32])
     p.add_argument("--question-tokens", type=int, default=24)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--out", default="bench/results")
@@ -95,15 +78,7 @@ def main() -> None:
         data = json.loads(Path(args.rewrite_report).read_text())
         report(Path(args.out), args.name, data["meta"], data["rows"])
         return
-    from transformers import AutoModelForCausalLM
-
-    if args.family == "bamba":
-        config = bamba_style_config(args.vocab, args.hidden, args.layers)
-    else:
-        config = qwen3_5_style_config(args.vocab, args.hidden, args.layers, heads=8, linear_key_heads=4,
-                                      linear_value_heads=8, max_positions=32768)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
+    model = build_model(args, torch.bfloat16, "cuda")
     rng = np.random.default_rng(0)
     question = rng.integers(3, args.vocab, size=args.question_tokens).tolist()
     ex = HypicExecutor(model, config=ExecutorConfig(mode="hypic", seam_tokens=8, runtime="lean"), shared_prefix=[0])

@@ -34,10 +34,10 @@ import torch
 import hypic_rag  # noqa: F401
 from hypic_rag import ExecutorConfig, HypicExecutor
 from hypic_rag.executor.clock import clock
-from hypic_rag.models.tiny import bamba_style_config, qwen3_5_style_config
 from hypic_rag.runtime.dispatch_count import kernel_ops as ops_of
 
-from roofline import decode_floor, measure_peaks, request_floors  # (bench/roofline.py, beside this script)
+from lean_bench_model import add_model_arguments, build_model  # (bench/, beside this script)
+from roofline import decode_floor, measure_peaks, request_floors
 
 QUESTION_TOKENS = 24
 
@@ -50,12 +50,7 @@ def timed(device, fn) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--family", default="qwen3_5", choices=["qwen3_5", "bamba"])
-    p.add_argument("--hidden", type=int, default=384)
-    p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--vocab", type=int, default=8192)
-    p.add_argument("--segments", type=int, nargs="+", default=[8, 16, 32])
-    p.add_argument("--segment-tokens", type=int, default=512)
+    add_model_arguments(p, hidden=384, layers=8, vocab=8192, segments=[8, 16, 32])
     p.add_argument("--requests", type=int, default=3)
     p.add_argument("--seam", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
@@ -65,16 +60,7 @@ def main() -> None:
     p.add_argument("--name", default="lean_ttft")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from transformers import AutoModelForCausalLM
-
-    if args.family == "bamba":
-        config = bamba_style_config(args.vocab, args.hidden, args.layers)
-    else:
-        config = qwen3_5_style_config(args.vocab, args.hidden, args.layers, heads=8, linear_key_heads=4,
-                                      linear_value_heads=8, max_positions=32768)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, args.dtype), attn_implementation="sdpa")
-    model = model.to(args.device).eval()
+    model = build_model(args, getattr(torch, args.dtype), args.device)
     device = next(model.parameters()).device
     rng = np.random.default_rng(0)
     prefix = [0]

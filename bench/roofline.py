@@ -11,9 +11,9 @@ not taken from a datasheet. The counts are per request and approximate the domin
 
 from __future__ import annotations
 
-import statistics
-
 import torch
+
+from lean_bench_model import cuda_timed  # (bench/, beside this script)
 
 
 def measure_peaks(device: str = "cuda") -> dict:
@@ -23,21 +23,8 @@ def measure_peaks(device: str = "cuda") -> dict:
     src = torch.randn(2**28, device=device)  # 1 GiB fp32
     dst = torch.empty_like(src)
 
-    def timed(fn, reps):
-        for _ in range(3):
-            fn()
-        times = []
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-        return statistics.median(times)
-
-    flops = 2 * n**3 / timed(lambda: a @ b, 10)
-    bandwidth = 2 * src.numel() * 4 / timed(lambda: dst.copy_(src), 10)
+    flops = 2 * n**3 / cuda_timed(lambda: a @ b, 10, warmup=3)
+    bandwidth = 2 * src.numel() * 4 / cuda_timed(lambda: dst.copy_(src), 10, warmup=3)
     del a, b, src, dst
     torch.cuda.empty_cache()
     return {"bf16_flops_per_s": flops, "copy_bytes_per_s": bandwidth}
