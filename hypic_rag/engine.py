@@ -329,7 +329,8 @@ class HypicExecutor:
                        timings)
 
     def _lean_step(self, state) -> Callable[[int, int], torch.Tensor]:
-        return lambda token, _position: self.lean.step(state, token)
+        decoder = self.lean.decoder(state)  # preallocated buffers; one CUDA graph per request on CUDA
+        return lambda token, _position: decoder.step(token)
 
     def diagnose(self, segments: Sequence[Sequence[int]], question: Sequence[int], mode: Mode | str | None = None,
                  threshold: float = 0.05):

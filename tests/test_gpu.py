@@ -210,3 +210,23 @@ def test_mamba2_scan_runs_as_fla_simple_gla():
     for start in (None, torch.randn(runs, heads, p, n, device="cuda", generator=g)):
         (out_fast, final_fast), (out_plain, final_plain) = fast.scan(x, dt, b, c, start), plain.scan(x, dt, b, c, start)
         assert rel_err(out_fast, out_plain) < 5e-3 and rel_err(final_fast, final_plain) < 5e-3
+
+
+@pytest.mark.parametrize("family", ["qwen3_5", "bamba"])
+def test_decode_steps_are_captured_once_and_replayed(family):
+    """On CUDA the lean decoder's first step runs eagerly, the second is captured as a CUDA graph,
+    and replays give the plain continuation's logits token after token."""
+    from hypic_rag.runtime.lean_request import LeanRuntime
+
+    runtime = LeanRuntime(cuda_model(family), (0, 5, 9))
+    (prompt,) = random_ids([90], seed=8)
+    logits, state = runtime.prefill(prompt)
+    decoder = runtime.decoder(state)
+    plain = state.copy()
+    for _ in range(12):
+        token = int(torch.argmax(logits))
+        want = runtime.step(plain, token)
+        got = decoder.step(token)
+        assert rel_err(got, want) < 2e-3
+        logits = want
+    assert decoder.graph is not None and decoder.eager_steps == 1

@@ -5,7 +5,7 @@
     logits, state = runtime.hypic(entries, question)     # every seam and the question in one forward
     logits, state, snapshots = runtime.prefix_fill(restored, segments, question)  # prefix-cache baseline
     entries = runtime.precompute(segments, seam, fingerprint)  # a cold request's misses, one forward
-    tokens = runtime.decode(state, logits, 20)
+    tokens = runtime.decode(state, logits, 20)                # steps over static buffers (a CUDA graph on CUDA)
 
 Entries are the store's SegmentEntry objects (built by the transformers path's precompute after the
 same shared prefix). A request the seam chain does not cover (one segment, seams of different
@@ -29,6 +29,7 @@ from hypic_rag.runtime.qwen3_5 import LeanQwen3_5
 from hypic_rag.executor.prefix_anchor import prefix_anchor
 from hypic_rag.runtime.seam_chain import SeamChain, plan_request
 from hypic_rag.runtime.segment_runs import SegmentRuns
+from hypic_rag.runtime.static_decode import Decoder
 from hypic_rag.types import SegmentEntry
 
 
@@ -121,14 +122,20 @@ class LeanRuntime:
         from 0 once), returning that token's next-token logits."""
         return self._extend(state, [token], state.length)
 
+    def decoder(self, state: LeanState, capture: bool | None = None) -> Decoder:
+        """Decode steps after `state` over preallocated buffers, captured as a CUDA graph on CUDA
+        (runtime/static_decode.py); `state` itself is left as it is."""
+        return Decoder(self.lean, state, capture)
+
     def decode(self, state: LeanState, logits: torch.Tensor, max_new_tokens: int,
                eos_ids: frozenset[int] = frozenset()) -> list[int]:
-        """Greedy tokens from `logits` on, extending `state` (stops after an EOS, which is kept)."""
+        """Greedy tokens from `logits` on, after `state` (stops after an EOS, which is kept)."""
         tokens: list[int] = []
+        decoder = self.decoder(state)
         for step in range(max_new_tokens):
             token = int(torch.argmax(logits))
             tokens.append(token)
             if token in eos_ids or step == max_new_tokens - 1:
                 break
-            logits = self.step(state, token)
+            logits = decoder.step(token)
         return tokens

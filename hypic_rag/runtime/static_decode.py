@@ -1,0 +1,143 @@
+"""Decode steps over preallocated buffers, so that a step can be captured once as a CUDA graph and replayed.
+
+A LeanState grows by concatenation (new K/V tensors every step): fine eagerly, but a replayed graph
+cannot. DecodeBuffers holds one request's state at a fixed capacity: per attention layer K/V
+[kv_heads, C, D] (rows at or past the filled length masked out), per linear layer the conv columns
+and the recurrent state, all updated in place, and the next token and its row as device tensors.
+`DecodeBuffers.step()` reads and writes only these tensors, so replaying a capture of it equals
+calling it again; tests/test_static_decode.py checks that calling it matches ContinueFrom token by
+token and that torch.compile(fullgraph=True) runs many steps without recompiling (no per-step
+Python value). Every row of a state holds one position (0..T-1, in any order), so the next token's
+row number is its position.
+
+Decoder is what a request's decode loop calls, one token at a time. On CUDA its first step runs
+eagerly (the warm-up: Triton autotuning, cuBLAS workspaces), the second captures the step into a
+CUDA graph, and every later one replays it; elsewhere every step runs eagerly. Each request owns
+its buffers and graph (no sharing between interleaved requests). Past the capacity it moves to a
+buffer twice as large and captures again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from hypic_rag.runtime.contexts import LeanState, attention, causal_conv
+
+log = logging.getLogger("hypic_rag")
+MIN_CAPACITY = 256
+
+
+def capacity_for(rows: int) -> int:
+    """The buffer capacity for `rows` filled rows plus room to decode: a power of two, at least 256."""
+    return max(MIN_CAPACITY, 1 << rows.bit_length())
+
+
+class DecodeBuffers:
+    """One request's state at a fixed capacity (see the module docstring); the context `forward` takes."""
+
+    def __init__(self, runtime, state: LeanState, capacity: int):
+        length = state.length
+        if capacity <= length:
+            raise ValueError(f"capacity {capacity} must exceed the state's {length} rows")
+        self.runtime, self.capacity, self.filled = runtime, capacity, length
+        self.keys, self.values = [], []
+        for k, v in zip(state.keys, state.values):
+            kb, vb = k.new_zeros(k.shape[0], capacity, k.shape[2]), v.new_zeros(v.shape[0], capacity, v.shape[2])
+            kb[:, :length], vb[:, :length] = k, v
+            self.keys.append(kb)
+            self.values.append(vb)
+        self.conv_states = {i: c.clone() for i, c in state.conv.items()}
+        self.recurrent_states = {i: r.clone() for i, r in state.recurrent.items()}
+        device = runtime.device
+        self.positions = state.positions
+        self.token = torch.zeros(1, dtype=torch.long, device=device)
+        self.row = torch.full((1,), length, dtype=torch.long, device=device)  # the next token's row and position
+        self.rows = torch.arange(capacity, device=device)
+
+    def step(self) -> torch.Tensor:
+        """Extend by `self.token` at row/position `self.row`; its next-token logits [vocab]. In place only."""
+        lean = self.runtime
+        hidden = lean.forward(self.token, self.row, self)
+        logits = lean.logits(hidden)
+        self.row.add_(1)
+        return logits
+
+    # the context interface of LeanHybrid.forward (runtime/contexts.py: ContinueFrom does the same by concatenation)
+    def conv(self, w, mixed: torch.Tensor) -> torch.Tensor:
+        state = self.conv_states[w.layer_idx]
+        columns = torch.cat([state.to(mixed.dtype), mixed.transpose(0, 1)], dim=-1)  # [C, K + 1]
+        state.copy_(columns[:, 1:])
+        out = causal_conv(columns[None, :, 1:].to(w.conv.dtype), w.conv, w.conv_bias)[0]
+        return out.transpose(0, 1).to(mixed.dtype)
+
+    def recur(self, w, inputs) -> torch.Tensor:
+        state = self.recurrent_states[w.layer_idx]
+        out, final = w.recurrence.continue_from(inputs, state, 1)
+        state.copy_(final)
+        return out
+
+    def attend(self, index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        keys, values = self.keys[index], self.values[index]
+        keys.index_copy_(1, self.row, k.transpose(0, 1))
+        values.index_copy_(1, self.row, v.transpose(0, 1))
+        return attention(q, keys, values, (self.rows <= self.row)[None], scale)
+
+    def state(self) -> LeanState:
+        """The filled rows as a LeanState (`filled` is counted on the host by the Decoder)."""
+        n = self.filled
+        positions = torch.cat([self.positions, torch.arange(self.positions.shape[0], n, device=self.rows.device)])
+        return LeanState([k[:, :n].clone() for k in self.keys], [v[:, :n].clone() for v in self.values], positions,
+                         {i: c.clone() for i, c in self.conv_states.items()},
+                         {i: r.clone() for i, r in self.recurrent_states.items()})
+
+
+class Decoder:
+    """A request's decode steps: `step(token)` -> next-token logits (see the module docstring)."""
+
+    def __init__(self, runtime, state: LeanState, capture: bool | None = None):
+        self.runtime = runtime
+        self.capture = runtime.device.type == "cuda" if capture is None else capture
+        self.buffers = DecodeBuffers(runtime, state, capacity_for(state.length + 1))
+        self.graph, self.logits = None, None
+        self.eager_steps = 0
+
+    def step(self, token: int) -> torch.Tensor:
+        b = self.buffers
+        if b.filled + 1 > b.capacity:  # full: continue in a buffer twice as large, captured anew
+            self.buffers = b = DecodeBuffers(self.runtime, b.state(), capacity_for(b.capacity))
+            self.graph = None
+        b.token.fill_(token)
+        b.filled += 1
+        if self.graph is not None:
+            self.graph.replay()
+            return self.logits.clone()
+        if self.capture and self.eager_steps >= 1:
+            try:
+                self._capture()
+                self.graph.replay()
+                return self.logits.clone()
+            except Exception as error:  # noqa: BLE001 (any capture failure: keep decoding eagerly, correctly)
+                log.warning("decode step not captured as a CUDA graph (%r); decoding eagerly", error)
+                self.capture, self.graph = False, None
+        self.eager_steps += 1
+        return self._eager(b)
+
+    @torch.no_grad()
+    def _eager(self, b: DecodeBuffers) -> torch.Tensor:
+        if self.capture:  # the warm-up before a capture runs on a side stream, as torch.cuda.graph asks
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                logits = b.step()
+            torch.cuda.current_stream().wait_stream(side)
+            return logits
+        return b.step()
+
+    @torch.no_grad()
+    def _capture(self) -> None:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):  # records, runs nothing: the replay that follows does the step
+            self.logits = self.buffers.step()
+        self.graph = graph
