@@ -1,15 +1,19 @@
 """Counting the kernel-launching aten ops a piece of work dispatches (TorchDispatchMode).
 
 On a GPU a small request costs about its kernel launches, so the count is the CPU-measurable
-proxy for GPU time at small batch: view and metadata ops (slice, view, transpose, expand...) launch
-nothing and are not counted. Tests bound it; bench/lean_ttft.py reports it.
+proxy for GPU time at small batch: view and metadata ops (slice, view, transpose, expand...) and
+bare allocations (empty, empty_like, empty_strided) launch nothing and are not counted. Tests bound it; bench/lean_ttft.py reports it.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+ALLOCATIONS = {torch.ops.aten.empty.memory_format, torch.ops.aten.empty_like.default,
+               torch.ops.aten.empty_strided.default}  # memory from the allocator: no kernel
 
 
 class KernelOps(TorchDispatchMode):
@@ -18,7 +22,7 @@ class KernelOps(TorchDispatchMode):
         self.count = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += not func.is_view
+        self.count += not func.is_view and func not in ALLOCATIONS
         return func(*args, **(kwargs or {}))
 
 
