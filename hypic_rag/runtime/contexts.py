@@ -78,6 +78,13 @@ def conv_columns(before: torch.Tensor | None, mixed: torch.Tensor, k: int) -> to
     return torch.cat([before.to(mixed.dtype), mixed.transpose(0, 1)], dim=-1)
 
 
+def conv_new_tokens(columns: torch.Tensor, w, dtype: torch.dtype) -> torch.Tensor:
+    """The causal conv + SiLU outputs [N, C] of the new tokens in `columns` [C, K + N] (conv_columns'
+    layout: a window of K - 1 earlier columns before each)."""
+    out = causal_conv(columns[None, :, 1:].to(w.conv.dtype), w.conv, w.conv_bias)[0]
+    return out.transpose(0, 1).to(dtype)
+
+
 def causal_conv(window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Depthwise causal conv + SiLU over windows [R, C, K-1+W] (each starting with its K-1 earlier
     columns): outputs [R, C, W]."""
@@ -110,8 +117,7 @@ class ContinueFrom:
         k = self.runtime.conv_width
         columns = conv_columns(self.state.conv.get(w.layer_idx), mixed, k)
         self.state.conv[w.layer_idx] = columns[:, -k:]
-        out = causal_conv(columns[None, :, 1:].to(w.conv.dtype), w.conv, w.conv_bias)[0]
-        return out.transpose(0, 1).to(mixed.dtype)
+        return conv_new_tokens(columns, w, mixed.dtype)
 
     def recur(self, w, inputs) -> torch.Tensor:
         """The layer's recurrence over the new tokens from the state's (the family's inputs, token order)."""

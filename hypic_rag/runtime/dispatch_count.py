@@ -2,7 +2,8 @@
 
 On a GPU a small request costs about its kernel launches, so the count is the CPU-measurable
 proxy for GPU time at small batch: view and metadata ops (slice, view, transpose, expand...) and
-bare allocations (empty, empty_like, empty_strided) launch nothing and are not counted. Tests bound it; bench/lean_ttft.py reports it.
+bare allocations (empty, empty_like, empty_strided) launch nothing and are not counted. Tests bound
+it; bench/lean_ttft.py reports it.
 """
 
 from __future__ import annotations

@@ -48,14 +48,13 @@ def affine_prefix(p: torch.Tensor, q: torch.Tensor, min_steps: int = 0) -> tuple
     j, h, d, e = q.shape
     steps = max(max(j - 1, 0).bit_length(), min_steps)
     maps = torch.cat([p, q], dim=-1).reshape(j * h, d, d + e)  # [P | Q] per map and head
-    with tensor_core_fp32(p.device):
-        for step in range(steps):
-            rows = min(1 << step, j) * h  # maps before the first 2**step compose with the identity: unchanged
-            new = torch.empty_like(maps)
-            new[:rows] = maps[:rows]
-            torch.bmm(maps[rows:, :, :d], maps[: j * h - rows], out=new[rows:])  # [P_f P_g | P_f Q_g]
-            new[rows:, :, d:] += maps[rows:, :, d:]  # + Q_f
-            maps = new
+    for step in range(steps):  # fp32 products: the callers scope TF32 on CUDA (tensor_core_fp32)
+        rows = min(1 << step, j) * h  # maps before the first 2**step compose with the identity: unchanged
+        new = torch.empty_like(maps)
+        new[:rows] = maps[:rows]
+        torch.bmm(maps[rows:, :, :d], maps[: j * h - rows], out=new[rows:])  # [P_f P_g | P_f Q_g]
+        new[rows:, :, d:] += maps[rows:, :, d:]  # + Q_f
+        maps = new
     maps = maps.view(j, h, d, d + e)
     return maps[..., :d], maps[..., d:]
 

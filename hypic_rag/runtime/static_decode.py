@@ -13,7 +13,7 @@ row number is its position.
 Decoder is what a request's decode loop calls, one token at a time. On CUDA its first step runs
 eagerly (the warm-up: Triton autotuning, cuBLAS workspaces), the second captures the step into a
 CUDA graph, and every later one replays it; elsewhere every step runs eagerly. Each request owns
-its buffers and graph (no sharing between interleaved requests). Past the capacity it moves to a
+its buffers and graph (no sharing between interleaved requests), made at its first step. Past the capacity it moves to a
 buffer twice as large and captures again.
 """
 
@@ -23,7 +23,7 @@ import logging
 
 import torch
 
-from hypic_rag.runtime.contexts import LeanState, attention, causal_conv
+from hypic_rag.runtime.contexts import LeanState, attention, conv_columns, conv_new_tokens
 
 log = logging.getLogger("hypic_rag")
 MIN_CAPACITY = 256
@@ -67,10 +67,9 @@ class DecodeBuffers:
     # the context interface of LeanHybrid.forward (runtime/contexts.py: ContinueFrom does the same by concatenation)
     def conv(self, w, mixed: torch.Tensor) -> torch.Tensor:
         state = self.conv_states[w.layer_idx]
-        columns = torch.cat([state.to(mixed.dtype), mixed.transpose(0, 1)], dim=-1)  # [C, K + 1]
+        columns = conv_columns(state, mixed, self.runtime.conv_width)  # [C, K + 1]
         state.copy_(columns[:, 1:])
-        out = causal_conv(columns[None, :, 1:].to(w.conv.dtype), w.conv, w.conv_bias)[0]
-        return out.transpose(0, 1).to(mixed.dtype)
+        return conv_new_tokens(columns, w, mixed.dtype)
 
     def recur(self, w, inputs) -> torch.Tensor:
         state = self.recurrent_states[w.layer_idx]
@@ -99,14 +98,21 @@ class Decoder:
     def __init__(self, runtime, state: LeanState, capture: bool | None = None):
         self.runtime = runtime
         self.capture = runtime.device.type == "cuda" if capture is None else capture
-        self.buffers = DecodeBuffers(runtime, state, capacity_for(state.length + 1))
+        self._state, self._buffers = state, None  # buffers on the first step: a request may decode nothing
         self.graph, self.logits = None, None
         self.eager_steps = 0
+
+    @property
+    def buffers(self) -> DecodeBuffers:
+        if self._buffers is None:
+            self._buffers = DecodeBuffers(self.runtime, self._state, capacity_for(self._state.length + 1))
+            self._state = None
+        return self._buffers
 
     def step(self, token: int) -> torch.Tensor:
         b = self.buffers
         if b.filled + 1 > b.capacity:  # full: continue in a buffer twice as large, captured anew
-            self.buffers = b = DecodeBuffers(self.runtime, b.state(), capacity_for(b.capacity))
+            self._buffers = b = DecodeBuffers(self.runtime, b.state(), capacity_for(b.capacity))
             self.graph = None
         b.token.fill_(token)
         b.filled += 1
