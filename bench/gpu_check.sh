@@ -4,7 +4,8 @@
 # 8 minutes on a fresh machine without network. Run from the repository root through the device
 # tool, carrying the wheels and Triton's autotuning cache:
 #     run(command="bash bench/gpu_check.sh", carry=[".whl", ".triton-cache"], timeout_s=540)
-# The wheels (git-ignored, 23 MB, leaving room in the 64 MiB a call carries for the Triton cache; no FAISS: nothing here imports it; the device image lacks these versions), built here with:
+# The wheels (git-ignored, 23 MB: room is left in the 64 MiB a call carries for the Triton cache;
+# no FAISS, which nothing here imports; the device image lacks these versions), built here with:
 #     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #       transformers==5.23.0 flash-linear-attention==0.6.0 fla-core==0.6.0 diskcache==5.6.3 \

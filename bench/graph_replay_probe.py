@@ -83,7 +83,8 @@ def main() -> None:
     model = build_model(args, torch.bfloat16, "cuda")
     rng = np.random.default_rng(0)
     question = rng.integers(3, args.vocab, size=args.question_tokens).tolist()
-    ex = HypicExecutor(model, config=ExecutorConfig(mode="hypic", seam_tokens=8, runtime="lean"), shared_prefix=[0])
+    prefix = [0]
+    ex = HypicExecutor(model, config=ExecutorConfig(mode="hypic", seam_tokens=8, runtime="lean"), shared_prefix=prefix)
     runtime = ex.lean
     rows = []
     for n in args.segments:
@@ -95,7 +96,7 @@ def main() -> None:
             want, _ = runtime.hypic(entries, question)
         full_s = cuda_timed(lambda: runtime.prefill(prompt), args.reps)
         eager_s = cuda_timed(lambda: runtime.hypic(entries, question), args.reps)
-        whole = torch.tensor([[0, *prompt]], device="cuda")  # transformers' own forward over the same prompt
+        whole = torch.tensor([prefix + prompt], device="cuda")  # transformers' own forward over the same prompt
 
         def transformers_prefill():
             with torch.no_grad():
@@ -106,7 +107,7 @@ def main() -> None:
         anchored = runtime.anchored(entries)
 
         def plan():
-            return plan_request(anchored, list(question), 1, runtime.lean.conv_width, runtime.device)
+            return plan_request(anchored, list(question), len(prefix), runtime.lean.conv_width, runtime.device)
 
         plan_s = cuda_timed(plan, args.reps)
         planned = plan()

@@ -14,6 +14,7 @@ processes) and `--report` assembles the table and plot from whatever has been ru
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import time
@@ -113,25 +114,32 @@ def bootstrap_gap(full: np.ndarray, mode: np.ndarray, resamples: int = 10_000, s
     return float(np.percentile(gaps, 2.5)), float(np.percentile(gaps, 97.5))
 
 
+@functools.lru_cache(maxsize=None)
+def segment_lengths(model: str, seed: int, questions: int, documents: int, gold: str | None) -> tuple[int, ...]:
+    """Token length of every document segment of a run's questions, rebuilt from its seed with the
+    model's tokenizer (no model run): once per run, whatever the number of rungs."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(Path(hypic_rag.__file__).parent / "assets" / model)
+    lengths: list[int] = []
+    for record in make_dataset(questions, seed=seed, num_docs=documents):
+        segments, _ = encode(place_gold(record, gold), tokenizer, PromptTemplate())
+        lengths += [len(s) for s in segments]
+    return tuple(lengths)
+
+
 def recomputed_fraction(run: dict, rung: str) -> float:
-    """Share of the documents' tokens a rung recomputes with their real context, over the run's
-    questions (rebuilt from its seed; the question itself is prefilled by every rung): 1 for full
-    recompute, 0 for the zero-seam rungs, sum(min(w, segment length)) / sum(segment length) for a
-    seam of w (every segment's seam, the first one's too)."""
+    """Share of the documents' tokens a rung recomputes with their real context (the question itself
+    is prefilled by every rung): 1 for full recompute, 0 for the zero-seam rungs,
+    sum(min(w, segment length)) / sum(segment length) for a seam of w (every segment's seam, the
+    first one's too)."""
     mode, width = rung.split(":")[0], int(rung.split(":")[1])
     if mode == "full_recompute":
         return 1.0
     if width == 0:
         return 0.0
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(Path(hypic_rag.__file__).parent / "assets" / run["model"])
-    seams = total = 0
-    for record in make_dataset(run["questions"], seed=run["seed"], num_docs=run["documents"]):
-        segments, _ = encode(place_gold(record, run["gold"]), tokenizer, PromptTemplate())
-        seams += sum(min(width, len(s)) for s in segments)
-        total += sum(len(s) for s in segments)
-    return seams / total
+    lengths = segment_lengths(run["model"], run["seed"], run["questions"], run["documents"], run["gold"])
+    return sum(min(width, n) for n in lengths) / sum(lengths)
 
 
 def summarise(run: dict) -> list[dict]:

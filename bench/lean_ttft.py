@@ -126,7 +126,6 @@ def main() -> None:
         report(args, model, rows)  # after every segment count: a run cut short keeps what it measured
 
 
-
 def report(args, model, rows) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
