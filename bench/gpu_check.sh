@@ -11,8 +11,8 @@
 #       transformers==5.23.0 flash-linear-attention==0.6.0 fla-core==0.6.0 diskcache==5.6.3 \
 #       huggingface-hub==2.4.0 tokenizers==0.23.3 safetensors==0.8.0 httpx2==2.16.2 httpcore2==2.16.2 hf-xet==1.8.0 \
 #       click truststore anyio       (hub 2.4.0 imports httpx2; the image has neither it nor click >= 8.4.2)
-# Results land in $OUT (run.log, lean_ttft_gpu.{md,json}, graph_replay_probe.json, gpu_tests.txt,
-# Triton's refreshed cache as triton-cache.tgz.a, .b, ...; ttft_gpu.json when TTFT_S is set);
+# Results land in $OUT: run.log, reports.tgz (lean_ttft_gpu.{md,json}, graph_replay_probe.json and its
+# profile, gpu_tests.txt; ttft_gpu.json when TTFT_S is set), Triton's refreshed cache as triton-cache.tgz.a, .b, ...;
 # copy the reports into bench/results and commit them. LEAN_S, PROBE_S, TESTS_S, TTFT_S: caps (s).
 # A carried Triton cache (.triton-cache, from the last call's triton-cache.tgz) skips autotuning.
 set -u
@@ -28,20 +28,26 @@ export PYTHONUNBUFFERED=1
 LOG="$OUT/run.log"  # every step's output in one file: a returned folder holds at most 8 files
 nvidia-smi --query-gpu=name,memory.total --format=csv >> "$LOG"
 python3 -c "import torch, triton, transformers, fla; print(torch.__version__, triton.__version__, transformers.__version__, fla.__version__)" >> "$LOG" 2>&1
-# The lean-runtime bench first (the targets), 8 and 32 segments before 16; its report is
-# rewritten after every segment count, so a run cut short keeps what it measured.
-timeout ${LEAN_S:-180} python3 bench/lean_ttft.py --device cuda --dtype bfloat16 --hidden 2048 --layers 24 --vocab 32768 \
-  --segments 8 32 16 --requests 3 --threads 16 --out "$OUT" --name lean_ttft_gpu 2>&1 | grep -v "falling back" >> "$LOG"
-# The probe's .md is rebuilt here with --rewrite-report from its JSON.
-timeout ${PROBE_S:-80} python3 bench/graph_replay_probe.py --segments 8 32 --out "$OUT" 2>&1 | grep -v "falling back" >> "$LOG"
+# The graph-replay probe first (the shortest, and its kernels warm Triton's cache for what follows),
+# with its kernel profile; its .md is rebuilt here with --rewrite-report from its JSON.
+timeout ${PROBE_S:-130} python3 bench/graph_replay_probe.py --segments 8 32 --warmup 1 --profile --out "$OUT" 2>&1 \
+  | grep -v "falling back" >> "$LOG"
 rm -f "$OUT/graph_replay_probe.md"
-timeout ${TESTS_S:-120} python3 -m pytest -q --timeout 60 -rfE tests/test_gpu.py > "$OUT/gpu_tests.txt" 2>&1
+# -v: every test's outcome as it ends, so a run cut by its cap still names what failed.
+timeout ${TESTS_S:-90} python3 -m pytest -v --timeout 60 -rfE tests/test_gpu.py > "$OUT/gpu_tests.txt" 2>&1
+# The lean-runtime bench (the targets), 8 and 32 segments before 16; its report is rewritten
+# after every segment count, so a run cut short keeps what it measured.
+timeout ${LEAN_S:-120} python3 bench/lean_ttft.py --device cuda --dtype bfloat16 --hidden 2048 --layers 24 --vocab 32768 \
+  --segments 8 32 16 --requests 3 --threads 16 --out "$OUT" --name lean_ttft_gpu 2>&1 | grep -v "falling back" >> "$LOG"
 if [ -n "${TTFT_S:-}" ]; then
   timeout "$TTFT_S" python3 bench/ttft.py --device cuda --dtype bfloat16 --models qwen3_5-style --hidden 2048 --layers 24 \
     --vocab 32768 --segments 8 16 32 --pool 32 --requests 3 --warmup 2 --throughput-requests 1 --out /tmp/ttft_gpu \
     --name ttft_gpu >> "$LOG" 2>&1 && cp /tmp/ttft_gpu/ttft_gpu.json "$OUT/"
 fi
 tail -30 "$LOG"; tail -15 "$OUT/gpu_tests.txt"
+# At most 8 files come back: the reports travel as one archive beside run.log and the cache's parts.
+(cd "$OUT" && tar czf /tmp/reports.tgz --exclude run.log . && find . -mindepth 1 ! -name run.log -delete \
+  && mv /tmp/reports.tgz .)
 # Triton's cache in parts under the 16 MB a returned file may be; restore before the next call with
 #     mkdir -p .triton-cache && cat triton-cache.tgz.* | tar xzf - -C .triton-cache
 tar czf - -C .triton-cache . | split -b 15m -a 1 - "$OUT/triton-cache.tgz."

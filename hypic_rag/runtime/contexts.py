@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 
 @dataclass
@@ -93,7 +94,8 @@ def causal_conv(window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
               scale: float) -> torch.Tensor:
-    """Queries q [N, heads, D] over keys/values [kv_heads, T, D] (grouped heads), mask [N, T] or None;
+    """Queries q [N, heads, D] over keys/values [kv_heads, T, D] (grouped heads), mask [N, T] (boolean or a
+    CausalBias) or None;
     outputs [N, heads, D]."""
     out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys[None], values[None], attn_mask=mask,
                                          scale=scale, enable_gqa=q.shape[1] != keys.shape[0])
@@ -108,8 +110,14 @@ class ContinueFrom:
         n = positions.shape[0]
         self.mask = None
         if n > 1:
-            every = torch.cat([state.positions, positions])
-            self.mask = every[None, :] <= positions[:, None]
+            # Every cached position precedes the new ones, which run in order: the position-causal mask
+            # is the bottom-right-aligned causal one. On CUDA SDPA runs that as its causal flash kernel;
+            # elsewhere it is the boolean mask (the same result; a CausalBias cannot be made under a
+            # TorchDispatchMode, which counts the CPU's ops).
+            if positions.device.type == "cuda":
+                self.mask = causal_lower_right(n, state.length + n)
+            else:
+                self.mask = torch.ones(n, state.length + n, dtype=torch.bool).tril(state.length).to(positions.device)
         self.new_positions = positions
         self._n = n
 
