@@ -3,7 +3,7 @@
 # bench and the transformers-path TTFT bench on the 1.4B Qwen3.5-style config in bf16, in at most
 # 8 minutes on a fresh machine without network. Run from the repository root through the device
 # tool, carrying the wheels and Triton's autotuning cache:
-#     run(command="bash bench/gpu_check.sh", carry=[".whl", ".triton-cache"], timeout_s=540)
+#     run(command="bash bench/gpu_check.sh", carry=[".whl", ".triton-tgz"], timeout_s=420)
 # The wheels (git-ignored, 23 MB: room is left in the 64 MiB a call carries for the Triton cache;
 # no FAISS, which nothing here imports; the device image lacks these versions), built here with:
 #     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -14,11 +14,15 @@
 # Results land in $OUT: run.log, reports.tgz (lean_ttft_gpu.{md,json}, graph_replay_probe.json and its
 # profile, gpu_tests.txt; ttft_gpu.json when TTFT_S is set), Triton's refreshed cache as triton-cache.tgz.a, .b, ...;
 # copy the reports into bench/results and commit them. LEAN_S, PROBE_S, TESTS_S, TTFT_S: caps (s).
-# A carried Triton cache (.triton-cache, from the last call's triton-cache.tgz) skips autotuning.
+# A carried Triton cache (.triton-tgz: the last call's triton-cache.tgz.*) skips compiling and
+# autotuning (fla caches autotuning results there too).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT" .triton-cache
+# Triton's cache travels compressed (uncompressed it is over the 64 MiB a call carries): the parts of
+# the last call's triton-cache.tgz, copied into .triton-tgz/ and carried.
+if ls .triton-tgz/triton-cache.tgz.* >/dev/null 2>&1; then cat .triton-tgz/triton-cache.tgz.* | tar xzf - -C .triton-cache; fi
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site
@@ -30,15 +34,15 @@ nvidia-smi --query-gpu=name,memory.total --format=csv >> "$LOG"
 python3 -c "import torch, triton, transformers, fla; print(torch.__version__, triton.__version__, transformers.__version__, fla.__version__)" >> "$LOG" 2>&1
 # The graph-replay probe first (the shortest, and its kernels warm Triton's cache for what follows),
 # with its kernel profile; its .md is rebuilt here with --rewrite-report from its JSON.
-timeout ${PROBE_S:-130} python3 bench/graph_replay_probe.py --segments 8 32 --warmup 1 --profile --out "$OUT" 2>&1 \
+timeout ${PROBE_S:-140} python3 bench/graph_replay_probe.py --segments 8 32 --warmup 1 --profile --out "$OUT" 2>&1 \
   | grep -v "falling back" >> "$LOG"
 rm -f "$OUT/graph_replay_probe.md"
-# -v: every test's outcome as it ends, so a run cut by its cap still names what failed.
-timeout ${TESTS_S:-90} python3 -m pytest -v --timeout 60 -rfE tests/test_gpu.py > "$OUT/gpu_tests.txt" 2>&1
 # The lean-runtime bench (the issue's targets), 8 and 32 segments before 16; its report is rewritten
 # after every segment count, so a run cut short keeps what it measured.
-timeout ${LEAN_S:-120} python3 bench/lean_ttft.py --device cuda --dtype bfloat16 --hidden 2048 --layers 24 --vocab 32768 \
+timeout ${LEAN_S:-140} python3 bench/lean_ttft.py --device cuda --dtype bfloat16 --hidden 2048 --layers 24 --vocab 32768 \
   --segments 8 32 16 --requests 3 --threads 16 --out "$OUT" --name lean_ttft_gpu 2>&1 | grep -v "falling back" >> "$LOG"
+# -v: every test's outcome as it ends, so a run cut by its cap still names what failed.
+timeout ${TESTS_S:-80} python3 -m pytest -v --timeout 60 --tb=short -rfE tests/test_gpu.py > "$OUT/gpu_tests.txt" 2>&1
 if [ -n "${TTFT_S:-}" ]; then
   timeout "$TTFT_S" python3 bench/ttft.py --device cuda --dtype bfloat16 --models qwen3_5-style --hidden 2048 --layers 24 \
     --vocab 32768 --segments 8 16 32 --pool 32 --requests 3 --warmup 2 --throughput-requests 1 --out /tmp/ttft_gpu \
@@ -48,6 +52,6 @@ tail -30 "$LOG"; tail -15 "$OUT/gpu_tests.txt"
 # At most 8 files come back: the reports travel as one archive beside run.log and the cache's parts.
 (cd "$OUT" && tar czf /tmp/reports.tgz --exclude run.log . && find . -mindepth 1 ! -name run.log -delete \
   && mv /tmp/reports.tgz .)
-# Triton's cache in parts under the 16 MB a returned file may be; restore before the next call with
-#     mkdir -p .triton-cache && cat triton-cache.tgz.* | tar xzf - -C .triton-cache
+# Triton's cache in parts under the 16 MB a returned file may be; for the next call:
+#     rm -rf .triton-tgz && mkdir .triton-tgz && cp <files_at>/triton-cache.tgz.* .triton-tgz/
 tar czf - -C .triton-cache . | split -b 15m -a 1 - "$OUT/triton-cache.tgz."
