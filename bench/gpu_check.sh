@@ -41,8 +41,11 @@ rm -f "$OUT/graph_replay_probe.md"
 # after every segment count, so a run cut short keeps what it measured.
 timeout ${LEAN_S:-140} python3 bench/lean_ttft.py --device cuda --dtype bfloat16 --hidden 2048 --layers 24 --vocab 32768 \
   --segments 8 32 16 --requests 3 --threads 16 --out "$OUT" --name lean_ttft_gpu 2>&1 | grep -v "falling back" >> "$LOG"
-# -v: every test's outcome as it ends, so a run cut by its cap still names what failed.
-timeout ${TESTS_S:-80} python3 -m pytest -v --timeout 60 --tb=short -rfE tests/test_gpu.py > "$OUT/gpu_tests.txt" 2>&1
+# -v: every test's outcome as it ends, so a run cut by its cap still names what failed. The lean
+# runtime's tests first: the transformers-path ones compile many more kernels.
+LEAN_TESTS="lean or decode or mamba2_scan or continuation"
+timeout ${TESTS_S:-80} bash -c "python3 -m pytest -v --timeout 60 --tb=short -rfE -k '$LEAN_TESTS' tests/test_gpu.py; \
+  python3 -m pytest -v --timeout 60 --tb=short -rfE -k 'not ($LEAN_TESTS)' tests/test_gpu.py" > "$OUT/gpu_tests.txt" 2>&1
 if [ -n "${TTFT_S:-}" ]; then
   timeout "$TTFT_S" python3 bench/ttft.py --device cuda --dtype bfloat16 --models qwen3_5-style --hidden 2048 --layers 24 \
     --vocab 32768 --segments 8 16 32 --pool 32 --requests 3 --warmup 2 --throughput-requests 1 --out /tmp/ttft_gpu \

@@ -230,3 +230,25 @@ def test_decode_steps_are_captured_once_and_replayed(family):
         assert rel_err(got, want) < 2e-3
         logits = want
     assert decoder.graph is not None and decoder.eager_steps == 1
+
+
+def test_the_continuation_mask_is_a_causal_bias_on_cuda_and_booleans_while_ops_are_counted():
+    """On CUDA a continuation's attention runs SDPA's causal kernel (a CausalBias); under the op
+    counter, which cannot make one, the same mask as booleans, and a counted lean prefill runs."""
+    from torch.nn.attention.bias import CausalBias
+
+    from hypic_rag.runtime.contexts import causal_after
+    from hypic_rag.runtime.dispatch_count import kernel_ops
+    from hypic_rag.runtime.lean_request import LeanRuntime
+
+    cuda = torch.device("cuda")
+    assert isinstance(causal_after(5, 3, cuda), CausalBias)
+    masks = []
+    assert kernel_ops(lambda: masks.append(causal_after(5, 3, cuda))) > 0
+    assert masks[0].dtype == torch.bool and masks[0].is_cuda
+    runtime = LeanRuntime(cuda_model("qwen3_5"), (0, 5))
+    (prompt,) = random_ids([40], seed=9)
+    want, _ = runtime.prefill(prompt)
+    counted = []
+    assert kernel_ops(lambda: counted.append(runtime.prefill(prompt)[0])) > 0
+    assert rel_err(counted[0], want) < 1e-4

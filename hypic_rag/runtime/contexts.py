@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 
 @dataclass
@@ -92,11 +93,20 @@ def causal_conv(window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return F.silu(F.conv1d(window, weight, bias, groups=window.shape[1]))
 
 
+def causal_after(cached: int, n: int, device: torch.device):
+    """The attention mask of n new tokens that follow `cached` earlier ones, in order: key position <=
+    query position is then the bottom-right-aligned causal mask [n, cached + n]. On CUDA it is a
+    CausalBias, which SDPA runs as its causal flash kernel; elsewhere, and while a TorchDispatchMode
+    counts ops (a CausalBias cannot be made under one), the same mask as booleans."""
+    if device.type == "cuda" and _get_current_dispatch_mode() is None:
+        return causal_lower_right(n, cached + n)
+    return torch.ones(n, cached + n, dtype=torch.bool, device=device).tril(cached)
+
+
 def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
               scale: float) -> torch.Tensor:
-    """Queries q [N, heads, D] over keys/values [kv_heads, T, D] (grouped heads), mask [N, T] (boolean or a
-    CausalBias) or None;
-    outputs [N, heads, D]."""
+    """Queries q [N, heads, D] over keys/values [kv_heads, T, D] (grouped heads), mask [N, T] (booleans or
+    a CausalBias) or None; outputs [N, heads, D]."""
     out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys[None], values[None], attn_mask=mask,
                                          scale=scale, enable_gqa=q.shape[1] != keys.shape[0])
     return out[0].transpose(0, 1)
@@ -108,16 +118,8 @@ class ContinueFrom:
     def __init__(self, runtime, state: LeanState, positions: torch.Tensor):
         self.runtime, self.state = runtime, state
         n = positions.shape[0]
-        self.mask = None
-        if n > 1:
-            # Every cached position precedes the new ones, which run in order: the position-causal mask
-            # is the bottom-right-aligned causal one. On CUDA SDPA runs that as its causal flash kernel;
-            # elsewhere it is the boolean mask (the same result; a CausalBias cannot be made under a
-            # TorchDispatchMode, which counts the CPU's ops).
-            if positions.device.type == "cuda":
-                self.mask = causal_lower_right(n, state.length + n)
-            else:
-                self.mask = torch.ones(n, state.length + n, dtype=torch.bool).tril(state.length).to(positions.device)
+        # Every cached position precedes the new ones, which run in order (runtime/contexts.py: causal_after).
+        self.mask = causal_after(state.length, n, positions.device) if n > 1 else None
         self.new_positions = positions
         self._n = n
 
