@@ -11,7 +11,7 @@
 #       transformers==5.23.0 flash-linear-attention==0.6.0 fla-core==0.6.0 diskcache==5.6.3 \
 #       huggingface-hub==2.4.0 tokenizers==0.23.3 safetensors==0.8.0 httpx2==2.16.2 httpcore2==2.16.2 hf-xet==1.8.0 \
 #       click truststore anyio       (hub 2.4.0 imports httpx2; the image has neither it nor click >= 8.4.2)
-# Results land in $OUT: run.log, reports.tgz (lean_ttft_gpu.{md,json}, graph_replay_probe.json and its
+# Results land in $OUT: run.log, reports.tgz (lean_ttft_gpu.{md,json}, cuda_graph_ttft.json and its
 # profile, gpu_tests.txt; ttft_gpu.json when TTFT_S is set), Triton's refreshed cache as triton-cache.tgz.a, .b, ...;
 # copy the reports into bench/results and commit them. LEAN_S, PROBE_S, TESTS_S, TTFT_S: caps (s).
 # A carried Triton cache (.triton-tgz: the last call's triton-cache.tgz.*) skips compiling and
@@ -34,16 +34,16 @@ nvidia-smi --query-gpu=name,memory.total --format=csv >> "$LOG"
 python3 -c "import torch, triton, transformers, fla; print(torch.__version__, triton.__version__, transformers.__version__, fla.__version__)" >> "$LOG" 2>&1
 # The graph-replay probe first (the shortest, and its kernels warm Triton's cache for what follows),
 # with its kernel profile; its .md is rebuilt here with --rewrite-report from its JSON.
-timeout ${PROBE_S:-140} python3 bench/graph_replay_probe.py --segments 8 32 --warmup 1 --profile --out "$OUT" 2>&1 \
+timeout ${PROBE_S:-140} python3 bench/cuda_graph_ttft.py --segments 8 32 --warmup 1 --profile --out "$OUT" 2>&1 \
   | grep -v "falling back" >> "$LOG"
-rm -f "$OUT/graph_replay_probe.md"
+rm -f "$OUT/cuda_graph_ttft.md"
 # The lean-runtime bench (the issue's targets), 8 and 32 segments before 16; its report is rewritten
 # after every segment count, so a run cut short keeps what it measured.
 timeout ${LEAN_S:-140} python3 bench/lean_ttft.py --device cuda --dtype bfloat16 --hidden 2048 --layers 24 --vocab 32768 \
   --segments 8 32 16 --requests 3 --threads 16 --out "$OUT" --name lean_ttft_gpu 2>&1 | grep -v "falling back" >> "$LOG"
 # -v: every test's outcome as it ends, so a run cut by its cap still names what failed. The lean
 # runtime's tests first: the transformers-path ones compile many more kernels.
-LEAN_TESTS="lean or decode or mamba2_scan or continuation"
+LEAN_TESTS="lean or decode or mamba2_scan or continuation or bucket"
 timeout ${TESTS_S:-80} bash -c "python3 -m pytest -v --timeout 60 --tb=short -rfE -k '$LEAN_TESTS' tests/test_gpu.py; \
   python3 -m pytest -v --timeout 60 --tb=short -rfE -k 'not ($LEAN_TESTS)' tests/test_gpu.py" > "$OUT/gpu_tests.txt" 2>&1
 if [ -n "${TTFT_S:-}" ]; then

@@ -147,13 +147,16 @@ class ExecutorConfig:
     runtime: "transformers" runs every request through transformers' forward; "lean" runs full
         prefill, the prefix_cache baseline (the uncovered rest in one forward), the hypic rung and
         decoding on the lean runtime (runtime/: ported families only,
-        qwen3_5; other requests and rungs stay on transformers), "auto" (default) is lean on a CUDA
+        qwen3_5, bamba, granitemoehybrid; other requests and rungs stay on transformers), "auto" (default) is lean on a CUDA
         device where the family is ported (a small request there is launch-bound) and transformers
         elsewhere (on CPU the transformers seam pass is as fast). Same results to ~1e-6.
     interior_dtype: "float32" (default) or "bfloat16": the dtype entries keep the interior state E and
         the operator M in (composition still runs in fp32). bfloat16 halves them, a third of an entry
         on a large model (bench/results/entry_bytes.md measures the size and the first-token KL); the
         store's fingerprint records it.
+    cuda_graphs: on the lean runtime on CUDA, replay each hypic request's forward as its shape
+        bucket's CUDA graph (runtime/request_graphs.py; a bucket's first request runs eagerly, its
+        second captures). False runs every request eagerly (no graph memory). Same results.
     """
 
     mode: Mode = Mode.HYPIC
@@ -168,6 +171,7 @@ class ExecutorConfig:
     batched_seams: bool = True
     runtime: str = "auto"
     interior_dtype: str = "float32"
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode.parse(self.mode))
@@ -182,6 +186,8 @@ class ExecutorConfig:
             raise RequestError(f"prefix_cache_entries must be an integer >= 1, got {self.prefix_cache_entries!r}")
         if not isinstance(self.batched_seams, bool):
             raise RequestError(f"batched_seams must be True or False, got {self.batched_seams!r}")
+        if not isinstance(self.cuda_graphs, bool):
+            raise RequestError(f"cuda_graphs must be True or False, got {self.cuda_graphs!r}")
         if self.runtime not in RUNTIMES:
             raise RequestError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         if not isinstance(self.miss_batch_size, int) or self.miss_batch_size < 1:

@@ -309,7 +309,7 @@ class HypicExecutor:
             precompute_misses = clock(self.device) - t0
         if mode is Mode.HYPIC and self.lean is not None and self.lean.covers(entries, question):
             t0 = clock(self.device)
-            logits, state = self.lean.hypic(entries, question)
+            logits, state = self.lean.hypic(entries, question, graphs=self.config.cuda_graphs)
             counts.cached = state.length - len(question) - sum(e.seam_tokens for e in entries)
             timings = Timings(load=load, precompute_misses=precompute_misses, seam=clock(self.device) - t0)
             return _Filled(state, self._lean_step(state), logits, state.length, counts, timings)

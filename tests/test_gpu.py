@@ -252,3 +252,32 @@ def test_the_continuation_mask_is_a_causal_bias_on_cuda_and_booleans_while_ops_a
     counted = []
     assert kernel_ops(lambda: counted.append(runtime.prefill(prompt)[0])) > 0
     assert rel_err(counted[0], want) < 1e-4
+
+
+@pytest.mark.parametrize("family", ["qwen3_5", "bamba"])
+def test_hypic_requests_replay_their_bucket_graph(family):
+    """On CUDA a hypic request runs through its shape bucket (runtime/request_graphs.py): the first
+    eagerly, the second captures the graph, later ones replay it. Each equals the request run
+    eagerly unpadded, keeps its result after the others ran, and its state decodes the same."""
+    from hypic_rag.runtime.lean_request import LeanRuntime
+
+    prefix = (0, 5, 9)
+    model = cuda_model(family)
+    executor = HypicExecutor(model, config=ExecutorConfig(seam_tokens=8, runtime="transformers"), shared_prefix=prefix)
+    runtime = LeanRuntime(model, prefix)
+    results = []
+    for i in range(4):  # one bucket: 3 segments, questions of 6-9 tokens, under 256 rows
+        segs, (q,) = random_ids([60 - 5 * i, 45, 70], seed=20 + i), random_ids([6 + i], seed=30 + i)
+        entries = [executor.ensure(s)[0] for s in segs]
+        want, want_state = runtime.hypic(entries, q, graphs=False)
+        got, state = runtime.hypic(entries, q)
+        results.append((got, want))
+    (bucket,) = runtime.graphs.buckets.values()
+    assert bucket.graph is not None and bucket.runs == 4
+    for got, want in results:
+        assert got.is_cuda and rel_err(got, want) < 1e-4
+    decoder, logits = runtime.decoder(state), results[-1][1]
+    for _ in range(6):
+        token = int(torch.argmax(logits))
+        logits = runtime.step(want_state, token)
+        assert rel_err(decoder.step(token), logits) < 2e-3

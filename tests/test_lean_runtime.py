@@ -13,7 +13,8 @@ from hypic_rag.errors import UnsupportedModelError
 from hypic_rag.runtime.dispatch_count import kernel_ops as _ops
 from hypic_rag.runtime.lean_request import LeanRuntime
 from hypic_rag.runtime.scan import affine_prefix, affine_prefix_ref, scalar_prefix, tensor_core_fp32
-from hypic_rag.runtime.seam_chain import SeamChain, plan_request
+from hypic_rag.runtime.request_inputs import Parts, RequestInputs
+from hypic_rag.runtime.seam_chain import plan_request, run_planned
 
 PREFIX = (0, 5, 9)
 TOL = 1e-4
@@ -133,9 +134,8 @@ def test_the_scan_equals_the_sequential_composition_at_any_depth():
 
 
 def _request_fn(runtime):
-    def request(plan, entries, prefix_state):
-        chain = SeamChain(runtime.lean, plan, entries, prefix_state)
-        return runtime.lean.logits(runtime.lean.forward(plan.ids, plan.positions, chain))
+    def request(plan, inputs, prefix_state):
+        return run_planned(runtime.lean, plan, inputs, prefix_state)[0]
 
     return request
 
@@ -148,12 +148,14 @@ def test_the_planned_request_compiles_as_one_graph_no_host_synchronisation(famil
     executor = HypicExecutor(model, config=ExecutorConfig(seam_tokens=8), shared_prefix=PREFIX)
     runtime = LeanRuntime(model, PREFIX)
     entries = runtime.anchored([executor.ensure(s)[0] for s in segs])
-    plan = plan_request(entries, q, len(PREFIX), runtime.lean.conv_width, torch.device("cpu"))
+    inputs = RequestInputs.gather(Parts.of(runtime.lean, entries))
     request = _request_fn(runtime)
-    torch._dynamo.reset()
-    with torch.no_grad():
-        compiled = torch.compile(request, fullgraph=True, backend="eager")(plan, entries, runtime.prefix_state)
-        assert float((compiled - request(plan, entries, runtime.prefix_state)).abs().max()) == 0.0
+    for padding in ({}, {"run_width": 16, "tokens": 64, "kept": 120}):  # as planned, and as a bucket pads it
+        plan = plan_request(entries, q, len(PREFIX), runtime.lean.conv_width, torch.device("cpu"), **padding)
+        torch._dynamo.reset()
+        with torch.no_grad():
+            compiled = torch.compile(request, fullgraph=True, backend="eager")(plan, inputs, runtime.prefix_state)
+            assert float((compiled - request(plan, inputs, runtime.prefix_state)).abs().max()) == 0.0
 
 
 @pytest.mark.parametrize("name", ["tiny qwen3_5", "tiny bamba", "tiny granite dense", "shipped"])

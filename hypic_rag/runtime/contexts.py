@@ -57,19 +57,23 @@ class RunLayout:
     rows: torch.Tensor  # [N]
     valid: torch.Tensor  # [R * W, 1]
 
-    @classmethod
-    def of(cls, pieces: list[tuple[int, int]], device, width: int | None = None) -> "RunLayout":
-        """pieces: (index of its first new token, length) per run; every run padded to `width` (at
-        least the longest run, and 1)."""
+    @staticmethod
+    def lists(pieces: list[tuple[int, int]], width: int | None = None) -> tuple[int, list, list, list]:
+        """(width, slots, rows, valid) as host lists; pieces: (index of its first new token, length)
+        per run; every run padded to `width` (at least the longest run, and 1)."""
         width = max([n for _, n in pieces] + [width or 0, 1])
-        slots, rows = [], []
+        slots, rows, valid = [], [], []
         for r, (token, n) in enumerate(pieces):
             slots += list(range(token, token + n)) + [0] * (width - n)
             rows += range(r * width, r * width + n)
-        rows_t = index_tensor(rows, device)
-        valid = torch.zeros(len(slots), 1, device=device)
-        valid[rows_t] = 1.0
-        return cls(len(pieces), width, index_tensor(slots, device), rows_t, valid)
+            valid += [1] * n + [0] * (width - n)
+        return width, slots, rows, valid
+
+    @classmethod
+    def of(cls, pieces: list[tuple[int, int]], device, width: int | None = None) -> "RunLayout":
+        width, slots, rows, valid = cls.lists(pieces, width)
+        return cls(len(pieces), width, index_tensor(slots, device), index_tensor(rows, device),
+                   torch.tensor(valid, dtype=torch.float32, device=device)[:, None])
 
 
 def conv_columns(before: torch.Tensor | None, mixed: torch.Tensor, k: int) -> torch.Tensor:

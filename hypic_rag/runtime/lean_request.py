@@ -27,7 +27,9 @@ from hypic_rag.runtime.mamba2_hybrid import MODEL_TYPES as MAMBA2_TYPES
 from hypic_rag.runtime.qwen3_5 import MODEL_TYPES as QWEN3_5_TYPES
 from hypic_rag.runtime.qwen3_5 import LeanQwen3_5
 from hypic_rag.executor.prefix_anchor import prefix_anchor
-from hypic_rag.runtime.seam_chain import SeamChain, plan_request
+from hypic_rag.runtime.request_graphs import RequestGraphs
+from hypic_rag.runtime.request_inputs import Parts, RequestInputs
+from hypic_rag.runtime.seam_chain import plan_request, run_planned
 from hypic_rag.runtime.segment_runs import SegmentRuns
 from hypic_rag.runtime.static_decode import Decoder
 from hypic_rag.types import SegmentEntry
@@ -53,6 +55,7 @@ class LeanRuntime:
         self.prefix_state = LeanState.empty(self.lean)
         if self.shared_prefix:
             self._extend(self.prefix_state, list(self.shared_prefix), 0)
+        self.graphs = RequestGraphs(self) if self.device.type == "cuda" else None  # hypic requests' CUDA graphs
 
     def _extend(self, state: LeanState, ids: Sequence[int], start: int) -> torch.Tensor:
         positions = torch.arange(start, start + len(ids), device=self.device)
@@ -80,19 +83,21 @@ class LeanRuntime:
 
     @torch.no_grad()
     def hypic(self, entries: Sequence[SegmentEntry], question: Sequence[int],
-              run_width: int | None = None) -> tuple[torch.Tensor, LeanState]:
+              run_width: int | None = None, graphs: bool = True) -> tuple[torch.Tensor, LeanState]:
         """The hypic rung: every seam recomputed with its true context (segment 0's from the shared
         prefix, which makes it exact) and every interior composed, then the question; (next-token
-        logits, state) after one forward. `run_width` pads every run to a bucket's width (same result)."""
+        logits, state) after one forward. On CUDA (unless `graphs` is False) that forward is replayed
+        as its shape bucket's CUDA graph (runtime/request_graphs.py). `run_width` pads every run of an
+        eager request to a bucket's width (same result)."""
         if not self.covers(entries, question):
             raise RequestError("the lean seam chain needs segments that share one seam width and each have an "
                                "interior, and a question; run this request on the transformers path")
         entries = self.anchored(entries)
+        if graphs and self.graphs is not None:
+            return self.graphs.run(entries, list(question))
         plan = plan_request(entries, list(question), len(self.shared_prefix), self.lean.conv_width, self.device,
                             run_width)
-        chain = SeamChain(self.lean, plan, entries, self.prefix_state)
-        hidden = self.lean.forward(plan.ids, plan.positions, chain)
-        return self.lean.logits(hidden), chain.state
+        return run_planned(self.lean, plan, RequestInputs.gather(Parts.of(self.lean, entries)), self.prefix_state)
 
     @torch.no_grad()
     def precompute(self, segments: Sequence[Sequence[int]], seam: int, fingerprint: str) -> list[SegmentEntry]:

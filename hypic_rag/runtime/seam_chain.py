@@ -20,13 +20,14 @@ The math is executor/seam_pass.py's (read its docstring); what changes is how it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
-from hypic_rag.runtime.scan import tensor_core_fp32
 from hypic_rag.runtime.contexts import LeanState, RunLayout, attention, causal_conv, index_tensor
+from hypic_rag.runtime.request_inputs import RequestInputs
+from hypic_rag.runtime.scan import tensor_core_fp32
 from hypic_rag.types import SegmentEntry
 
 
@@ -38,41 +39,61 @@ def conv_runs(columns: torch.Tensor, windows: torch.Tensor, runs: int, w) -> tor
     return out.transpose(1, 2).reshape(-1, columns.shape[0]).to(columns.dtype)
 
 
+PLAN_FIELDS = ("ids", "positions", "kept_rows", "kept_positions", "shifts", "windows", "outputs", "slots", "valid",
+               "conv_after", "last")
+
+
 @dataclass(frozen=True)
 class SeamPlan:
-    """A hypic request's shape, as index tensors on the device (see the module docstring)."""
+    """A hypic request's shape as index tensors on the device (see the module docstring), all views of
+    one packed tensor, so that a captured request takes a new plan with one copy:
+      ids, positions [N]: seam tokens of segments 1..n-1, then the question (then padding);
+      kept_rows, kept_positions, shifts: the rows of the gathered entry K/V that stay cached, their
+        positions and the rotation each needs (its segment's offset);
+      windows [R * (K-1+W)]: conv column sources (tails first, then new tokens);
+      outputs [N]: the row of the flattened [R * W] run layout holding each new token;
+      slots [R * W]: the new token in each slot of the run layout (padding: token 0);
+      valid [R * W, 1]: 1 for real slots, 0 for padding (a step with no decay and no update);
+      conv_after [K]: the columns of the conv state after the question;
+      last [1]: the last real token (the question's), whose logits the request returns.
+    A bucket's plan is padded: padding tokens and kept rows sit at one position after every real one,
+    which the position-causal mask hides from every real query."""
 
-    ids: torch.Tensor  # [N] seam tokens of segments 1..n-1, then the question
-    positions: torch.Tensor  # [N]
+    packed: torch.Tensor
+    sizes: tuple
     seams: int  # n - 1
     width: int  # w (every seam)
     question: int
-    kept_rows: torch.Tensor  # rows of the concatenated entry K/V that stay cached
-    kept_positions: torch.Tensor
-    shifts: torch.Tensor  # rotation of each kept key row (its segment's offset)
-    windows: torch.Tensor  # [R * (K-1+W)] conv column sources (tails first, then new tokens)
-    outputs: torch.Tensor  # [N] rows of the flattened [R * W] run layout that are real tokens
-    slots: torch.Tensor  # [R * W] the new token in each slot of the run layout (padding: token 0)
-    valid: torch.Tensor  # [R * W, 1] 1.0 for real slots, 0.0 for padding (a step with no decay, no update)
-    conv_after: torch.Tensor  # [K] columns of the conv state after the question
     run_width: int
+    real_tokens: int  # new tokens before padding
+    real_kept: int  # kept rows before padding
+
+    def __post_init__(self):
+        for name, view in zip(PLAN_FIELDS, self.packed.split(self.sizes)):
+            object.__setattr__(self, name, view.view(-1, 1) if name == "valid" else view)
+
+    def on(self, packed: torch.Tensor) -> SeamPlan:
+        """The same plan read from `packed` (a bucket's buffer holding a copy of this plan's tensor)."""
+        return replace(self, packed=packed)
 
 
 def plan_request(entries: list[SegmentEntry], question: list[int], prefix_length: int, conv_width: int,
-                 device: torch.device, run_width: int | None = None) -> SeamPlan:
+                 device: torch.device, run_width: int | None = None, tokens: int | None = None,
+                 kept: int | None = None) -> SeamPlan:
     """The plan of a hypic request laid out as [prefix anchor, segment 0, ...] (executor/prefix_anchor.py):
     n >= 2 entries whose later ones all have a seam of the same width w > 0 followed by a non-empty
-    interior (lean_request checks this first). Runs are padded
-    to `run_width` (at least max(w, question length); a bucket's width), which changes no result."""
+    interior (lean_request checks this first). Runs are padded to `run_width` (at least max(w,
+    question length)), new tokens to `tokens` and kept rows to `kept` (a bucket's sizes), which
+    changes no result."""
     k, n, w = conv_width, len(entries), entries[1].seam_tokens
-    ids, positions, kept, kept_pos, shifts = [], [], [], [], []
+    ids, positions, kept_rows, kept_pos, shifts = [], [], [], [], []
     offset, row = prefix_length, 0
     for j, entry in enumerate(entries):
         first = 0 if j == 0 else w
         if j > 0:
             ids += entry.token_ids[:w]
             positions += range(offset, offset + w)
-        kept += range(row + first, row + entry.length)
+        kept_rows += range(row + first, row + entry.length)
         kept_pos += range(offset + first, offset + entry.length)
         shifts += [offset] * (entry.length - first)
         row += entry.length
@@ -80,51 +101,62 @@ def plan_request(entries: list[SegmentEntry], question: list[int], prefix_length
     ids += question
     positions += range(offset, offset + len(question))
     widths = [w] * (n - 1) + [len(question)]
-    layout = RunLayout.of([(sum(widths[:r]), width) for r, width in enumerate(widths)], device,
-                          max(w, len(question), run_width or 0))
+    width, slots, rows, valid = RunLayout.lists([(sum(widths[:r]), x) for r, x in enumerate(widths)],
+                                                max(w, len(question), run_width or 0))
     fresh = n * k  # the new tokens' columns follow the n tails
     stream = list(range(k))  # the anchor's tail: the shared prefix's
     windows, t = [], 0
-    for j, width in enumerate(widths, start=1):
-        own = list(range(fresh + t, fresh + t + width))
-        windows += stream[-(k - 1):] + own + [0] * (layout.width - width)
+    for j, x in enumerate(widths, start=1):
+        own = list(range(fresh + t, fresh + t + x))
+        windows += stream[-(k - 1):] + own + [0] * (width - x)
         stream += own
-        t += width
+        t += x
         if j < n:  # the interior after seam j: its last min(interior, K) columns from the cached tail
             m = min(entries[j].interior_length, k)
             stream += range(j * k + k - m, j * k + k)
-    as_long = lambda xs: index_tensor(xs, device)  # noqa: E731
-    return SeamPlan(as_long(ids), as_long(positions), n - 1, w, len(question), as_long(kept), as_long(kept_pos),
-                    as_long(shifts), as_long(windows), layout.rows, layout.slots, layout.valid, as_long(stream[-k:]),
-                    layout.width)
+    real_tokens, real_kept = len(ids), len(kept_rows)
+    tokens, kept = tokens or real_tokens, kept or real_kept
+    if tokens < real_tokens or kept < real_kept:
+        raise ValueError(f"a plan of {real_tokens} new tokens and {real_kept} kept rows cannot be padded to "
+                         f"{tokens} and {kept}")
+    after = offset + len(question)  # one position after every real one: hidden from every real query
+    fields = (ids + [0] * (tokens - real_tokens), positions + [after] * (tokens - real_tokens),
+              kept_rows + [0] * (kept - real_kept), kept_pos + [after] * (kept - real_kept),
+              shifts + [0] * (kept - real_kept), windows, rows + [0] * (tokens - real_tokens), slots, valid,
+              stream[-k:], [real_tokens - 1])
+    packed = index_tensor([i for f in fields for i in f], device)
+    return SeamPlan(packed, tuple(len(f) for f in fields), n - 1, w, len(question), width, real_tokens, real_kept)
+
+
+def run_planned(runtime, plan: SeamPlan, inputs: RequestInputs, prefix: LeanState) -> tuple[torch.Tensor, LeanState]:
+    """The planned part of a hypic request: the seam chain, every seam and the question in one forward,
+    the last real token's logits; (logits [vocab], the chain's state, padding rows included)."""
+    chain = SeamChain(runtime, plan, inputs, prefix)
+    hidden = runtime.forward(plan.ids, plan.positions, chain)
+    return runtime.logits(hidden.index_select(0, plan.last)), chain.state
 
 
 class SeamChain:
     """The forward context of one hypic request; after the forward, `state` is ready for decoding.
 
-    Every per-segment tensor is gathered here, once for all layers (one concatenation or stack
-    each); the layer calls only select their layer's slice."""
+    Every per-segment tensor arrives gathered (runtime/request_inputs.py: one concatenation or stack
+    each); here it is put in the chain's layout once for all layers, and the layer calls only select
+    their layer's slice."""
 
-    def __init__(self, runtime, plan: SeamPlan, entries: list[SegmentEntry], prefix: LeanState):
+    def __init__(self, runtime, plan: SeamPlan, inputs: RequestInputs, prefix: LeanState):
         from hypic_rag.runtime.lean_model import rotate
 
         self.runtime, self.plan = runtime, plan
-        rt, n, s = runtime, len(entries), plan.seams
+        rt, s = runtime, plan.seams
+        n = s + 1
         positions = torch.cat([prefix.positions, plan.kept_positions, plan.positions])
         self.mask = positions[None, :] <= plan.positions[:, None]
         self.state = LeanState(list(prefix.keys), list(prefix.values), positions)
-        lin = {l.layer_idx: i for i, l in enumerate(entries[0].linear)}
-        att = {l.layer_idx: i for i, l in enumerate(entries[0].attention)}
         self._linear_at = {idx: i for i, idx in enumerate(rt.linear_layers)}
-        linear = [lin[idx] for idx in rt.linear_layers]
-        attention = [att[idx] for idx in rt.attention_layers]
-        layers = len(linear)
+        layers = len(rt.linear_layers)
         # attention: every layer's cached rows in one gather, every cached key moved to its position at once
-        length = sum(e.length for e in entries)
-        keys = torch.cat([e.attention[a].keys for a in attention for e in entries], dim=1)
-        values = torch.cat([e.attention[a].values for a in attention for e in entries], dim=1)
-        keys = keys.view(keys.shape[0], len(attention), length, -1).index_select(2, plan.kept_rows)
-        values = values.view(values.shape[0], len(attention), length, -1).index_select(2, plan.kept_rows)
+        keys = inputs.keys.index_select(2, plan.kept_rows)
+        values = inputs.values.index_select(2, plan.kept_rows)
         rope = rt.rope(plan.shifts)
         if rope is not None:  # NoPE keys stay as they are
             cos, sin = rope
@@ -134,14 +166,15 @@ class SeamChain:
         self._keys = keys  # [kv_heads, layers, kept, D]
         self._values = values
         # linear layers: conv tails [layers, C, n*K], interiors [layers, n-1, ...], exact first end states
-        tails = torch.stack([e.linear[i].conv_tail for i in linear for e in entries])
+        tails = inputs.tails
         k = tails.shape[-1]
         self._tails = tails.view(layers, n, -1, k).transpose(1, 2).reshape(layers, -1, n * k)
-        later, kind = entries[1:], rt.linear_weights[rt.linear_layers[0]].recurrence  # one family per model
-        self._m = kind.entry_operator(torch.stack([e.linear[i].interior_operator for i in linear for e in later]))
-        self._e = kind.matrix(torch.stack([e.linear[i].interior_state for i in linear for e in later]))
+        kind = rt.linear_weights[rt.linear_layers[0]].recurrence  # one family per model
+        self._m = kind.entry_operator(inputs.operators)
+        self._e = kind.matrix(inputs.states)
         self._m, self._e = self._m.view(layers, s, *self._m.shape[1:]), self._e.view(layers, s, *self._e.shape[1:])
-        self._first = kind.matrix(torch.stack([entries[0].linear[i].end_state for i in linear]))
+        self._first = kind.matrix(inputs.first)
+        self._valid = plan.valid.to(torch.float32)
 
     def attend(self, index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         keys = torch.cat([self.state.keys[index], self._keys[:, index], k.transpose(0, 1)], dim=1)
@@ -161,7 +194,7 @@ class SeamChain:
         and write nothing), chained through the cached interiors by the log-depth scan."""
         plan, at, kind = self.plan, self._linear_at[w.layer_idx], w.recurrence
         s = plan.seams
-        aux, runs = kind.runs(inputs, plan.slots, plan.valid, s + 1, plan.run_width)  # [R, H, d, e + d]: [B | A]
+        aux, runs = kind.runs(inputs, plan.slots, self._valid, s + 1, plan.run_width)  # [R, H, d, e + d]: [B | A]
         e = self._e.shape[-1]
         with tensor_core_fp32(runs.device):  # runtime/scan.py: TF32 on CUDA, as fla's kernels multiply
             maps = torch.matmul(self._m[at], runs[:s]) + F.pad(self._e[at], (0, runs.shape[-1] - e))  # [M B + E | M A]

@@ -1,12 +1,13 @@
-"""How fast a hypic@100% request on the lean runtime is once its planned part runs as one CUDA graph.
+"""Time to first token of a hypic@100% request on the lean runtime through its bucketed CUDA graph.
 
-A probe, not the bucketed request path: for one fixed request (the same cached entries, the same
-question), the planned part (runtime/seam_chain.py: seam chain, every seam and the question in one
-forward, last-token logits) is captured once with torch.cuda.graph and replayed. Beside it, in the
-same process: the same request eager on the lean runtime, its host-side planning alone, and the
-lean full prefill over the same prompt. Checks that replay gives the eager logits.
+Per segment count, in one process: the lean full prefill over the whole prompt, transformers' own
+forward over it, the hypic request eager on the lean runtime (graphs=False), and the same request
+as the library serves it on CUDA (runtime/request_graphs.py: planned into its shape bucket, its
+entries copied into the bucket's buffers, the bucket's graph replayed, logits and state copied out;
+all of it timed). Checks that the graph gives the eager logits. Then a decode step, eager and
+replayed (runtime/static_decode.py).
 
-    python bench/graph_replay_probe.py --hidden 2048 --layers 24 --vocab 32768 --out $OUT
+    python bench/cuda_graph_ttft.py --hidden 2048 --layers 24 --vocab 32768 --out $OUT
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import numpy as np
 import torch
 
 from hypic_rag import ExecutorConfig, HypicExecutor
-from hypic_rag.runtime.seam_chain import SeamChain, plan_request
 
 from lean_bench_model import add_model_arguments, build_model, cuda_timed  # (bench/, beside this script)
 
@@ -43,25 +43,25 @@ def report(out: Path, name: str, meta: dict, rows: list) -> None:
     """{name}.json and {name}.md: every time in ms and each hypic figure as lean full prefill / it."""
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    lines = ["# A hypic@100% request on the lean runtime replayed as one CUDA graph (probe)", "",
+    lines = ["# A hypic@100% request on the lean runtime through its bucketed CUDA graph", "",
              f"{meta['device']}, torch {meta['torch']}, bf16, {meta['family']}-style model ({meta['layers']} layers, "
              f"hidden {meta['hidden']}, vocab {meta['vocab']}); segments of {meta['segment_tokens']} tokens, question "
              f"{meta['question_tokens']} tokens, seam w=8; medians of {meta['reps']} CUDA-event timings after warm-up, "
-             "every cell in one process. The graph is captured for ONE fixed request (the same cached entries) and "
-             "replayed: a probe of what capture buys, not the bucketed request path. Replay + plan = the graph plus "
-             "the host-side planning a real request also pays. x = lean full prefill / the cell.", "",
+             "every cell in one process. 'Bucketed graph' is the whole request as the library serves it on CUDA "
+             "(planning, copying the entries into the bucket's buffers, replay, copying logits and state out). "
+             "x = lean full prefill / the cell.", "",
              "| segments | full prefill, transformers (ms) | full prefill, lean (ms) | hypic eager, lean (ms) | "
-             "hypic graph replay + plan (ms) | x eager | x replay + plan | x replay + plan vs transformers full | "
-             "replay max abs diff vs eager | decode step eager (ms) | decode step replayed (ms) |",
+             "hypic bucketed graph (ms) | x eager | x graph | x graph vs transformers full | "
+             "graph max abs diff vs eager | decode step eager (ms) | decode step replayed (ms) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        graphed = r["hypic_graph_replay_s"] + r["plan_s"]
         lines.append(f"| {r['segments']} | {r['full_prefill_transformers_s'] * 1e3:.1f} | {r['full_prefill_lean_s'] * 1e3:.1f} | "
-                     f"{r['hypic_eager_lean_s'] * 1e3:.1f} | {r['hypic_graph_replay_s'] * 1e3:.1f} + {r['plan_s'] * 1e3:.1f} | "
-                     f"{r['full_prefill_lean_s'] / r['hypic_eager_lean_s']:.2f} | {r['full_prefill_lean_s'] / graphed:.2f} | "
-                     f"{r['full_prefill_transformers_s'] / graphed:.2f} | {r['replay_max_abs_diff_vs_eager']:.1e} | "
+                     f"{r['hypic_eager_lean_s'] * 1e3:.1f} | {r['hypic_graph_s'] * 1e3:.1f}"
+                     f"{'' if r['graph_captured'] else ' (not captured)'} | "
+                     f"{r['full_prefill_lean_s'] / r['hypic_eager_lean_s']:.2f} | {r['full_prefill_lean_s'] / r['hypic_graph_s']:.2f} | "
+                     f"{r['full_prefill_transformers_s'] / r['hypic_graph_s']:.2f} | {r['graph_max_abs_diff_vs_eager']:.1e} | "
                      f"{r['decode_step_eager_s'] * 1e3:.1f} | "
-                     + (f"{r['decode_step_graph_s'] * 1e3:.2f} |" if r.get("decode_captured") else "not measured |"))
+                     + (f"{r['decode_step_graph_s'] * 1e3:.2f} |" if r.get("decode_captured") else "not captured |"))
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
@@ -71,7 +71,7 @@ def main() -> None:
     p.add_argument("--question-tokens", type=int, default=24)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--out", default="bench/results")
-    p.add_argument("--name", default="graph_replay_probe")
+    p.add_argument("--name", default="cuda_graph_ttft")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rewrite-report", metavar="JSON", help="only rewrite the .md of an earlier run's JSON")
     p.add_argument("--profile", action="store_true", help="write the top CUDA kernels of the first segment count")
@@ -93,9 +93,9 @@ def main() -> None:
         prompt = [t for s in segs for t in s] + question
         for _ in range(args.warmup):
             runtime.prefill(prompt)
-            want, _ = runtime.hypic(entries, question)
+            want, _ = runtime.hypic(entries, question, graphs=False)
         full_s = cuda_timed(lambda: runtime.prefill(prompt), args.reps)
-        eager_s = cuda_timed(lambda: runtime.hypic(entries, question), args.reps)
+        eager_s = cuda_timed(lambda: runtime.hypic(entries, question, graphs=False), args.reps)
         whole = torch.tensor([prefix + prompt], device="cuda")  # transformers' own forward over the same prompt
 
         def transformers_prefill():
@@ -104,31 +104,12 @@ def main() -> None:
 
         transformers_prefill()
         transformers_s = cuda_timed(transformers_prefill, args.reps)
-        anchored = runtime.anchored(entries)
-
-        def plan():
-            return plan_request(anchored, list(question), len(prefix), runtime.lean.conv_width, runtime.device)
-
-        plan_s = cuda_timed(plan, args.reps)
-        planned = plan()
-
-        def request():
-            chain = SeamChain(runtime.lean, planned, anchored, runtime.prefix_state)
-            return runtime.lean.logits(runtime.lean.forward(planned.ids, planned.positions, chain))
-
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.no_grad(), torch.cuda.stream(side):
-            for _ in range(args.warmup):
-                request()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(graph):
-            static_logits = request()
-        graph.replay()
-        torch.cuda.synchronize()
-        diff = float((static_logits.float() - want.float()).abs().max())
-        replay_s = cuda_timed(graph.replay, args.reps)
+        for _ in range(2):  # the bucket's first request runs eagerly, its second captures the graph
+            runtime.hypic(entries, question)
+        graphed, _ = runtime.hypic(entries, question)
+        diff = float((graphed - want).abs().max())
+        bucket = next(reversed(runtime.graphs.buckets.values()))  # this request's (most recent)
+        graph_s = cuda_timed(lambda: runtime.hypic(entries, question), args.reps)
         logits, state = runtime.hypic(entries, question)
         token = int(torch.argmax(logits))
         step_s = cuda_timed(lambda: runtime.step(state, token), args.reps)
@@ -136,10 +117,11 @@ def main() -> None:
         decoder.step(token)
         decoder.step(token)
         graph_step_s = cuda_timed(lambda: decoder.step(token), args.reps)
-        row = {"segments": n, "full_prefill_lean_s": full_s, "full_prefill_transformers_s": transformers_s, "hypic_eager_lean_s": eager_s, "plan_s": plan_s,
-               "hypic_graph_replay_s": replay_s, "decode_step_eager_s": step_s,
-               "decode_step_graph_s": graph_step_s, "decode_captured": decoder.graph is not None, "replay_max_abs_diff_vs_eager": diff,
-               "x_full_over_eager": full_s / eager_s, "x_full_over_replay_plus_plan": full_s / (replay_s + plan_s)}
+        row = {"segments": n, "full_prefill_lean_s": full_s, "full_prefill_transformers_s": transformers_s,
+               "hypic_eager_lean_s": eager_s, "hypic_graph_s": graph_s, "graph_captured": bucket.graph is not None,
+               "graph_max_abs_diff_vs_eager": diff, "decode_step_eager_s": step_s, "decode_step_graph_s": graph_step_s,
+               "decode_captured": decoder.graph is not None, "x_full_over_eager": full_s / eager_s,
+               "x_full_over_graph": full_s / graph_s}
         print(json.dumps(row), flush=True)
         rows.append(row)
         meta = {"device": torch.cuda.get_device_name(), "family": args.family, "hidden": args.hidden,
@@ -150,11 +132,10 @@ def main() -> None:
             try:  # a profiler failure keeps the timings
                 profile(Path(args.out) / f"{args.name}_profile.txt", {
                     "lean full prefill": lambda: runtime.prefill(prompt),
-                    "hypic@100% eager": lambda: runtime.hypic(entries, question),
-                    "hypic@100% graph replay": graph.replay})
+                    "hypic@100% eager": lambda: runtime.hypic(entries, question, graphs=False),
+                    "hypic@100% bucketed graph": lambda: runtime.hypic(entries, question)})
             except Exception as error:  # noqa: BLE001
                 print(f"profile failed: {error!r}", flush=True)
-        del graph
 
 
 if __name__ == "__main__":
