@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from hypic_rag import ExecutorConfig, HypicExecutor
+from hypic_rag.runtime.contexts import attention, few_query_attention
+from hypic_rag.runtime.scan import tensor_core_fp32
 
 from lean_bench_model import add_model_arguments, build_model, cuda_timed  # (bench/, beside this script)
 
@@ -52,8 +54,9 @@ def report(out: Path, name: str, meta: dict, rows: list) -> None:
              "x = lean full prefill / the cell.", "",
              "| segments | full prefill, transformers (ms) | full prefill, lean (ms) | hypic eager, lean (ms) | "
              "hypic bucketed graph (ms) | x eager | x graph | x graph vs transformers full | "
-             "graph max abs diff vs eager | decode step eager (ms) | decode step replayed (ms) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "graph max abs diff vs eager | decode step eager (ms) | decode step replayed (ms) | "
+             "one seam-pass attention layer: few-query / fused SDPA with mask (ms) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['segments']} | {r['full_prefill_transformers_s'] * 1e3:.1f} | {r['full_prefill_lean_s'] * 1e3:.1f} | "
                      f"{r['hypic_eager_lean_s'] * 1e3:.1f} | {r['hypic_graph_s'] * 1e3:.1f}"
@@ -61,8 +64,24 @@ def report(out: Path, name: str, meta: dict, rows: list) -> None:
                      f"{r['full_prefill_lean_s'] / r['hypic_eager_lean_s']:.2f} | {r['full_prefill_lean_s'] / r['hypic_graph_s']:.2f} | "
                      f"{r['full_prefill_transformers_s'] / r['hypic_graph_s']:.2f} | {r['graph_max_abs_diff_vs_eager']:.1e} | "
                      f"{r['decode_step_eager_s'] * 1e3:.1f} | "
-                     + (f"{r['decode_step_graph_s'] * 1e3:.2f} |" if r.get("decode_captured") else "not captured |"))
+                     + (f"{r['decode_step_graph_s'] * 1e3:.2f} |" if r.get("decode_captured") else "not captured |")
+                     + f" {r['seam_attention_few_query_s'] * 1e3:.3f} / {r['seam_attention_sdpa_mask_s'] * 1e3:.3f} |")
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+def seam_attention(lean, queries: int, keys: int, reps: int) -> dict:
+    """One attention layer of the seam pass at this request's shape (queries over every cached key,
+    an arbitrary position mask): the few-query kernel the seam chain uses, and fused SDPA with the mask."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(queries, lean.heads, lean.head_dim, device="cuda", dtype=torch.bfloat16, generator=g)
+    k, v = (torch.randn(lean.kv_heads, keys, lean.head_dim, device="cuda", dtype=torch.bfloat16, generator=g)
+            for _ in range(2))
+    hidden = torch.rand(queries, keys, device="cuda", generator=g) < 0.3
+    scale = lean.head_dim ** -0.5
+    with tensor_core_fp32(q.device):
+        few = cuda_timed(lambda: few_query_attention(q, k, v, hidden, scale), reps, warmup=2)
+    fused = cuda_timed(lambda: attention(q, k, v, ~hidden, scale), reps, warmup=2)
+    return {"seam_attention_few_query_s": few, "seam_attention_sdpa_mask_s": fused}
 
 
 def main() -> None:
@@ -117,7 +136,9 @@ def main() -> None:
         decoder.step(token)
         decoder.step(token)
         graph_step_s = cuda_timed(lambda: decoder.step(token), args.reps)
-        row = {"segments": n, "full_prefill_lean_s": full_s, "full_prefill_transformers_s": transformers_s,
+        attention_s = seam_attention(runtime.lean, n * 8 + args.question_tokens, 1 + n * args.segment_tokens,
+                                     args.reps)
+        row = {"segments": n, **attention_s, "full_prefill_lean_s": full_s, "full_prefill_transformers_s": transformers_s,
                "hypic_eager_lean_s": eager_s, "hypic_graph_s": graph_s, "graph_captured": bucket.graph is not None,
                "graph_max_abs_diff_vs_eager": diff, "decode_step_eager_s": step_s, "decode_step_graph_s": graph_step_s,
                "decode_captured": decoder.graph is not None, "x_full_over_eager": full_s / eager_s,

@@ -116,6 +116,30 @@ def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: t
     return out[0].transpose(0, 1)
 
 
+FEW_QUERY_SCORES = 1 << 27  # fp32 scores (512 MB) up to which few_query_attention keeps every score
+
+
+def few_query_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, hidden: torch.Tensor,
+                        scale: float) -> torch.Tensor:
+    """`attention` for a few queries over many keys under an arbitrary mask (`hidden` [N, T]: True where
+    a key is hidden from a query), as two batched matmuls around a softmax, with the query heads of
+    each key head folded into one matrix. A hypic request's seam pass is such a call: ~100 queries
+    over thousands of cached keys, where a fused kernel with a mask puts one tile per head on the GPU
+    and walks every key in it. Scores are fp32 (inputs upcast; TF32 where the caller allows it);
+    outputs [N, heads, D] in the values' dtype. Above FEW_QUERY_SCORES scores, fused SDPA."""
+    n, heads, d = q.shape
+    kv, t = keys.shape[0], keys.shape[1]
+    if n * heads * t > FEW_QUERY_SCORES:
+        return attention(q, keys, values, ~hidden, scale)
+    group = heads // kv
+    folded = q.view(n, kv, group, d).permute(1, 2, 0, 3).reshape(kv, group * n, d)  # query head h -> key head h // group
+    scores = torch.bmm(folded.float(), keys.float().transpose(1, 2)).mul_(scale)  # [kv, group * n, T]
+    scores.view(kv, group, n, t).masked_fill_(hidden, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(values.dtype)
+    out = torch.bmm(probs, values)  # [kv, group * n, D]
+    return out.view(kv, group, n, -1).permute(2, 0, 1, 3).reshape(n, heads, -1)
+
+
 class ContinueFrom:
     """Extend `state` by new tokens at `positions` (after every cached position), in place."""
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hypic_rag.runtime.contexts import LeanState, RunLayout, attention, causal_conv, index_tensor
+from hypic_rag.runtime.contexts import LeanState, RunLayout, causal_conv, few_query_attention
 from hypic_rag.runtime.request_inputs import RequestInputs
 from hypic_rag.runtime.scan import tensor_core_fp32
 from hypic_rag.types import SegmentEntry
@@ -86,20 +87,18 @@ def plan_request(entries: list[SegmentEntry], question: list[int], prefix_length
     question length)), new tokens to `tokens` and kept rows to `kept` (a bucket's sizes), which
     changes no result."""
     k, n, w = conv_width, len(entries), entries[1].seam_tokens
-    ids, positions, kept_rows, kept_pos, shifts = [], [], [], [], []
-    offset, row = prefix_length, 0
-    for j, entry in enumerate(entries):
-        first = 0 if j == 0 else w
-        if j > 0:
-            ids += entry.token_ids[:w]
-            positions += range(offset, offset + w)
-        kept_rows += range(row + first, row + entry.length)
-        kept_pos += range(offset + first, offset + entry.length)
-        shifts += [offset] * (entry.length - first)
-        row += entry.length
-        offset += entry.length
-    ids += question
-    positions += range(offset, offset + len(question))
+    lengths = np.array([e.length for e in entries], dtype=np.int64)
+    rows_before = np.cumsum(lengths) - lengths  # each entry's first row among the gathered K/V
+    firsts = np.full(n, w, dtype=np.int64)
+    firsts[0] = 0  # the anchor has no seam
+    counts = lengths - firsts  # each entry's kept rows: all but its seam
+    kept_rows = np.repeat(rows_before + firsts - (np.cumsum(counts) - counts), counts) + np.arange(counts.sum())
+    kept_pos = kept_rows + prefix_length  # an entry's row i sits at position prefix + rows before + i
+    shifts = np.repeat(rows_before + prefix_length, counts)  # each kept key's rotation: its entry's offset
+    ids = [t for e in entries[1:] for t in e.token_ids[:w]] + list(question)
+    end = prefix_length + int(lengths.sum())
+    positions = np.concatenate([(rows_before[1:, None] + prefix_length + np.arange(w)).ravel(),
+                                np.arange(end, end + len(question))])
     widths = [w] * (n - 1) + [len(question)]
     width, slots, rows, valid = RunLayout.lists([(sum(widths[:r]), x) for r, x in enumerate(widths)],
                                                 max(w, len(question), run_width or 0))
@@ -119,12 +118,15 @@ def plan_request(entries: list[SegmentEntry], question: list[int], prefix_length
     if tokens < real_tokens or kept < real_kept:
         raise ValueError(f"a plan of {real_tokens} new tokens and {real_kept} kept rows cannot be padded to "
                          f"{tokens} and {kept}")
-    after = offset + len(question)  # one position after every real one: hidden from every real query
-    fields = (ids + [0] * (tokens - real_tokens), positions + [after] * (tokens - real_tokens),
-              kept_rows + [0] * (kept - real_kept), kept_pos + [after] * (kept - real_kept),
-              shifts + [0] * (kept - real_kept), windows, rows + [0] * (tokens - real_tokens), slots, valid,
+    after = end + len(question)  # one position after every real one: hidden from every real query
+
+    def padded(xs, size: int, value: int) -> np.ndarray:
+        return np.concatenate([np.asarray(xs, dtype=np.int64), np.full(size - len(xs), value, dtype=np.int64)])
+
+    fields = (padded(ids, tokens, 0), padded(positions, tokens, after), padded(kept_rows, kept, 0),
+              padded(kept_pos, kept, after), padded(shifts, kept, 0), windows, padded(rows, tokens, 0), slots, valid,
               stream[-k:], [real_tokens - 1])
-    packed = index_tensor([i for f in fields for i in f], device)
+    packed = torch.from_numpy(np.concatenate([np.asarray(f, dtype=np.int64) for f in fields])).to(device)
     return SeamPlan(packed, tuple(len(f) for f in fields), n - 1, w, len(question), width, real_tokens, real_kept)
 
 
@@ -150,7 +152,7 @@ class SeamChain:
         rt, s = runtime, plan.seams
         n = s + 1
         positions = torch.cat([prefix.positions, plan.kept_positions, plan.positions])
-        self.mask = positions[None, :] <= plan.positions[:, None]
+        self.hidden = positions[None, :] > plan.positions[:, None]  # the position-causal mask, inverted
         self.state = LeanState(list(prefix.keys), list(prefix.values), positions)
         self._linear_at = {idx: i for i, idx in enumerate(rt.linear_layers)}
         layers = len(rt.linear_layers)
@@ -180,7 +182,8 @@ class SeamChain:
         keys = torch.cat([self.state.keys[index], self._keys[:, index], k.transpose(0, 1)], dim=1)
         values = torch.cat([self.state.values[index], self._values[:, index], v.transpose(0, 1)], dim=1)
         self.state.keys[index], self.state.values[index] = keys, values
-        return attention(q, keys, values, self.mask, scale)
+        with tensor_core_fp32(q.device):  # runtime/scan.py: TF32 on CUDA
+            return few_query_attention(q, keys, values, self.hidden, scale)
 
     def conv(self, w, mixed: torch.Tensor) -> torch.Tensor:
         plan = self.plan
