@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The one prepared device check (GPU request path issue): the GPU tests, then the lean-runtime TTFT
-# bench and the transformers-path TTFT bench on the 1.4B Qwen3.5-style config in bf16, in at most
-# 8 minutes on a fresh machine without network. Run from the repository root through the device
-# tool, carrying the wheels and Triton's autotuning cache:
+# The one prepared device check (GPU request path issue): the CUDA-graph TTFT bench, the lean-runtime
+# TTFT bench, then the GPU tests (and the transformers-path TTFT bench with TTFT_S set), on the 1.4B
+# Qwen3.5-style config in bf16, in at most 8 minutes on a fresh machine without network. Run from the
+# repository root through the device tool, carrying the wheels and Triton's cache:
 #     run(command="bash bench/gpu_check.sh", carry=[".whl", ".triton-tgz"], timeout_s=420)
 # The wheels (git-ignored, 23 MB: room is left in the 64 MiB a call carries for the Triton cache;
 # no FAISS, which nothing here imports; the device image lacks these versions), built here with:
@@ -12,17 +12,22 @@
 #       huggingface-hub==2.4.0 tokenizers==0.23.3 safetensors==0.8.0 httpx2==2.16.2 httpcore2==2.16.2 hf-xet==1.8.0 \
 #       click truststore anyio       (hub 2.4.0 imports httpx2; the image has neither it nor click >= 8.4.2)
 # Results land in $OUT: run.log, reports.tgz (lean_ttft_gpu.{md,json}, cuda_graph_ttft.json and its
-# profile, gpu_tests.txt; ttft_gpu.json when TTFT_S is set), Triton's refreshed cache as triton-cache.tgz.a, .b, ...;
-# copy the reports into bench/results and commit them. LEAN_S, PROBE_S, TESTS_S, TTFT_S: caps (s).
-# A carried Triton cache (.triton-tgz: the last call's triton-cache.tgz.*) skips compiling and
+# profile, gpu_tests.txt; ttft_gpu.json when TTFT_S is set), and Triton's refreshed cache in parts,
+# triton-cache.txz.a, ... (xz; .tgz where the machine has no xz). Copy the reports into bench/results
+# and commit them. LEAN_S, PROBE_S, TESTS_S, TTFT_S: caps (s).
+# A carried Triton cache (.triton-tgz: the last call's triton-cache.t?z.*) skips compiling and
 # autotuning (fla caches autotuning results there too).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT" .triton-cache
-# Triton's cache travels compressed (uncompressed it is over the 64 MiB a call carries): the parts of
-# the last call's triton-cache.tgz, copied into .triton-tgz/ and carried.
+# Triton's cache travels compressed (146 MB uncompressed, over the 64 MiB a call carries): the parts
+# the last call returned, copied into .triton-tgz/ and carried.
 if ls .triton-tgz/triton-cache.tgz.* >/dev/null 2>&1; then cat .triton-tgz/triton-cache.tgz.* | tar xzf - -C .triton-cache; fi
+if ls .triton-tgz/triton-cache.txz.* >/dev/null 2>&1; then  # xz (a third of gzip's size), read by Python's lzma
+  cat .triton-tgz/triton-cache.txz.* | python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)" \
+    | tar xf - -C .triton-cache
+fi
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site
@@ -56,5 +61,6 @@ tail -30 "$LOG"; tail -15 "$OUT/gpu_tests.txt"
 (cd "$OUT" && tar czf /tmp/reports.tgz --exclude run.log . && find . -mindepth 1 ! -name run.log -delete \
   && mv /tmp/reports.tgz .)
 # Triton's cache in parts under the 16 MB a returned file may be; for the next call:
-#     rm -rf .triton-tgz && mkdir .triton-tgz && cp <files_at>/triton-cache.tgz.* .triton-tgz/
-tar czf - -C .triton-cache . | split -b 15m -a 1 - "$OUT/triton-cache.tgz."
+#     rm -rf .triton-tgz && mkdir .triton-tgz && cp <files_at>/triton-cache.t?z.* .triton-tgz/
+if command -v xz >/dev/null; then tar cf - -C .triton-cache . | xz -T0 -6 | split -b 15m -a 1 - "$OUT/triton-cache.txz."
+else tar czf - -C .triton-cache . | split -b 15m -a 1 - "$OUT/triton-cache.tgz."; fi
