@@ -132,7 +132,8 @@ def few_query_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tenso
     if n * heads * t > FEW_QUERY_SCORES:
         return attention(q, keys, values, ~hidden, scale)
     group = heads // kv
-    folded = q.view(n, kv, group, d).permute(1, 2, 0, 3).reshape(kv, group * n, d)  # query head h -> key head h // group
+    # query head h reads key head h // group: each key head's queries folded into one matrix
+    folded = q.view(n, kv, group, d).permute(1, 2, 0, 3).reshape(kv, group * n, d)
     scores = torch.bmm(folded.float(), keys.float().transpose(1, 2)).mul_(scale)  # [kv, group * n, T]
     scores.view(kv, group, n, t).masked_fill_(hidden, float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(values.dtype)

@@ -112,7 +112,7 @@ class BucketedRequest:
             return out
         try:
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):  # other threads may decode
                 out = self._eager()
         except Exception as error:  # noqa: BLE001  (a capture can fail on what a kernel does; eager still works)
             log.warning("hypic request bucket %s stays eager: CUDA graph capture failed (%r)", self.bucket, error)

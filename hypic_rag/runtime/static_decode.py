@@ -144,6 +144,6 @@ class Decoder:
     @torch.no_grad()
     def _capture(self) -> None:
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):  # records, runs nothing: the replay that follows does the step
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # records only; other threads may run requests
             self.logits = self.buffers.step()
         self.graph = graph
