@@ -281,3 +281,22 @@ def test_hypic_requests_replay_their_bucket_graph(family):
         token = int(torch.argmax(logits))
         logits = runtime.step(want_state, token)
         assert rel_err(decoder.step(token), logits) < 2e-3
+
+
+def test_a_later_request_replays_the_pooled_decode_graph_from_its_first_step():
+    """The lean runtime's DecodePool: once a request's Decoder is dropped, the next request of that
+    capacity decodes through the same buffers and captured step, with no eager step and no capture."""
+    from hypic_rag.runtime.lean_request import LeanRuntime
+
+    runtime = LeanRuntime(cuda_model("qwen3_5"), (0, 5, 9))
+    for i, length in enumerate((90, 70)):  # both under 256 rows: one capacity
+        (prompt,) = random_ids([length], seed=40 + i)
+        logits, state = runtime.prefill(prompt)
+        decoder, plain = runtime.decoder(state), state.copy()
+        for _ in range(8):
+            token = int(torch.argmax(logits))
+            want = runtime.step(plain, token)
+            assert rel_err(decoder.step(token), want) < 2e-3
+            logits = want
+        assert decoder.graph is not None and decoder.eager_steps == (1 if i == 0 else 0)
+        del decoder

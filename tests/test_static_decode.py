@@ -98,3 +98,33 @@ def test_capacity_is_a_power_of_two_above_the_rows():
         runtime, state, _ = _hypic_state("qwen3_5")
         DecodeBuffers(runtime.lean, state, state.length)
 
+
+
+def test_pooled_buffers_serve_the_next_request_with_its_own_state():
+    """A dropped Decoder's buffers go back to the pool; the next request of that capacity loads its
+    state into them (rows an earlier request left stay hidden) and decodes as the plain continuation."""
+    runtime, state, logits = _hypic_state("qwen3_5")
+    pool = static_decode.DecodePool()
+    long_prompt = random_ids([90], seed=13)[0]  # a longer state first: its rows outlast the second's
+    first_logits, first_state = runtime.prefill(long_prompt)
+    first = static_decode.Decoder(runtime.lean, first_state, capture=False, pool=pool)
+    for token, _ in _plain_tokens(runtime, first_state, first_logits, 5)[0]:
+        first.step(token)
+    buffers = first.buffers
+    assert pool.take(buffers.capacity) is None  # still held by the first request
+    del first
+    second = static_decode.Decoder(runtime.lean, state, capture=False, pool=pool)
+    want, _ = _plain_tokens(runtime, state, logits, 8)
+    for token, expected in want:
+        assert float((second.step(token) - expected).abs().max()) < 1e-4
+    assert second.buffers is buffers  # the same buffers, reloaded
+    del second
+    assert pool.take(buffers.capacity)[0] is buffers and pool.take(buffers.capacity) is None
+
+
+def test_the_pool_keeps_a_few_buffers_per_capacity():
+    pool = static_decode.DecodePool(per_capacity=2)
+    for i in range(3):
+        pool.give(256, (i, None, None))
+    assert pool.take(256) == (1, None, None) and pool.take(256) == (0, None, None) and pool.take(256) is None
+    assert pool.take(512) is None

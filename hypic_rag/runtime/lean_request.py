@@ -31,7 +31,7 @@ from hypic_rag.runtime.request_graphs import RequestGraphs
 from hypic_rag.runtime.request_inputs import Parts, RequestInputs
 from hypic_rag.runtime.seam_chain import plan_request, run_planned
 from hypic_rag.runtime.segment_runs import SegmentRuns
-from hypic_rag.runtime.static_decode import Decoder
+from hypic_rag.runtime.static_decode import DecodePool, Decoder
 from hypic_rag.types import SegmentEntry
 
 
@@ -55,7 +55,9 @@ class LeanRuntime:
         self.prefix_state = LeanState.empty(self.lean)
         if self.shared_prefix:
             self._extend(self.prefix_state, list(self.shared_prefix), 0)
-        self.graphs = RequestGraphs(self) if self.device.type == "cuda" else None  # hypic requests' CUDA graphs
+        cuda = self.device.type == "cuda"
+        self.graphs = RequestGraphs(self) if cuda else None  # hypic requests' CUDA graphs
+        self.decode_pool = DecodePool() if cuda else None  # captured decode steps, reused across requests
 
     def _extend(self, state: LeanState, ids: Sequence[int], start: int) -> torch.Tensor:
         positions = torch.arange(start, start + len(ids), device=self.device)
@@ -130,7 +132,7 @@ class LeanRuntime:
     def decoder(self, state: LeanState, capture: bool | None = None) -> Decoder:
         """Decode steps after `state` over preallocated buffers, captured as a CUDA graph on CUDA
         (runtime/static_decode.py); `state` itself is left as it is."""
-        return Decoder(self.lean, state, capture)
+        return Decoder(self.lean, state, capture, self.decode_pool)
 
     def decode(self, state: LeanState, logits: torch.Tensor, max_new_tokens: int,
                eos_ids: frozenset[int] = frozenset()) -> list[int]:

@@ -12,14 +12,19 @@ row number is its position.
 
 Decoder is what a request's decode loop calls, one token at a time. On CUDA its first step runs
 eagerly (the warm-up: Triton autotuning, cuBLAS workspaces), the second captures the step into a
-CUDA graph, and every later one replays it; elsewhere every step runs eagerly. Each request owns
-its buffers and graph (no sharing between interleaved requests), made at its first step. Past the capacity it moves to a
-buffer twice as large and captures again.
+CUDA graph, and every later one replays it; elsewhere every step runs eagerly. A request owns its
+buffers and graph while it decodes (no sharing between interleaved requests), from its first step.
+With a DecodePool (the lean runtime keeps one on CUDA) they go back to the pool when the request's
+Decoder is dropped, and the next request of the same capacity loads its state into them and replays
+the captured step from its first token: one capture per capacity, not per request. Past the
+capacity a request moves to buffers twice as large (from the pool, or captured again).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
 
 import torch
 
@@ -41,20 +46,33 @@ class DecodeBuffers:
         length = state.length
         if capacity <= length:
             raise ValueError(f"capacity {capacity} must exceed the state's {length} rows")
-        self.runtime, self.capacity, self.filled = runtime, capacity, length
-        self.keys, self.values = [], []
-        for k, v in zip(state.keys, state.values):
-            kb, vb = k.new_zeros(k.shape[0], capacity, k.shape[2]), v.new_zeros(v.shape[0], capacity, v.shape[2])
-            kb[:, :length], vb[:, :length] = k, v
-            self.keys.append(kb)
-            self.values.append(vb)
-        self.conv_states = {i: c.clone() for i, c in state.conv.items()}
-        self.recurrent_states = {i: r.clone() for i, r in state.recurrent.items()}
+        self.runtime, self.capacity = runtime, capacity
+        self.keys = [k.new_zeros(k.shape[0], capacity, k.shape[2]) for k in state.keys]
+        self.values = [v.new_zeros(v.shape[0], capacity, v.shape[2]) for v in state.values]
+        self.conv_states = {i: torch.empty_like(c) for i, c in state.conv.items()}
+        self.recurrent_states = {i: torch.empty_like(r) for i, r in state.recurrent.items()}
         device = runtime.device
-        self.positions = state.positions
         self.token = torch.zeros(1, dtype=torch.long, device=device)
-        self.row = torch.full((1,), length, dtype=torch.long, device=device)  # the next token's row and position
+        self.row = torch.zeros(1, dtype=torch.long, device=device)  # the next token's row and position
         self.rows = torch.arange(capacity, device=device)
+        self.load(state)
+
+    def load(self, state: LeanState) -> None:
+        """Take `state` (of this model, shorter than the capacity) into these buffers, in place: its rows,
+        conv columns and recurrent states. Rows past it keep what an earlier request left there, hidden
+        from every query by the row mask until overwritten."""
+        length = state.length
+        if length >= self.capacity:
+            raise ValueError(f"a state of {length} rows does not fit buffers of capacity {self.capacity}")
+        for kb, vb, k, v in zip(self.keys, self.values, state.keys, state.values):
+            kb[:, :length].copy_(k)
+            vb[:, :length].copy_(v)
+        for i, c in state.conv.items():
+            self.conv_states[i].copy_(c)
+        for i, r in state.recurrent.items():
+            self.recurrent_states[i].copy_(r)
+        self.positions, self.filled = state.positions, length
+        self.row.fill_(length)
 
     def step(self) -> torch.Tensor:
         """Extend by `self.token` at row/position `self.row`; its next-token logits [vocab]. In place only."""
@@ -92,28 +110,75 @@ class DecodeBuffers:
                          {i: r.clone() for i, r in self.recurrent_states.items()})
 
 
+class DecodePool:
+    """Decode buffers (and their captured steps) kept for the next request, by capacity: a request's
+    Decoder takes free buffers that fit, loads its state into them and, where a graph was captured
+    over them, replays it from its first step. When a Decoder is dropped (or outgrows them), its
+    buffers go back; at most `per_capacity` are kept for each capacity."""
+
+    def __init__(self, per_capacity: int = 4):
+        self.free: dict[int, list[tuple]] = {}
+        self.per_capacity = per_capacity
+        self.lock = threading.Lock()
+
+    def take(self, capacity: int) -> tuple | None:
+        """(buffers, graph or None, the graph's logits) of that capacity, or None."""
+        with self.lock:
+            slots = self.free.get(capacity)
+            return slots.pop() if slots else None
+
+    def give(self, capacity: int, slot: tuple) -> None:
+        with self.lock:
+            slots = self.free.setdefault(capacity, [])
+            if len(slots) < self.per_capacity:
+                slots.append(slot)
+
+
 class Decoder:
     """A request's decode steps: `step(token)` -> next-token logits (see the module docstring)."""
 
-    def __init__(self, runtime, state: LeanState, capture: bool | None = None):
+    def __init__(self, runtime, state: LeanState, capture: bool | None = None, pool: DecodePool | None = None):
         self.runtime = runtime
         self.capture = runtime.device.type == "cuda" if capture is None else capture
+        self.pool = pool
         self._state, self._buffers = state, None  # buffers on the first step: a request may decode nothing
         self.graph, self.logits = None, None
         self.eager_steps = 0
+        self._release = None  # gives the buffers (and graph) back to the pool: on drop, or when outgrown
+
+    def _take(self, state: LeanState, capacity: int) -> DecodeBuffers:
+        slot = self.pool.take(capacity) if self.pool is not None else None
+        if slot is None:
+            self.graph, self.logits = None, None
+            buffers = DecodeBuffers(self.runtime, state, capacity)
+        else:
+            buffers, self.graph, self.logits = slot
+            buffers.load(state)
+        if self.pool is not None:
+            self._hold(buffers)
+        return buffers
+
+    def _hold(self, buffers: DecodeBuffers) -> None:
+        """Give `buffers` (with the graph over them, if any) back to the pool when this Decoder goes."""
+        if self._release is not None:
+            self._release.detach()
+        self._release = weakref.finalize(self, self.pool.give, buffers.capacity, (buffers, self.graph, self.logits))
 
     @property
     def buffers(self) -> DecodeBuffers:
         if self._buffers is None:
-            self._buffers = DecodeBuffers(self.runtime, self._state, capacity_for(self._state.length + 1))
+            self._buffers = self._take(self._state, capacity_for(self._state.length + 1))
             self._state = None
         return self._buffers
 
     def step(self, token: int) -> torch.Tensor:
         b = self.buffers
-        if b.filled + 1 > b.capacity:  # full: continue in a buffer twice as large, captured anew
-            self._buffers = b = DecodeBuffers(self.runtime, b.state(), capacity_for(b.capacity))
-            self.graph = None
+        if b.filled + 1 > b.capacity:  # full: continue in buffers twice as large, captured anew
+            state = b.state()
+            if self._release is not None:
+                self._release()  # the outgrown buffers go back now
+                self._release = None
+            self._buffers = b = self._take(state, capacity_for(b.capacity))
         b.token.fill_(token)
         b.filled += 1
         if self.graph is not None:
@@ -147,3 +212,5 @@ class Decoder:
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # records only; other threads may run requests
             self.logits = self.buffers.step()
         self.graph = graph
+        if self.pool is not None:
+            self._hold(self.buffers)  # the pool keeps the graph with its buffers
