@@ -19,15 +19,20 @@ import torch.nn.functional as F
 
 
 def rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
-    """(x / rms(x)) * scale in fp32, back to x's dtype (scale: the weight, or 1 + w for zero-centred norms)."""
-    h = x.float()
-    return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps) * scale).type_as(x)
+    """(x / rms(x)) * scale in fp32, back to x's dtype (scale: the fp32 weight, or 1 + w for zero-centred
+    norms). One F.rms_norm over fp32 input and scale: on CUDA its fused kernel, elsewhere the same ops
+    as written out."""
+    return F.rms_norm(x.float(), (x.shape[-1],), scale.float(), eps).type_as(x)
+
+
+def normalized(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / rms(x) computed in fp32, cast back to x's dtype (the fused F.rms_norm on CUDA)."""
+    return F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
 
 
 def weight_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Llama-style RMSNorm: normalised in fp32, cast back, then times the weight (Bamba, Granite)."""
-    h = x.float()
-    return weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return weight * normalized(x, eps)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from hypic_rag.errors import UnsupportedModelError
 from hypic_rag.models.families import GATED_DELTA
 from hypic_rag.models.function_swap import SWAP_LOCK
-from hypic_rag.runtime.lean_model import AttentionWeights, Block, GatedMLP, LeanHybrid
+from hypic_rag.runtime.lean_model import AttentionWeights, Block, GatedMLP, LeanHybrid, normalized
 from hypic_rag.runtime.recurrences import GatedDeltaRecurrence
 
 MODEL_TYPES = ("qwen3_5_text",)
@@ -48,9 +48,7 @@ def _one_plus(norm: torch.nn.Module) -> torch.Tensor:
 
 
 def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    h = x.float()
-    h = weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-    return (h * F.silu(gate.float())).to(x.dtype)
+    return (weight * normalized(x, eps) * F.silu(gate.float())).to(x.dtype)
 
 
 class LeanQwen3_5(LeanHybrid):
