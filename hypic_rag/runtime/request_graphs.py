@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from hypic_rag.runtime.contexts import LeanState
+from hypic_rag.runtime.cuda_graphs import captured, on_side_stream
 from hypic_rag.runtime.request_inputs import Parts, RequestInputs
 from hypic_rag.runtime.seam_chain import SeamPlan, plan_request, run_planned
 from hypic_rag.types import SegmentEntry
@@ -103,17 +104,10 @@ class BucketedRequest:
             return self.out
         if not self.capture:
             return self._eager()
-        if self.runs == 1:  # the warm-up before a capture runs on a side stream, as torch.cuda.graph asks
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                out = self._eager()
-            torch.cuda.current_stream().wait_stream(side)
-            return out
+        if self.runs == 1:  # the warm-up before a capture
+            return on_side_stream(self._eager)
         try:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):  # other threads may decode
-                out = self._eager()
+            graph, out = captured(self._eager, self.pool)
         except Exception as error:  # noqa: BLE001  (a capture can fail on what a kernel does; eager still works)
             log.warning("hypic request bucket %s stays eager: CUDA graph capture failed (%r)", self.bucket, error)
             self.capture = False

@@ -29,6 +29,7 @@ import weakref
 import torch
 
 from hypic_rag.runtime.contexts import LeanState, attention, conv_columns, conv_new_tokens
+from hypic_rag.runtime.cuda_graphs import captured, on_side_stream
 
 log = logging.getLogger("hypic_rag")
 MIN_CAPACITY = 256
@@ -197,20 +198,10 @@ class Decoder:
 
     @torch.no_grad()
     def _eager(self, b: DecodeBuffers) -> torch.Tensor:
-        if self.capture:  # the warm-up before a capture runs on a side stream, as torch.cuda.graph asks
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                logits = b.step()
-            torch.cuda.current_stream().wait_stream(side)
-            return logits
-        return b.step()
+        return on_side_stream(b.step) if self.capture else b.step()  # on CUDA the warm-up before a capture
 
     @torch.no_grad()
     def _capture(self) -> None:
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # records only; other threads may run requests
-            self.logits = self.buffers.step()
-        self.graph = graph
+        self.graph, self.logits = captured(self.buffers.step)  # records only: the replay that follows runs it
         if self.pool is not None:
             self._hold(self.buffers)  # the pool keeps the graph with its buffers
