@@ -81,6 +81,11 @@ def test_buckets_are_kept_least_recently_used():
     assert [b.seams for b in graphs.buckets] == [1, 3]  # 2 was the least recently used
     with pytest.raises(ValueError):
         RequestGraphs(runtime, max_buckets=0)
+    one = graphs.buckets[next(iter(graphs.buckets))].inputs.nbytes()
+    small = RequestGraphs(runtime, capture=False, max_bytes=one + 1)  # room for about one bucket's buffers
+    for entries, q in requests:
+        small.run(runtime.anchored(entries), q)
+        assert len(small.buckets) == 1 and small.nbytes() >= one  # the newest stays, even when over
 
 
 def test_concurrent_requests_get_their_own_results():

@@ -15,7 +15,9 @@ every real query, and padded run slots neither decay nor write), copied into the
 bucket's graph replayed. The first request of a bucket runs eagerly over the buffers (the warm-up:
 Triton autotuning, cuBLAS workspaces), the second captures the graph, later ones replay it; a
 capture that fails leaves the bucket eager. Buckets are kept least-recently-used, at most
-`max_buckets`, their graphs sharing one memory pool.
+`max_buckets` and, together, at most `max_bytes` of input buffers (on CUDA a fifth of the device by
+default: at 32 segments of the 1.4B bench model one bucket holds about 2.5 GB of entry tensors),
+their graphs sharing one memory pool.
 
 One lock covers a request from copying its inputs in to copying its results out, so concurrent
 requests never see each other's buffers: the logits and the state a request returns are its own
@@ -133,15 +135,22 @@ def real_state(state: LeanState, prefix: int, plan: SeamPlan) -> LeanState:
 class RequestGraphs:
     """The buckets of one lean runtime (runtime/lean_request.py: LeanRuntime.hypic goes through it on CUDA)."""
 
-    def __init__(self, runtime, capture: bool | None = None, max_buckets: int = 8):
+    def __init__(self, runtime, capture: bool | None = None, max_buckets: int = 8, max_bytes: int | None = None):
         if max_buckets < 1:
             raise ValueError(f"max_buckets must be at least 1, got {max_buckets}")
         self.runtime = runtime
         self.capture = runtime.device.type == "cuda" if capture is None else capture
         self.max_buckets = max_buckets
+        if max_bytes is None and runtime.device.type == "cuda":  # a fifth of the device for buffers
+            max_bytes = torch.cuda.get_device_properties(runtime.device).total_memory // 5
+        self.max_bytes = max_bytes  # the buckets' input buffers together (None: no bound)
         self.buckets: OrderedDict[Bucket, BucketedRequest] = OrderedDict()
         self.lock = threading.Lock()
         self.pool = torch.cuda.graph_pool_handle() if self.capture else None
+
+    def nbytes(self) -> int:
+        """The bytes of every bucket's input buffers (each holds a request's gathered entry tensors)."""
+        return sum(request.inputs.nbytes() for request in self.buckets.values())
 
     def bucket_of(self, entries: list[SegmentEntry], question: list[int], parts: Parts) -> Bucket:
         return Bucket(len(entries) - 1, entries[1].seam_tokens, question_bucket(len(question)),
@@ -163,8 +172,9 @@ class RequestGraphs:
             if request is None:
                 request = BucketedRequest(rt, bucket, parts, plan, self.capture, self.pool)
                 self.buckets[bucket] = request
-                while len(self.buckets) > self.max_buckets:
-                    self.buckets.popitem(last=False)
+                while len(self.buckets) > self.max_buckets or (
+                        len(self.buckets) > 1 and self.max_bytes is not None and self.nbytes() > self.max_bytes):
+                    self.buckets.popitem(last=False)  # the least recently used; never the one just made
             self.buckets.move_to_end(bucket)
             request.load(parts, plan)
             logits, state = request.run()

@@ -90,6 +90,10 @@ class RequestInputs:
         return cls(like(parts.keys), like(parts.values), stacked(parts.tails), stacked(parts.operators),
                    stacked(parts.states), stacked(parts.first))
 
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size()
+                   for t in (self.keys, self.values, self.tails, self.operators, self.states, self.first))
+
     def load(self, parts: Parts) -> None:
         """Copy a request's `parts` into these buffers (one concatenation or stack per kind, in place)."""
         if parts.length > self.keys.shape[2]:
