@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 
@@ -103,6 +102,8 @@ def causal_after(cached: int, n: int, device: torch.device):
     CausalBias, which SDPA runs as its causal flash kernel; elsewhere, and while a TorchDispatchMode
     counts ops (a CausalBias cannot be made under one), the same mask as booleans."""
     if device.type == "cuda" and _get_current_dispatch_mode() is None:
+        from torch.nn.attention.bias import causal_lower_right  # imported here: it costs seconds (torch._dynamo)
+
         return causal_lower_right(n, cached + n)
     return torch.ones(n, cached + n, dtype=torch.bool, device=device).tril(cached)
 
