@@ -44,9 +44,6 @@ class DecodeBuffers:
     """One request's state at a fixed capacity (see the module docstring); the context `forward` takes."""
 
     def __init__(self, runtime, state: LeanState, capacity: int):
-        length = state.length
-        if capacity <= length:
-            raise ValueError(f"capacity {capacity} must exceed the state's {length} rows")
         self.runtime, self.capacity = runtime, capacity
         self.keys = [k.new_zeros(k.shape[0], capacity, k.shape[2]) for k in state.keys]
         self.values = [v.new_zeros(v.shape[0], capacity, v.shape[2]) for v in state.values]
