@@ -42,7 +42,9 @@ CONDITIONS = {
     "gold_first": (4, "first", HELD_OUT_BASE + 41),
     "gold_last": (4, "last", HELD_OUT_BASE + 42),
 }
-RUNGS = [("full_recompute", 0), ("pic_transition_rope", 0), ("hypic", 0), ("hypic", 8), ("hypic", 16), ("hypic", 32)]
+# mode:seam[:budget]; a budget (hypic_adaptive's share of the documents' tokens recomputed) only for hypic_adaptive
+RUNGS = ["full_recompute:0", "pic_transition_rope:0", "hypic:0", "hypic:8", "hypic:16", "hypic:32",
+         "hypic_adaptive:8:0.15", "hypic_adaptive:8:0.3"]
 
 
 def refuse_used(seed: int) -> None:
@@ -63,19 +65,24 @@ def place_gold(record: dict, where: str | None) -> dict:
     return {**record, "ctxs": gold + rest if where == "first" else rest + gold}
 
 
-def run_condition(model_path: str, condition: str, questions: int, max_new_tokens: int,
-                  rungs: list[tuple[str, int]]) -> dict:
-    """Every question of `condition` through full recompute (first: the KL reference) and `rungs`."""
+def executor_config(rung: str, max_new_tokens: int) -> ExecutorConfig:
+    mode, seam, *budget = rung.split(":")
+    extra = {"recompute_budget": float(budget[0])} if budget else {}
+    return ExecutorConfig(mode=mode, seam_tokens=int(seam), max_new_tokens=max_new_tokens, **extra)
+
+
+def run_condition(model_path: str, condition: str, questions: int, max_new_tokens: int, rungs: list[str]) -> dict:
+    """Every question of `condition` through full recompute (first: the KL reference) and `rungs`;
+    per question and rung the exact match, the first-token KL and the document tokens recomputed
+    with their real context."""
     docs, where, seed = CONDITIONS[condition]
     refuse_used(seed)
     model, tokenizer = load_model(model_path, device="cpu")
     template = PromptTemplate()
     prefix = [tokenizer.bos_token_id]
-    rungs = [("full_recompute", 0)] + [r for r in rungs if r[0] != "full_recompute"]
-    executors = {(m, w): HypicExecutor(model, tokenizer, ExecutorConfig(mode=m, seam_tokens=w,
-                                                                        max_new_tokens=max_new_tokens), prefix)
-                 for m, w in rungs}
-    outcomes = {f"{m}:{w}": {"em": [], "kl": []} for m, w in rungs}
+    rungs = ["full_recompute:0"] + [r for r in rungs if not r.startswith("full_recompute")]
+    executors = {r: HypicExecutor(model, tokenizer, executor_config(r, max_new_tokens), prefix) for r in rungs}
+    outcomes = {r: {"em": [], "kl": [], "recomputed": [], "tokens": []} for r in rungs}
     hops = []
     started = time.time()
     for i, record in enumerate(make_dataset(questions, seed=seed, num_docs=docs)):
@@ -83,16 +90,21 @@ def run_condition(model_path: str, condition: str, questions: int, max_new_token
         segments, question = encode(record, tokenizer, template)
         reference = None
         hops.append(record["hops"])
-        for (m, w), ex in executors.items():
+        for rung, ex in executors.items():
             result = ex.generate(segments, question)
             if reference is None:
                 reference = result.first_token_logits
-            outcomes[f"{m}:{w}"]["em"].append(exact_match(first_line(result.text or ""), record["answers"]))
-            outcomes[f"{m}:{w}"]["kl"].append(kl(reference, result.first_token_logits))
+            got = outcomes[rung]
+            got["em"].append(exact_match(first_line(result.text or ""), record["answers"]))
+            got["kl"].append(kl(reference, result.first_token_logits))
+            documents = sum(len(s) for s in segments)
+            got["recomputed"].append(len(prefix) + documents - result.cached_tokens)
+            got["tokens"].append(documents)
         if (i + 1) % 50 == 0:
             print(f"{condition}: {i + 1}/{questions} questions, {time.time() - started:.0f}s", flush=True)
     return {"model": Path(model_path).name, "condition": condition, "documents": docs, "gold": where, "seed": seed,
-            "questions": questions, "hops": hops, "outcomes": outcomes, "seconds": round(time.time() - started, 1)}
+            "questions": questions, "hops": hops, "outcomes": outcomes,
+            "seconds": round(time.time() - started, 1)}
 
 
 def merge(earlier: dict, run: dict) -> dict:
@@ -133,6 +145,9 @@ def recomputed_fraction(run: dict, rung: str) -> float:
     is prefilled by every rung): 1 for full recompute, 0 for the zero-seam rungs,
     sum(min(w, segment length)) / sum(segment length) for a seam of w (every segment's seam, the
     first one's too)."""
+    got = run["outcomes"][rung]
+    if got.get("recomputed"):  # measured per question (runs since hypic_adaptive)
+        return sum(got["recomputed"]) / sum(got["tokens"])
     mode, width = rung.split(":")[0], int(rung.split(":")[1])
     if mode == "full_recompute":
         return 1.0
@@ -158,6 +173,14 @@ def summarise(run: dict) -> list[dict]:
     return rows
 
 
+def label(rung: str) -> str:
+    """'hypic w=8' for a seam rung, 'hypic_adaptive w=8 <=15%' with its budget, the mode alone otherwise."""
+    mode, seam, *budget = rung.split(":")
+    if not mode.startswith("hypic"):
+        return mode
+    return f"{mode} w={seam}" + (f" <={100 * float(budget[0]):.0f}%" if budget else "")
+
+
 def report(out: Path) -> None:
     runs = [json.loads(p.read_text()) for p in sorted((out / "held_out").glob("*/*.json"))]
     rows = [r for run in runs for r in summarise(run)]
@@ -170,7 +193,7 @@ def report(out: Path) -> None:
              "| model | condition | rung | EM | EM single-hop | gap (95% CI), points | F>R | R>F | KL | recomputed |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['condition']} | {r['rung'].replace(':', ' w=') if r['rung'].startswith('hypic') else r['rung'].split(':')[0]} "
+        lines.append(f"| {r['model']} | {r['condition']} | {label(r['rung'])} "
                      f"| {r['em']:.3f} | {r['em_single_hop']:.3f} | {100 * r['gap']:+.1f} ({100 * r['gap_low']:+.1f}, "
                      f"{100 * r['gap_high']:+.1f}) | {r['full_right_mode_wrong']} | {r['mode_right_full_wrong']} | "
                      f"{r['kl']:.2e} | {100 * r['recomputed']:.1f}% |")
@@ -198,7 +221,7 @@ def plot(rows: list[dict], path: Path) -> None:
             x = np.arange(len(conditions)) + j * width
             gap = np.array([100 * r["gap"] for r in got])
             err = np.array([[100 * (r["gap"] - r["gap_low"]) for r in got], [100 * (r["gap_high"] - r["gap"]) for r in got]])
-            ax.bar(x, gap, width, yerr=err, capsize=2, label=rung.replace(":", " w="))
+            ax.bar(x, gap, width, yerr=err, capsize=2, label=label(rung))
         ax.axhline(-1, color="grey", linestyle="--", linewidth=0.8)
         ax.set_xticks(np.arange(len(conditions)) + 0.4 - width / 2, conditions)
         ax.set_ylabel("EM gap to full recompute (points, 95% CI)")
@@ -215,8 +238,8 @@ def main() -> None:
     p.add_argument("--questions", type=int, default=500)
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--rungs", default=",".join(f"{m}:{w}" for m, w in RUNGS),
-                   help="mode:seam_tokens, comma-separated; added to an existing run of the condition")
+    p.add_argument("--rungs", default=",".join(RUNGS),
+                   help="mode:seam_tokens[:recompute_budget], comma-separated; added to an existing run of the condition")
     p.add_argument("--report", action="store_true", help="only assemble held_out.md/.png from the runs in --out")
     p.add_argument("--out", default="bench/results")
     args = p.parse_args()
@@ -224,7 +247,9 @@ def main() -> None:
     if not args.report:
         torch.set_num_threads(args.threads)
         random.seed(0)
-        rungs = [(r.split(":")[0], int(r.split(":")[1])) for r in args.rungs.split(",")]
+        rungs = args.rungs.split(",")
+        for r in rungs:
+            executor_config(r, args.max_new_tokens)  # a bad rung fails here, not after a condition has run
         for condition in args.conditions.split(","):
             if condition not in CONDITIONS:
                 p.error(f"unknown condition {condition!r}; choose from {', '.join(CONDITIONS)}")

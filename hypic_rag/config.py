@@ -18,6 +18,7 @@ class Mode(str, Enum):
     PIC_TRANSITION = "pic_transition"
     PIC_TRANSITION_ROPE = "pic_transition_rope"
     HYPIC = "hypic"
+    HYPIC_ADAPTIVE = "hypic_adaptive"
 
     @property
     def rung(self) -> "Rung":
@@ -46,6 +47,8 @@ class Rung:
     rotate_keys: re-rotate cached keys to their real offsets (False: every segment at position 0).
     seams: recompute each later segment's first w tokens with the true context, and take the first
         segment's exact end state (hypic); entries are then built with that seam.
+    adaptive: (hypic_adaptive) and extend some seams further where a probe finds the context matters,
+        within the executor's recompute_budget (executor/adaptive_recompute.py); same entries as hypic.
     """
 
     segment_cache: bool
@@ -53,6 +56,7 @@ class Rung:
     operator: bool
     rotate_keys: bool
     seams: bool
+    adaptive: bool = False
 
 
 LADDER: dict[Mode, Rung] = {
@@ -63,6 +67,8 @@ LADDER: dict[Mode, Rung] = {
     Mode.PIC_TRANSITION_ROPE: Rung(segment_cache=True, prefix_reuse=False, operator=True, rotate_keys=True,
                                    seams=False),
     Mode.HYPIC: Rung(segment_cache=True, prefix_reuse=False, operator=True, rotate_keys=True, seams=True),
+    Mode.HYPIC_ADAPTIVE: Rung(segment_cache=True, prefix_reuse=False, operator=True, rotate_keys=True, seams=True,
+                              adaptive=True),
 }
 
 
@@ -154,6 +160,8 @@ class ExecutorConfig:
         the operator M in (composition still runs in fp32). bfloat16 halves them, a third of an entry
         on a large model (bench/results/entry_bytes.md measures the size and the first-token KL); the
         store's fingerprint records it.
+    recompute_budget: hypic_adaptive's share of a request's segment tokens recomputed with their
+        real context, seams included (default 0.15; what the seams leave goes to extensions).
     cuda_graphs: on the lean runtime on CUDA, replay each hypic request's forward as its shape
         bucket's CUDA graph (runtime/request_graphs.py; a bucket's first request runs eagerly, its
         second captures). False runs every request eagerly (no graph memory). Same results.
@@ -172,6 +180,7 @@ class ExecutorConfig:
     runtime: str = "auto"
     interior_dtype: str = "float32"
     cuda_graphs: bool = True
+    recompute_budget: float = 0.15
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode.parse(self.mode))
@@ -188,6 +197,9 @@ class ExecutorConfig:
             raise RequestError(f"batched_seams must be True or False, got {self.batched_seams!r}")
         if not isinstance(self.cuda_graphs, bool):
             raise RequestError(f"cuda_graphs must be True or False, got {self.cuda_graphs!r}")
+        budget = self.recompute_budget
+        if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not 0 <= budget <= 1:
+            raise RequestError(f"recompute_budget must be a share of the segments' tokens in [0, 1], got {budget!r}")
         if self.runtime not in RUNTIMES:
             raise RequestError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         if not isinstance(self.miss_batch_size, int) or self.miss_batch_size < 1:

@@ -315,7 +315,7 @@ class HypicExecutor:
             return _Filled(state, self._lean_step(state), logits, state.length, counts, timings)
         cache = self._start_cache()
         report = compose_segments(self.model, self.spec, self.rotary_emb, cache, entries, mode, p0,
-                                  self.mixers, self.config.batched_seams, list(question))
+                                  self.mixers, self.config.batched_seams, list(question), self.config.recompute_budget)
         counts.cached = report.end_offset - report.recomputed_tokens
         logits = report.question_logits  # the question rode in the seam pass
         prefill = 0.0

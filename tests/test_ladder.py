@@ -83,9 +83,12 @@ def test_the_ladder_is_one_table_with_a_row_per_mode():
 
     assert set(LADDER) == set(Mode)
     cached = [m for m in Mode if m.rung.segment_cache]
-    assert cached == [Mode.PIC_ADDITION, Mode.PIC_TRANSITION, Mode.PIC_TRANSITION_ROPE, Mode.HYPIC]
+    assert cached == [Mode.PIC_ADDITION, Mode.PIC_TRANSITION, Mode.PIC_TRANSITION_ROPE, Mode.HYPIC,
+                      Mode.HYPIC_ADAPTIVE]
     for lower, upper in zip(cached, cached[1:]):  # each cached rung adds one thing to the one below
         a, b = lower.rung, upper.rung
-        assert sum((b.operator - a.operator, b.rotate_keys - a.rotate_keys, b.seams - a.seams)) == 1
+        assert sum((b.operator - a.operator, b.rotate_keys - a.rotate_keys, b.seams - a.seams,
+                    b.adaptive - a.adaptive)) == 1
     assert ExecutorConfig(mode="pic_transition_rope", seam_tokens=8).precompute_seam == 0
     assert ExecutorConfig(mode="hypic", seam_tokens=8).precompute_seam == 8
+    assert ExecutorConfig(mode="hypic_adaptive", seam_tokens=8).precompute_seam == 8  # hypic's entries

@@ -15,7 +15,7 @@ import threading
 
 from hypic_rag.cli.settings import defaults_help, settings
 
-MODES = ("full_recompute", "prefix_cache", "pic_addition", "pic_transition", "pic_transition_rope", "hypic")
+MODES = ("full_recompute", "prefix_cache", "pic_addition", "pic_transition", "pic_transition_rope", "hypic", "hypic_adaptive")
 
 
 def _version() -> str:

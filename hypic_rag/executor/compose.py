@@ -11,6 +11,8 @@ For segment i at offset o (tokens before it), in request order:
   pic_transition_rope: S <- M S + E over the whole segment, tail, keys rotated to o.
   pic_transition    : the same with keys left where precompute put them (no RoPE fix).
   pic_addition      : S <- S + E (no operator), tail, keys left unrotated.
+  hypic_adaptive    : hypic, plus seam extensions where a probe finds them worth it, within a
+                      token budget (executor/adaptive_recompute.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from transformers import DynamicCache
 from hypic_rag.config import Mode
 from hypic_rag.errors import RequestError
 from hypic_rag.executor import cache_ops
+from hypic_rag.executor.adaptive_recompute import AdaptivePlan, context_scores, plan_extensions, split_entries
 from hypic_rag.executor.clock import clock
 from hypic_rag.executor.prefix_anchor import prefix_anchor
 from hypic_rag.executor.seam_pass import batched_seam_pass, supports_batched_seams
@@ -39,6 +42,7 @@ class ComposeReport:
     recomputed_tokens: int
     end_offset: int
     question_logits: torch.Tensor | None = None  # set when the question rode in the seam pass
+    plan: AdaptivePlan | None = None  # hypic_adaptive: the seams and extensions the request ran
 
 
 def _append_segment_kv(
@@ -103,15 +107,23 @@ def compose_segments(
     mixers: dict | None = None,
     batched_seams: bool = False,
     question: list[int] | None = None,
+    recompute_budget: float = 0.0,
 ) -> ComposeReport:
     """Extend `cache` (holding the shared prefix) with `entries` in order; returns timings and the end offset.
 
     With batched_seams (hypic on a Gated DeltaNet or Mamba2 hybrid, see seam_pass.py) every seam is
     recomputed in one layer-major forward instead of one forward per segment; a `question` given here
     then rides in that same forward and the report carries its next-token logits (otherwise the
-    caller prefills the question itself)."""
+    caller prefills the question itself). recompute_budget: hypic_adaptive's share of the segments'
+    tokens recomputed, seams included."""
     device = next(model.parameters()).device
     rung = mode.rung
+    if rung.adaptive:
+        if not (batched_seams and mixers is not None and supports_batched_seams(model, spec)):
+            raise RequestError(f"{mode.value} extends seams inside the one-pass seam recompute, which this model "
+                               "or setting does not run: use mode 'hypic', or batched_seams=True on a supported hybrid")
+        return _compose_with_one_seam_pass(model, spec, rotary_emb, cache, entries, prefix_length, mixers, question,
+                                           recompute_budget)
     if (rung.seams and batched_seams and mixers is not None and sum(e.seam_tokens for e in entries) > 1
             and supports_batched_seams(model, spec)):
         return _compose_with_one_seam_pass(model, spec, rotary_emb, cache, entries, prefix_length, mixers, question)
@@ -147,12 +159,20 @@ def compose_segments(
     )
 
 
-def _compose_with_one_seam_pass(model, spec, rotary_emb, cache, entries, prefix_length, mixers, question) -> ComposeReport:
+def _compose_with_one_seam_pass(model, spec, rotary_emb, cache, entries, prefix_length, mixers, question,
+                                budget: float | None = None) -> ComposeReport:
+    """budget (hypic_adaptive): extend seams within it, after the probe."""
     device = next(model.parameters()).device
     started = clock(device)
     unbatched = lambda t: None if t is None else t[0]  # noqa: E731
     anchor = prefix_anchor(entries, lambda i: unbatched(cache_ops.recurrent_state(cache, i)),
                            lambda i: unbatched(cache_ops.conv_state(cache, i)))
+    plan, branches = None, frozenset()
+    if budget is not None:
+        states = {l.layer_idx: l.end_state for l in anchor.linear}
+        plan = plan_extensions(entries, context_scores(entries, states.get), budget)
+        entries, branches = split_entries(entries, plan, spec, rotary_emb)
+        branches = frozenset(i + 1 for i in branches)  # after the anchor
     entries = [anchor, *entries]  # the seam pass chains every seam, segment 0's too, from the prefix
     _fill_missing_prefix_state(cache, anchor)
     pieces, offset = [(entries[0], 0, prefix_length)], prefix_length + entries[0].length
@@ -161,11 +181,12 @@ def _compose_with_one_seam_pass(model, spec, rotary_emb, cache, entries, prefix_
         offset += entry.length
     _append_segments_kv(cache, spec, rotary_emb, pieces)
     t0 = clock(device)
-    result = batched_seam_pass(model, spec, cache, entries, prefix_length, mixers, question)
+    result = batched_seam_pass(model, spec, cache, entries, prefix_length, mixers, question, branches)
     seam_seconds = clock(device) - t0
     last = entries[-1]
-    if not question and last.interior_length > 0:  # with a question the pass crossed it already
+    if not question and (last.interior_length > 0 or len(entries) - 1 in branches):  # a question crossed it
         _advance_interior(cache, last, use_operator=True, fresh_seam=last.seam_tokens > 0)
     total = clock(device) - started
     return ComposeReport(compose_seconds=total - seam_seconds, seam_seconds=seam_seconds,
-                         recomputed_tokens=result.seam_tokens, end_offset=offset, question_logits=result.logits)
+                         recomputed_tokens=result.seam_tokens, end_offset=offset, question_logits=result.logits,
+                         plan=plan)

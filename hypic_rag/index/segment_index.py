@@ -12,7 +12,6 @@ immediate transaction per batch, and a writer that finds the index retrained by 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 from dataclasses import dataclass, field
