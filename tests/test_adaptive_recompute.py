@@ -43,6 +43,8 @@ def test_allocation_spends_the_budget_by_score_within_each_interior():
     assert none.extensions == (0, 0, 0, 0) and none.seams == (8, 8, 8, 8)
     everything = plan_extensions(entries, [0.0, 0.2, 0.6, 0.9], budget=1.0)
     assert everything.extensions == (0, 32, 32, 4)
+    alike = plan_extensions(entries[:3], [0.0, 0.0, 0.0], budget=0.4)  # no signal: the later segments alike
+    assert alike.extensions == (0, 12, 12) and alike.scores == (0.0, 1.0, 1.0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -148,3 +150,14 @@ def test_bad_settings_are_refused_with_the_fix():
         ExecutorConfig(recompute_budget=1.5)
     with pytest.raises(RequestError, match="batched_seams=True"):
         executor(get_model("qwen3_5"), batched_seams=False).first_token_logits(random_ids([20, 20], seed=1), [5])
+
+
+def test_the_api_runs_the_rung_per_request_on_a_hypic_store():
+    from conftest import demo_docs, demo_rag
+
+    rag = demo_rag(4)
+    question = f"What is the home city of {demo_docs(4)[2]['title']}?"
+    fixed = rag.query(question, k=4, mode="hypic")
+    adaptive = rag.query(question, k=4, mode="hypic_adaptive")
+    assert adaptive.segment_ids == fixed.segment_ids and adaptive.generation.segment_misses == 0
+    assert adaptive.generation.cached_tokens < fixed.generation.cached_tokens

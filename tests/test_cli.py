@@ -56,7 +56,8 @@ def test_json_output_version_and_help_with_defaults(tmp_path):
     store = tmp_path / "store"
     assert run("precompute", str(corpus), "--store", str(store)).returncode == 0
     name = demo_docs(3)[1]["title"]
-    out = run("query", f"What is the home city of {name}?", "--store", str(store), "--k", "2", "--json")
+    out = run("query", f"What is the home city of {name}?", "--store", str(store), "--k", "2", "--json",
+              "--mode", "hypic_adaptive", "--recompute-budget", "0.3")
     result = json.loads(out.stdout)
     assert result["segment_ids"][0] == f"{name}#0" and result["segment_hits"] == 2 and "ttft" in result["timings"]
     info = json.loads(run("inspect", "--store", str(store), "--json").stdout)

@@ -80,7 +80,7 @@ def cmd_precompute(s: dict, explicit: set[str]) -> int:
 def cmd_query(s: dict, explicit: set[str]) -> int:
     from hypic_rag.api import HypicRAG
 
-    with HypicRAG.from_store(s["store"], model=s.get("model")) as rag:
+    with HypicRAG.from_store(s["store"], model=s.get("model"), config=_reading_config(s)) as rag:
         stream = rag.stream(s["question"], k=int(s["k"]), mode=s["mode"], max_new_tokens=int(s["max_new_tokens"]))
         result = None
         if not s.get("json"):
@@ -109,10 +109,20 @@ def cmd_query(s: dict, explicit: set[str]) -> int:
 def cmd_diagnose(s: dict, explicit: set[str]) -> int:
     from hypic_rag.api import HypicRAG
 
-    with HypicRAG.from_store(s["store"], model=s.get("model")) as rag:
+    with HypicRAG.from_store(s["store"], model=s.get("model"), config=_reading_config(s)) as rag:
         result = rag.diagnose(s["question"], k=int(s["k"]), mode=s["mode"], threshold=float(s["threshold"]))
     print(json.dumps({"question": s["question"], **result.to_dict()}, indent=1) if s.get("json") else result.table())
     return 0
+
+
+def _reading_config(s: dict):
+    """The executor settings a store fixed (seam, interior dtype), with this run's recompute budget."""
+    from hypic_rag.config import ExecutorConfig
+    from hypic_rag.store.manifest import Manifest
+
+    manifest = Manifest.read(s["store"])
+    return ExecutorConfig(seam_tokens=manifest.seam_tokens, interior_dtype=manifest.interior_dtype,
+                          recompute_budget=float(s["recompute_budget"]))
 
 
 def store_summary(directory: str | Path) -> dict:

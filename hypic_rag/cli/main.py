@@ -15,7 +15,8 @@ import threading
 
 from hypic_rag.cli.settings import defaults_help, settings
 
-MODES = ("full_recompute", "prefix_cache", "pic_addition", "pic_transition", "pic_transition_rope", "hypic", "hypic_adaptive")
+MODES = ("full_recompute", "prefix_cache", "pic_addition", "pic_transition", "pic_transition_rope", "hypic",
+         "hypic_adaptive")
 
 
 def _version() -> str:
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--k", type=int, help=h("segments retrieved", "k"))
     q.add_argument("--mode", choices=MODES, help=h("rung of the ablation ladder", "mode"))
     q.add_argument("--max-new-tokens", type=int, help=h("tokens generated at most", "max_new_tokens"))
+    q.add_argument("--recompute-budget", type=float,
+                   help=h("hypic_adaptive: share of the segments' tokens recomputed, seams included", "recompute_budget"))
     q.add_argument("--json", action="store_true", default=None, help="print the result as JSON (default: text)")
     q.add_argument("--config", help="JSON, TOML or YAML file of settings (default: none)")
 
@@ -77,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--model", help="the store's checkpoint where it moved (default: the manifest's path)")
     dg.add_argument("--k", type=int, help=h("segments retrieved", "k"))
     dg.add_argument("--mode", choices=MODES[2:], help=h("cached rung compared with full recompute", "mode"))
+    dg.add_argument("--recompute-budget", type=float,
+                    help=h("hypic_adaptive: share of the segments' tokens recomputed, seams included", "recompute_budget"))
     dg.add_argument("--threshold", type=float, help=h("relative error that marks a layer as diverged", "threshold"))
     dg.add_argument("--json", action="store_true", default=None, help="print as JSON (default: a table)")
     dg.add_argument("--config", help="JSON, TOML or YAML file of settings (default: none)")

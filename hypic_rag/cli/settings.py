@@ -18,7 +18,7 @@ DEFAULTS = {
     "seam": 8, "max_segment_tokens": 512, "batch_size": 16, "workers": 1, "k": 4, "mode": "hypic",
     "max_new_tokens": 32, "device_bytes": 512 * 2**20, "host_bytes": 2 * 2**30, "disk_bytes": 32 * 2**30,
     "system": "",
-    "threshold": 0.05,
+    "threshold": 0.05, "recompute_budget": 0.15,
 }
 FORMATS = {".json": "JSON", ".toml": "TOML", ".yaml": "YAML", ".yml": "YAML"}
 

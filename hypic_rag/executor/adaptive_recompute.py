@@ -11,6 +11,9 @@ further, [w, w + x_i), chosen per request:
     layers. A segment whose layers forget their start quickly scores near 0; one that carries the
     context through scores near 1. Segment 0 follows only the shared prefix its entry was built
     after, so it is exact and never extended.
+    Trained models forget fast: over a whole interior the operators fall to ~1e-18 (a model trained
+    without block masks) or underflow to 0 in fp32 (the shipped model, on most documents). Where
+    every later segment scores 0 the probe has nothing to say and each gets the same score.
   - allocation: the extension budget goes out in steps of `step` tokens, each to the segment with
     the highest score / (1 + steps it holds already), never past a segment's end.
   - recompute: an extended segment is laid out as two seams, [0, w) whose end state the chain
@@ -80,6 +83,8 @@ def plan_extensions(entries: list[SegmentEntry], scores: list[float], budget: fl
                     step: int = STEP_TOKENS) -> AdaptivePlan:
     """Seams as built, then the extension budget (budget x the segments' tokens, less the seams) in
     steps of `step` tokens to the highest score / (1 + steps held), within each interior."""
+    if len(scores) > 1 and not any(scores[1:]):  # no signal (operators underflowed): share alike
+        scores = [scores[0]] + [1.0] * (len(scores) - 1)
     seams = [min(e.seam_tokens, e.length) for e in entries]
     total = int(budget * sum(e.length for e in entries))
     left = total - sum(seams)
