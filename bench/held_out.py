@@ -210,7 +210,24 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     models = sorted({r["model"] for r in rows})
-    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 4.5), squeeze=False)
+    fig, axes = plt.subplots(2, len(models), figsize=(7 * len(models), 9), squeeze=False)
+    for ax, model in zip(axes[1], models):  # KL against the share recomputed: fixed seams as lines
+        mine = [r for r in rows if r["model"] == model and r["rung"] != "full_recompute:0"]
+        for k, condition in enumerate(sorted({r["condition"] for r in mine})):
+            color = f"C{k}"
+            seams = sorted((r for r in mine if r["condition"] == condition and r["rung"].startswith("hypic:")),
+                           key=lambda r: r["recomputed"])
+            ax.plot([100 * r["recomputed"] for r in seams], [r["kl"] for r in seams], "o-", color=color,
+                    label=f"{condition}: hypic w=0/8/16/32")
+            for r in mine:
+                if r["condition"] == condition and r["rung"].startswith("hypic_adaptive"):
+                    ax.plot(100 * r["recomputed"], r["kl"], "*", markersize=12, color=color,
+                            label=f"{condition}: {label(r['rung'])}")
+        ax.set_yscale("log")
+        ax.set_xlabel("documents' tokens recomputed (%)")
+        ax.set_ylabel("mean first-token KL(full || rung)")
+        ax.set_title(f"{model}: KL against recompute")
+        ax.legend(fontsize=6, ncol=2)
     for ax, model in zip(axes[0], models):
         mine = [r for r in rows if r["model"] == model and r["rung"] != "full_recompute:0"]
         conditions = sorted({r["condition"] for r in mine})

@@ -96,15 +96,20 @@ class Composed:
         return cache_ops.kv(self.cache, layer)[j][..., self.order, :]
 
 
+def hypic_and_extended(family, seed, extensions, monkeypatch):
+    """Segments of 30, 25 and 40 tokens composed by hypic and with these extensions."""
+    model = get_model(family)
+    ex = executor(model)
+    segs = random_ids([30, 25, 40], seed=seed)
+    fixed = Composed(model, ex, segs, "hypic", monkeypatch)
+    forced(monkeypatch, extensions)
+    return model, ex, segs, fixed, Composed(model, ex, segs, "hypic_adaptive", monkeypatch)
+
+
 @pytest.mark.parametrize("family", ["qwen3_5", "kimi_linear", "bamba"])
 def test_extending_only_the_last_segment_leaves_the_linear_states_of_hypic(family, monkeypatch):
     """The extension is a branch: its end state is dropped, the interior advances the state at w."""
-    model = get_model(family)
-    ex = executor(model)
-    segs = random_ids([30, 25, 40], seed=6)
-    fixed = Composed(model, ex, segs, "hypic", monkeypatch)
-    forced(monkeypatch, [0, 0, 12])
-    adaptive = Composed(model, ex, segs, "hypic_adaptive", monkeypatch)
+    model, ex, segs, fixed, adaptive = hypic_and_extended(family, 6, [0, 0, 12], monkeypatch)
     assert adaptive.report.recomputed_tokens == 3 * 8 + 12
     for layer in ex.spec.linear:
         assert (fixed.state(layer.layer_idx) - adaptive.state(layer.layer_idx)).abs().max() < 1e-5
@@ -117,12 +122,8 @@ def test_extending_only_the_last_segment_leaves_the_linear_states_of_hypic(famil
 
 @pytest.mark.parametrize("family", ["qwen3_5", "kimi_linear", "bamba"])
 def test_an_extension_over_a_whole_segment_gives_its_full_recompute_keys_and_values(family, monkeypatch):
-    model = get_model(family)
-    ex = executor(model)
-    segs = random_ids([30, 25, 40], seed=8)
-    fixed = Composed(model, ex, segs, "hypic", monkeypatch)
-    forced(monkeypatch, [0, 17, 0])  # segment 1: seam 8 + the 17 tokens after it
-    adaptive = Composed(model, ex, segs, "hypic_adaptive", monkeypatch)
+    # segment 1: seam 8 + the 17 tokens after it
+    model, ex, segs, fixed, adaptive = hypic_and_extended(family, 8, [0, 17, 0], monkeypatch)
     full = DynamicCache(config=model.config)
     model(input_ids=torch.tensor([PREFIX + [t for s in segs for t in s]]), past_key_values=full, use_cache=True)
     rows = slice(len(PREFIX) + 30, len(PREFIX) + 55)
