@@ -234,8 +234,9 @@ def plot(rows: list[dict], path: Path) -> None:
         rungs = list(dict.fromkeys(r["rung"] for r in mine))
         width = 0.8 / len(rungs)
         for j, rung in enumerate(rungs):
-            got = [next(r for r in mine if r["condition"] == c and r["rung"] == rung) for c in conditions]
-            x = np.arange(len(conditions)) + j * width
+            got = [next((r for r in mine if r["condition"] == c and r["rung"] == rung), None) for c in conditions]
+            x = np.arange(len(conditions))[[g is not None for g in got]] + j * width  # a rung not run: no bar
+            got = [g for g in got if g is not None]
             gap = np.array([100 * r["gap"] for r in got])
             err = np.array([[100 * (r["gap"] - r["gap_low"]) for r in got], [100 * (r["gap_high"] - r["gap"]) for r in got]])
             ax.bar(x, gap, width, yerr=err, capsize=2, label=label(rung))
