@@ -47,7 +47,7 @@ class Rung:
     rotate_keys: re-rotate cached keys to their real offsets (False: every segment at position 0).
     seams: recompute each later segment's first w tokens with the true context, and take the first
         segment's exact end state (hypic); entries are then built with that seam.
-    adaptive: (hypic_adaptive) and extend some seams further where a probe finds the context matters,
+    adaptive: (hypic_adaptive) and then recompute the K/V of the cached tokens the question reads most,
         within the executor's recompute_budget (executor/adaptive_recompute.py); same entries as hypic.
     """
 
@@ -161,7 +161,8 @@ class ExecutorConfig:
         on a large model (bench/results/entry_bytes.md measures the size and the first-token KL); the
         store's fingerprint records it.
     recompute_budget: hypic_adaptive's share of a request's segment tokens recomputed with their
-        real context, seams included (default 0.15; what the seams leave goes to extensions).
+        real context, seams included (default 0.15; what the seams leave goes to the tokens the
+        question reads most).
     cuda_graphs: on the lean runtime on CUDA, replay each hypic request's forward as its shape
         bucket's CUDA graph (runtime/request_graphs.py; a bucket's first request runs eagerly, its
         second captures). False runs every request eagerly (no graph memory). Same results.

@@ -111,3 +111,39 @@ def cache_nbytes(cache: DynamicCache) -> int:
                 if isinstance(t, torch.Tensor):
                     total += t.numel() * t.element_size()
     return total
+
+
+def crop_kv(cache: DynamicCache, layer_idx: int, length: int) -> None:
+    """Keep an attention layer's first `length` K/V rows."""
+    layer = cache.layers[layer_idx]
+    layer.keys, layer.values = layer.keys[..., :length, :], layer.values[..., :length, :]
+
+
+def set_kv(cache: DynamicCache, layer_idx: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """An attention layer's K/V become exactly these tensors."""
+    layer = cache.layers[layer_idx]
+    layer.keys, layer.values = keys, values
+
+
+def replace_kv_rows(cache: DynamicCache, layer_idx: int, rows: torch.Tensor, keys: torch.Tensor,
+                    values: torch.Tensor) -> None:
+    """Rows `rows` of an attention layer's K/V become keys/values [B, kv_heads, len(rows), D] (out of
+    place: the cache's tensors may be shared)."""
+    layer = cache.layers[layer_idx]
+    layer.keys = layer.keys.index_copy(2, rows, keys.to(layer.keys.dtype))
+    layer.values = layer.values.index_copy(2, rows, values.to(layer.values.dtype))
+
+
+def linear_states(cache: DynamicCache, spec) -> dict[int, tuple[torch.Tensor | None, torch.Tensor | None]]:
+    """A copy of every linear layer's (recurrent state, conv state), for restore_linear_states."""
+    copy_of = lambda t: None if t is None else t.clone()  # noqa: E731
+    return {l.layer_idx: (copy_of(recurrent_state(cache, l.layer_idx)), copy_of(conv_state(cache, l.layer_idx)))
+            for l in spec.linear}
+
+
+def restore_linear_states(cache: DynamicCache, saved: dict) -> None:
+    for layer_idx, (state, conv) in saved.items():
+        if state is not None:
+            set_recurrent_state(cache, layer_idx, state.clone())
+        if conv is not None:
+            set_conv_state(cache, layer_idx, conv.clone())

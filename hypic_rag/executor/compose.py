@@ -11,7 +11,7 @@ For segment i at offset o (tokens before it), in request order:
   pic_transition_rope: S <- M S + E over the whole segment, tail, keys rotated to o.
   pic_transition    : the same with keys left where precompute put them (no RoPE fix).
   pic_addition      : S <- S + E (no operator), tail, keys left unrotated.
-  hypic_adaptive    : hypic, plus seam extensions where a probe finds them worth it, within a
+  hypic_adaptive    : hypic, then fresh K/V for the cached tokens the question reads most, within a
                       token budget (executor/adaptive_recompute.py).
 """
 
@@ -25,10 +25,10 @@ from transformers import DynamicCache
 from hypic_rag.config import Mode
 from hypic_rag.errors import RequestError
 from hypic_rag.executor import cache_ops
-from hypic_rag.executor.adaptive_recompute import AdaptivePlan, context_scores, plan_extensions, split_entries
+from hypic_rag.executor.adaptive_recompute import AdaptivePlan, recompute_read_tokens
 from hypic_rag.executor.clock import clock
 from hypic_rag.executor.prefix_anchor import prefix_anchor
-from hypic_rag.executor.seam_pass import batched_seam_pass, supports_batched_seams
+from hypic_rag.executor.seam_pass import _key_positions, batched_seam_pass, supports_batched_seams
 from hypic_rag.models.specs import ModelSpec
 from hypic_rag.ops.compose import compose_state, merge_conv_tail
 from hypic_rag.ops.rope import shift_keys_per_token
@@ -42,7 +42,7 @@ class ComposeReport:
     recomputed_tokens: int
     end_offset: int
     question_logits: torch.Tensor | None = None  # set when the question rode in the seam pass
-    plan: AdaptivePlan | None = None  # hypic_adaptive: the seams and extensions the request ran
+    plan: AdaptivePlan | None = None  # hypic_adaptive: what the request recomputed
 
 
 def _append_segment_kv(
@@ -108,6 +108,7 @@ def compose_segments(
     batched_seams: bool = False,
     question: list[int] | None = None,
     recompute_budget: float = 0.0,
+    keep_question: bool = True,
 ) -> ComposeReport:
     """Extend `cache` (holding the shared prefix) with `entries` in order; returns timings and the end offset.
 
@@ -115,15 +116,16 @@ def compose_segments(
     recomputed in one layer-major forward instead of one forward per segment; a `question` given here
     then rides in that same forward and the report carries its next-token logits (otherwise the
     caller prefills the question itself). recompute_budget: hypic_adaptive's share of the segments'
-    tokens recomputed, seams included."""
+    tokens recomputed, seams included; its request needs the question, and keep_question=False
+    leaves the cache before the question again (with the adaptive rung's K/V; for diagnose)."""
     device = next(model.parameters()).device
     rung = mode.rung
     if rung.adaptive:
         if not (batched_seams and mixers is not None and supports_batched_seams(model, spec)):
-            raise RequestError(f"{mode.value} extends seams inside the one-pass seam recompute, which this model "
+            raise RequestError(f"{mode.value} builds on the one-pass seam recompute, which this model "
                                "or setting does not run: use mode 'hypic', or batched_seams=True on a supported hybrid")
         return _compose_with_one_seam_pass(model, spec, rotary_emb, cache, entries, prefix_length, mixers, question,
-                                           recompute_budget)
+                                           recompute_budget, keep_question)
     if (rung.seams and batched_seams and mixers is not None and sum(e.seam_tokens for e in entries) > 1
             and supports_batched_seams(model, spec)):
         return _compose_with_one_seam_pass(model, spec, rotary_emb, cache, entries, prefix_length, mixers, question)
@@ -160,19 +162,14 @@ def compose_segments(
 
 
 def _compose_with_one_seam_pass(model, spec, rotary_emb, cache, entries, prefix_length, mixers, question,
-                                budget: float | None = None) -> ComposeReport:
-    """budget (hypic_adaptive): extend seams within it, after the probe."""
+                                budget: float | None = None, keep_question: bool = True) -> ComposeReport:
+    """budget (hypic_adaptive, with a question and attention layers): after the seams, recompute the
+    K/V the question reads most within it (executor/adaptive_recompute.py)."""
     device = next(model.parameters()).device
     started = clock(device)
     unbatched = lambda t: None if t is None else t[0]  # noqa: E731
     anchor = prefix_anchor(entries, lambda i: unbatched(cache_ops.recurrent_state(cache, i)),
                            lambda i: unbatched(cache_ops.conv_state(cache, i)))
-    plan, branches = None, frozenset()
-    if budget is not None:
-        states = {l.layer_idx: l.end_state for l in anchor.linear}
-        plan = plan_extensions(entries, context_scores(entries, states.get), budget)
-        entries, branches = split_entries(entries, plan, spec, rotary_emb)
-        branches = frozenset(i + 1 for i in branches)  # after the anchor
     entries = [anchor, *entries]  # the seam pass chains every seam, segment 0's too, from the prefix
     _fill_missing_prefix_state(cache, anchor)
     pieces, offset = [(entries[0], 0, prefix_length)], prefix_length + entries[0].length
@@ -180,13 +177,21 @@ def _compose_with_one_seam_pass(model, spec, rotary_emb, cache, entries, prefix_
         pieces.append((entry, entry.seam_tokens, offset))
         offset += entry.length
     _append_segments_kv(cache, spec, rotary_emb, pieces)
+    adaptive = budget is not None and bool(question) and bool(spec.attention)
     t0 = clock(device)
-    result = batched_seam_pass(model, spec, cache, entries, prefix_length, mixers, question, branches)
+    result = batched_seam_pass(model, spec, cache, entries, prefix_length, mixers, None if adaptive else question)
     seam_seconds = clock(device) - t0
     last = entries[-1]
-    if not question and (last.interior_length > 0 or len(entries) - 1 in branches):  # a question crossed it
+    if result.logits is None and last.interior_length > 0:  # no question crossed it
         _advance_interior(cache, last, use_operator=True, fresh_seam=last.seam_tokens > 0)
+    logits, plan, recomputed = result.logits, None, result.seam_tokens
+    if adaptive:
+        t0 = clock(device)
+        keys, seams = _key_positions(entries, prefix_length)
+        logits, plan = recompute_read_tokens(model, spec, cache, mixers, entries, prefix_length, keys, seams,
+                                             question, budget, keep_question)
+        seam_seconds += clock(device) - t0
+        recomputed = plan.recomputed_tokens
     total = clock(device) - started
     return ComposeReport(compose_seconds=total - seam_seconds, seam_seconds=seam_seconds,
-                         recomputed_tokens=result.seam_tokens, end_offset=offset, question_logits=result.logits,
-                         plan=plan)
+                         recomputed_tokens=recomputed, end_offset=offset, question_logits=logits, plan=plan)

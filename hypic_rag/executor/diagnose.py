@@ -100,8 +100,10 @@ def diagnose(executor, segments: Sequence[Sequence[int]], question: Sequence[int
     reference, ref_logits = _question_states(executor, full, q, p0 + len(body))
     entries = [executor._ensure(s)[0] for s in segs]
     cache = executor._start_cache()
+    adaptive = mode.rung.adaptive  # it chooses what to recompute from the question: it needs it
     report = compose_segments(executor.model, executor.spec, executor.rotary_emb, cache, entries, mode, p0,
-                              executor.mixers, executor.config.batched_seams, None)
+                              executor.mixers, executor.config.batched_seams, list(q) if adaptive else None,
+                              executor.config.recompute_budget, keep_question=False)
     states, logits = _question_states(executor, cache, q, report.end_offset)
     errors = ((states - reference).flatten(1).norm(dim=1) / reference.flatten(1).norm(dim=1).clamp_min(1e-12)).tolist()
     linear = {l.layer_idx for l in executor.spec.linear}

@@ -90,21 +90,21 @@ def _runs(widths: list[int]) -> list[tuple[int, int]]:
 
 @contextmanager
 def _split_at_seams(spec: ModelSpec, mixers, entries: list[SegmentEntry], question_tokens: int = 0,
-                    branches: frozenset[int] = frozenset()):
+                    restarts: frozenset[int] = frozenset()):
     """Wrap the conv and recurrence functions so each seam starts from the state before it. With
     question_tokens, the question is one more seam after the last segment's interior. The swap lock
     is taken before the originals are read, so another thread's swap is never taken for one.
-    branches: indices into entries of seams whose end state is dropped: the interior after such a
-    seam advances the state from before it (executor/adaptive_recompute.py)."""
-    with SWAP_LOCK, _split_at_seams_locked(spec, mixers, entries, question_tokens, branches) as final_conv:
+    restarts: indices into entries of seams that start from a zero state and conv window and leave
+    the chain as it was (hypic_adaptive's spans, executor/span_pass.py)."""
+    with SWAP_LOCK, _split_at_seams_locked(spec, mixers, entries, question_tokens, restarts) as final_conv:
         yield final_conv
 
 
 @contextmanager
 def _split_at_seams_locked(spec: ModelSpec, mixers, entries: list[SegmentEntry], question_tokens: int = 0,
-                           branches: frozenset[int] = frozenset()):
+                           restarts: frozenset[int] = frozenset()):
     widths = [e.seam_tokens for e in entries[1:]] + ([question_tokens] if question_tokens else [])
-    branch = [k + 1 in branches for k in range(len(widths))]  # seam k belongs to entries[k + 1]
+    restart = [k + 1 in restarts for k in range(len(widths))]  # seam k belongs to entries[k + 1]
     offsets = [sum(widths[:k]) for k in range(len(widths))]  # where seam k starts among the pass's tokens
     runs = _runs(widths)
     by_layer = [{l.layer_idx: l for l in e.linear} for e in entries]
@@ -119,7 +119,7 @@ def _split_at_seams_locked(spec: ModelSpec, mixers, entries: list[SegmentEntry],
     def interior_after(k: int) -> SegmentEntry | None:
         """The interior between seam k (0-based in widths) and the next seam, if there is one."""
         entry = entries[k + 1] if k + 1 < len(widths) else None
-        return entry if entry is not None and (entry.interior_length > 0 or branch[k]) else None
+        return entry if entry is not None and entry.interior_length > 0 else None
 
     def next_window(window, k: int, layer: int):
         """The conv window the seam after seam k starts from: the interior's cached tail, with fresh seam
@@ -150,9 +150,10 @@ def _split_at_seams_locked(spec: ModelSpec, mixers, entries: list[SegmentEntry],
                 for k in range(lo, hi):
                     window = prev
                     if widths[k] > 0:
-                        joined = torch.cat([prev.to(columns.dtype), columns[..., offsets[k]: offsets[k] + widths[k]]], -1)
+                        start = torch.zeros_like(prev) if restart[k] else prev
+                        joined = torch.cat([start.to(columns.dtype), columns[..., offsets[k]: offsets[k] + widths[k]]], -1)
                         outs.append(conv_fn(joined, weight, bias, activation=activation)[..., -widths[k]:])
-                        window = joined[..., -width:]
+                        window = prev if restart[k] else joined[..., -width:]
                     if k < hi - 1:
                         prev = next_window(window, k, layer)
             prev = next_window(window, hi - 1, layer)
@@ -212,8 +213,8 @@ def _split_at_seams_locked(spec: ModelSpec, mixers, entries: list[SegmentEntry],
         final = final.float()
         starts = []
         for j, k in enumerate(range(lo, hi)):
-            starts.append(state)
-            if not branch[k]:
+            starts.append(torch.zeros_like(state) if restart[k] else state)
+            if not restart[k]:
                 state = compose_state(state, final[j: j + 1, ..., d_v:], final[j: j + 1, ..., :d_v])
             if k < hi - 1:
                 state = cross_interior(state, k, layer)
@@ -233,9 +234,10 @@ def _split_at_seams_locked(spec: ModelSpec, mixers, entries: list[SegmentEntry],
                 for k in range(lo, hi):
                     if widths[k] > 0:
                         part = slice(offsets[k], offsets[k] + widths[k])
-                        out, end = seam_call(call_args, call_kwargs, lambda _, v: v[:, part], widths[k], state)
+                        start = torch.zeros_like(state) if restart[k] and state is not None else state
+                        out, end = seam_call(call_args, call_kwargs, lambda _, v: v[:, part], widths[k], start)
                         outs.append(out)
-                        state = state if branch[k] else end
+                        state = state if restart[k] else end
                     if k < hi - 1:
                         state = cross_interior(state, k, layer)
             state = cross_interior(state, hi - 1, layer)
@@ -254,15 +256,12 @@ def _split_at_seams_locked(spec: ModelSpec, mixers, entries: list[SegmentEntry],
 
 @torch.no_grad()
 def batched_seam_pass(model, spec: ModelSpec, cache: DynamicCache, entries: list[SegmentEntry], prefix_length: int,
-                      mixers, question: list[int] | None = None,
-                      branches: frozenset[int] = frozenset()) -> SeamPassResult:
+                      mixers, question: list[int] | None = None) -> SeamPassResult:
     """Run the seams of entries[1:] through the model in one forward (entries[0]: the prefix anchor,
     or any segment whose state the cache holds). Before the call the cache holds the prefix, entries[0]
     and every interior's K/V; afterwards each linear layer
     holds the state right after the last seam. With a question, its tokens ride in the same forward
-    after the last segment's interior, and the result carries the next-token logits after it.
-    branches: indices of entries whose seam only refreshes K/V and outputs: the linear state their
-    interior advances is the one from before their seam."""
+    after the last segment's interior, and the result carries the next-token logits after it."""
     device = next(model.parameters()).device
     keys, seams = _key_positions(entries, prefix_length)
     cached = cache_ops.kv(cache, spec.attention[0].layer_idx)[0] if spec.attention else None
@@ -282,7 +281,7 @@ def batched_seam_pass(model, spec: ModelSpec, cache: DynamicCache, entries: list
     layer_types = set(getattr(model.config.get_text_config(decoder=True), "layer_types", None) or ())
     masks = {t: None for t in layer_types | {"linear_attention"}}  # linear and conv layers take no mask
     masks["full_attention"] = visible[None, None]
-    with _split_at_seams(spec, mixers, entries, len(question or ()), branches) as final_conv:
+    with _split_at_seams(spec, mixers, entries, len(question or ())) as final_conv:
         if question:
             out = model(input_ids=ids, past_key_values=cache, position_ids=positions, attention_mask=masks,
                         use_cache=True, logits_to_keep=1)
