@@ -82,7 +82,7 @@ def run_condition(model_path: str, condition: str, questions: int, max_new_token
     prefix = [tokenizer.bos_token_id]
     rungs = ["full_recompute:0"] + [r for r in rungs if not r.startswith("full_recompute")]
     executors = {r: HypicExecutor(model, tokenizer, executor_config(r, max_new_tokens), prefix) for r in rungs}
-    outcomes = {r: {"em": [], "kl": [], "recomputed": [], "tokens": []} for r in rungs}
+    outcomes = {r: {"em": [], "kl": [], "recomputed": [], "tokens": [], "ttft": []} for r in rungs}
     hops = []
     started = time.time()
     for i, record in enumerate(make_dataset(questions, seed=seed, num_docs=docs)):
@@ -100,6 +100,7 @@ def run_condition(model_path: str, condition: str, questions: int, max_new_token
             documents = sum(len(s) for s in segments)
             got["recomputed"].append(len(prefix) + documents - result.cached_tokens)
             got["tokens"].append(documents)
+            got["ttft"].append(result.timings.ttft)
         if (i + 1) % 50 == 0:
             print(f"{condition}: {i + 1}/{questions} questions, {time.time() - started:.0f}s", flush=True)
     return {"model": Path(model_path).name, "condition": condition, "documents": docs, "gold": where, "seed": seed,
@@ -157,6 +158,15 @@ def recomputed_fraction(run: dict, rung: str) -> float:
     return sum(min(width, n) for n in lengths) / sum(lengths)
 
 
+def ttft_vs_full(run: dict, rung: str) -> float | None:
+    """Mean time to first token over full recompute's, both measured in the same run (the rungs
+    interleaved question by question); None for a rung run before TTFT was recorded."""
+    got, full = run["outcomes"][rung].get("ttft"), run["outcomes"]["full_recompute:0"].get("ttft")
+    if not got or not full or len(got) != len(full):
+        return None
+    return float(np.mean(got) / np.mean(full))
+
+
 def summarise(run: dict) -> list[dict]:
     full = np.asarray(run["outcomes"]["full_recompute:0"]["em"], dtype=float)
     single = np.asarray(run["hops"]) == 1
@@ -169,7 +179,7 @@ def summarise(run: dict) -> list[dict]:
                      "gap_high": high, "full_right_mode_wrong": int(((full == 1) & (em == 0)).sum()),
                      "mode_right_full_wrong": int(((full == 0) & (em == 1)).sum()),
                      "kl": float(np.mean(got["kl"])), "questions": len(em),
-                     "recomputed": recomputed_fraction(run, name)})
+                     "recomputed": recomputed_fraction(run, name), "ttft_vs_full": ttft_vs_full(run, name)})
     return rows
 
 
@@ -189,14 +199,18 @@ def report(out: Path) -> None:
              "EM over all questions (about a quarter two-hop); gap = rung EM - full recompute EM, in points, with a "
              "paired-bootstrap 95% interval (10,000 resamples); F>R: full right and the rung wrong, R>F: the "
              "reverse; KL: mean first-token KL(full || rung); recomputed: share of the documents' tokens the rung "
-             "recomputes with their real context (the question is prefilled by every rung).", "",
-             "| model | condition | rung | EM | EM single-hop | gap (95% CI), points | F>R | R>F | KL | recomputed |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "recomputes with their real context (the question is prefilled by every rung); TTFT / full: mean time to "
+             "first token over full recompute's on this CPU, one torch thread, the rungs interleaved question by "
+             "question (blank: a rung last run before TTFT was recorded).", "",
+             "| model | condition | rung | EM | EM single-hop | gap (95% CI), points | F>R | R>F | KL | recomputed "
+             "| TTFT / full |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['condition']} | {label(r['rung'])} "
                      f"| {r['em']:.3f} | {r['em_single_hop']:.3f} | {100 * r['gap']:+.1f} ({100 * r['gap_low']:+.1f}, "
                      f"{100 * r['gap_high']:+.1f}) | {r['full_right_mode_wrong']} | {r['mode_right_full_wrong']} | "
-                     f"{r['kl']:.2e} | {100 * r['recomputed']:.1f}% |")
+                     f"{r['kl']:.2e} | {100 * r['recomputed']:.1f}% | "
+                     f"{'' if r['ttft_vs_full'] is None else format(r['ttft_vs_full'], '.2f')} |")
     (out / "held_out.md").write_text("\n".join(lines) + "\n")
     (out / "held_out.json").write_text(json.dumps(rows, indent=1))
     plot(rows, out / "held_out.png")

@@ -6,7 +6,9 @@ and N, in one process and interleaved request by request:
   - hf_generate: model.generate(max_new_tokens=1) on the whole prompt (full prefill);
   - prefix_cache: exact reuse of the longest previously seen segment prefix (warmed by the same
     warm-up requests as the others);
-  - hypic at segment hit rates 100% / 50% / 0% (the fraction of the pool precomputed offline).
+  - hypic at segment hit rates 100% / 50% / 0% (the fraction of the pool precomputed offline);
+  - at 100%, hypic with one seam forward per segment, and hypic_adaptive (three forwards: the seam
+    pass, the question, the picked tokens' spans with the question again).
 TTFT is request start to first token. Throughput is requests/s at concurrency 1 with
 --decode-tokens new tokens (1 / mean end-to-end latency). p99 over few samples is close to the max.
 
@@ -81,6 +83,7 @@ def pct(values, q):
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 PER_SEAM = "hypic@100%, seam forward per segment"
+ADAPTIVE = "hypic_adaptive@100%"  # the same entries; then the tokens the question reads, within --recompute-budget
 
 
 def run_model(name, config, args, rng, peaks=None, on_row=None) -> dict:
@@ -112,6 +115,10 @@ def run_model(name, config, args, rng, peaks=None, on_row=None) -> dict:
         if 1.0 in hypic:  # the same entries, with one seam forward per segment instead of one seam pass
             per_seam = ExecutorConfig(mode="hypic", seam_tokens=args.seam, max_new_tokens=1, batched_seams=False)
             variants.append((PER_SEAM, HypicExecutor(model, config=per_seam, shared_prefix=prefix,
+                                                     store=hypic[1.0].store), 1.0))
+            adaptive = ExecutorConfig(mode="hypic_adaptive", seam_tokens=args.seam, max_new_tokens=1,
+                                      recompute_budget=args.recompute_budget)
+            variants.append((ADAPTIVE, HypicExecutor(model, config=adaptive, shared_prefix=prefix,
                                                      store=hypic[1.0].store), 1.0))
         for k, req in enumerate(warm):
             segs = [pool[i] for i in req]
@@ -280,6 +287,7 @@ def main() -> None:
     p.add_argument("--throughput-requests", type=int, default=2)
     p.add_argument("--decode-tokens", type=int, default=16)
     p.add_argument("--seam", type=int, default=8)
+    p.add_argument("--recompute-budget", type=float, default=0.15, help="hypic_adaptive's share of the segments' tokens")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench/results")
     p.add_argument("--name", default="ttft", help="results file stem (ttft_gpu for the GPU run)")
