@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import demo_docs, demo_rag
+from hypic_rag.config import RequestOptions
 from hypic_rag.errors import RequestError
 
 QUESTIONS = [f"Where was {d['title']} born?" for d in demo_docs(12)[:4]]
@@ -82,8 +83,9 @@ def test_a_cancelled_task_cancels_its_request_and_the_next_one_is_served():
     rag = demo_rag()
     progressed = []
 
-    async def long_stream():
-        async for item in rag.astream(QUESTIONS[3], k=2, max_new_tokens=400, temperature=0.0):
+    async def long_stream():  # 400 tokens whatever the answer: the stream is still running when cancelled
+        long = RequestOptions(max_new_tokens=400, ignore_eos=True)
+        async for item in rag.astream(QUESTIONS[3], k=2, options=long):
             progressed.append(item)
 
     async def main():
