@@ -84,10 +84,11 @@ def plan_patches(weights: torch.Tensor, eligible: torch.Tensor, budget_tokens: i
     while the plan fits in budget_tokens; returns the merged spans [start, stop) and the picks."""
     covered: set[int] = set()
     picks: list[int] = []
+    weight, allowed = weights.tolist(), eligible.tolist()  # plain lists: one lookup per token, not a tensor op
     for t in weights.argsort(descending=True, stable=True).tolist():
-        if budget_tokens - len(covered) <= 0 or weights[t] <= 0:
+        if budget_tokens - len(covered) <= 0 or weight[t] <= 0:
             break
-        if not eligible[t]:
+        if not allowed[t]:
             continue
         new = set(range(max(first, t - warmup), t + 1)) - covered
         if len(covered) + len(new) <= budget_tokens:
