@@ -12,7 +12,7 @@ from hypic_rag.executor.attention_probe import last_query_attention
 from hypic_rag.models.registry import model_spec as spec_of
 
 PREFIX = [1, 2, 3]
-FAMILIES = ["qwen3_5", "kimi_linear", "bamba", "lfm2", "minimax"]
+FAMILIES = ["qwen3_5", "kimi_linear", "bamba", "lfm2", "minimax", "zamba2"]
 
 
 def executor(model, mode="hypic_adaptive", tokenizer=None, prefix=PREFIX, **kw):
@@ -47,7 +47,7 @@ def test_the_plan_takes_the_heaviest_eligible_tokens_with_their_warmup_within_th
     assert plan_patches(torch.zeros(100), eligible, 50, 10) == ((), ())  # nothing read: nothing to do
 
 
-@pytest.mark.parametrize("family", ["qwen3_5", "bamba", "minimax"])
+@pytest.mark.parametrize("family", ["qwen3_5", "bamba", "minimax", "zamba2", "falcon_h1"])
 def test_the_probe_records_what_eager_attention_reports_for_the_last_token(family):
     model = get_model(family)
     spec = spec_of(model)

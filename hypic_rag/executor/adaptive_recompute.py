@@ -159,6 +159,9 @@ def recompute_read_tokens(model: torch.nn.Module, spec: ModelSpec, cache, mixers
 
     with last_query_attention(model, {l.layer_idx for l in spec.attention}) as recorded:
         logits = _question_logits(model, cache, question, end)
+    if len(recorded) != len(spec.attention):
+        raise RuntimeError(f"hypic_adaptive: the attention probe saw {len(recorded)} of this model's "
+                           f"{len(spec.attention)} attention layers; use mode 'hypic' for {spec.model_type}")
     seam_tokens = len(seam_positions)
     total = int(budget * sum(e.length for e in entries))
     positions = torch.tensor(key_positions + seam_positions)

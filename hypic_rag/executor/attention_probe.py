@@ -36,7 +36,7 @@ def _last_row_probabilities(query: torch.Tensor, key: torch.Tensor, scaling: flo
 
 @contextmanager
 def last_query_attention(model: torch.nn.Module, attention_layers: set[int]) -> Iterator[dict[int, torch.Tensor]]:
-    """Inside the block, forwards of `model` record, per full-attention layer index in
+    """Inside the block, the first forward of `model` records, per full-attention layer index in
     `attention_layers`, the last query's attention over the layer's keys (in cache order), summed
     over heads: the yielded dict, filled as the forward runs."""
     recorded: dict[int, torch.Tensor] = {}
@@ -44,11 +44,14 @@ def last_query_attention(model: torch.nn.Module, attention_layers: set[int]) -> 
     ours = {id(m) for m in model.modules()}
     implementation = getattr(model.config, "_attn_implementation", None) or "eager"
 
+    order = sorted(attention_layers)
+
     def recording(original):
         def attention(module, query, key, value, *args, **kwargs):
-            if (threading.get_ident() == owner and id(module) in ours
-                    and getattr(module, "layer_idx", None) in attention_layers):
-                recorded[module.layer_idx] = _last_row_probabilities(query, key, kwargs.get("scaling"))
+            if threading.get_ident() == owner and id(module) in ours and len(recorded) < len(order):
+                # the k-th attention call of a forward is its k-th attention layer: layers run in order,
+                # and a shared block (Zamba2's) does not know which layer it serves
+                recorded[order[len(recorded)]] = _last_row_probabilities(query, key, kwargs.get("scaling"))
             return original(module, query, key, value, *args, **kwargs)
         return attention
 
