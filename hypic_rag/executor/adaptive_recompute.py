@@ -45,10 +45,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 
 from hypic_rag.executor import cache_ops
 from hypic_rag.executor.attention_probe import last_query_attention
-from hypic_rag.executor.span_pass import spans_then_question
+from hypic_rag.executor.span_pass import rows_by_position, spans_then_question
 from hypic_rag.models.specs import ModelSpec
 from hypic_rag.types import SegmentEntry
 
@@ -110,8 +111,7 @@ def patch_spans(model: torch.nn.Module, spec: ModelSpec, cache, key_positions: t
     """Run each span from a zero linear state over the cache's K/V before it; the patched positions'
     K/V in `cache` (rows in cache order, at key_positions) become the span's."""
     device = next(model.parameters()).device
-    row_of = torch.full((int(key_positions.max()) + 1,), -1, dtype=torch.long)
-    row_of[key_positions] = torch.arange(len(key_positions))
+    row_of = rows_by_position(key_positions)
     for start, stop in spans:
         before = torch.nonzero(key_positions < start).squeeze(1).to(device)
         run = cache_ops.new_cache(model)
@@ -191,5 +191,5 @@ def recompute_read_tokens(model: torch.nn.Module, spec: ModelSpec, cache, mixers
 
 def answer_shift(before: torch.Tensor, after: torch.Tensor) -> float:
     """KL(before || after) of two next-token logit vectors, in nats."""
-    p = before.float().log_softmax(-1)
-    return float((p.exp() * (p - after.float().log_softmax(-1))).sum())
+    return F.kl_div(after.float().log_softmax(-1), before.float().log_softmax(-1), log_target=True,
+                    reduction="sum").item()

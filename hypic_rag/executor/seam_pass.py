@@ -254,6 +254,15 @@ def _split_at_seams_locked(spec: ModelSpec, mixers, entries: list[SegmentEntry],
         yield final_conv
 
 
+def layer_masks(model, visible: torch.Tensor) -> dict:
+    """transformers' per-layer-type masks for a forward whose full-attention layers take `visible`
+    [queries, keys] (bool); linear and conv layers take no mask."""
+    layer_types = set(getattr(model.config.get_text_config(decoder=True), "layer_types", None) or ())
+    masks = {t: None for t in layer_types | {"linear_attention"}}
+    masks["full_attention"] = visible[None, None]
+    return masks
+
+
 @torch.no_grad()
 def batched_seam_pass(model, spec: ModelSpec, cache: DynamicCache, entries: list[SegmentEntry], prefix_length: int,
                       mixers, question: list[int] | None = None) -> SeamPassResult:
@@ -278,9 +287,7 @@ def batched_seam_pass(model, spec: ModelSpec, cache: DynamicCache, entries: list
     positions = torch.tensor([queries], device=device)
     key_pos = torch.tensor(keys + queries, device=device)
     visible = key_pos[None, :] <= positions[0][:, None]
-    layer_types = set(getattr(model.config.get_text_config(decoder=True), "layer_types", None) or ())
-    masks = {t: None for t in layer_types | {"linear_attention"}}  # linear and conv layers take no mask
-    masks["full_attention"] = visible[None, None]
+    masks = layer_masks(model, visible)
     with _split_at_seams(spec, mixers, entries, len(question or ())) as final_conv:
         if question:
             out = model(input_ids=ids, past_key_values=cache, position_ids=positions, attention_mask=masks,

@@ -20,9 +20,16 @@ from __future__ import annotations
 import torch
 
 from hypic_rag.executor import cache_ops
-from hypic_rag.executor.seam_pass import _split_at_seams
+from hypic_rag.executor.seam_pass import _split_at_seams, layer_masks
 from hypic_rag.models.specs import ModelSpec
 from hypic_rag.types import SegmentEntry
+
+
+def rows_by_position(key_positions: torch.Tensor) -> torch.Tensor:
+    """[max position + 1]: the cache row holding each position (key_positions: each row's position)."""
+    row_of = torch.full((int(key_positions.max()) + 1,), -1, dtype=torch.long)
+    row_of[key_positions] = torch.arange(len(key_positions))
+    return row_of
 
 
 def _mask(key_positions: torch.Tensor, spans, patched_rows: torch.Tensor, fresh_rows: torch.Tensor,
@@ -51,8 +58,7 @@ def spans_then_question(model: torch.nn.Module, spec: ModelSpec, cache, mixers, 
     forward; the patched positions' K/V in `cache` become the spans'. Returns the question's
     next-token logits."""
     device = next(model.parameters()).device
-    row_of = torch.full((int(key_positions.max()) + 1,), -1, dtype=torch.long)
-    row_of[key_positions] = torch.arange(len(key_positions))
+    row_of = rows_by_position(key_positions)
     span_positions = [t for a, b in spans for t in range(a, b)]
     picked = set(patched)
     fresh_rows = torch.tensor([i for i, t in enumerate(span_positions) if t in picked], dtype=torch.long)
@@ -63,13 +69,10 @@ def spans_then_question(model: torch.nn.Module, spec: ModelSpec, cache, mixers, 
     entries = [SegmentEntry(token_ids=(), seam_tokens=0, fingerprint="", linear=(), attention=())] + [
         SegmentEntry(token_ids=tuple(token_at[a:b]), seam_tokens=b - a, fingerprint="", linear=(), attention=())
         for a, b in spans]  # the seam pass's layout: no prefix entry, one seam per span, no interiors
-    layer_types = set(getattr(model.config.get_text_config(decoder=True), "layer_types", None) or ())
-    masks = {t: None for t in layer_types | {"linear_attention"}}  # linear and conv layers take no mask
-    masks["full_attention"] = visible[None, None]
     restarts = frozenset(range(1, len(entries)))
     with _split_at_seams(spec, mixers, entries, len(question), restarts) as final_conv:
-        out = model(input_ids=ids, past_key_values=cache, position_ids=positions, attention_mask=masks,
-                    use_cache=True, logits_to_keep=1)
+        out = model(input_ids=ids, past_key_values=cache, position_ids=positions,
+                    attention_mask=layer_masks(model, visible), use_cache=True, logits_to_keep=1)
     for layer, window in final_conv.items():
         cache_ops.set_conv_state(cache, layer, window)
     held, spanned = len(key_positions), len(span_positions)
