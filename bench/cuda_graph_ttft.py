@@ -5,15 +5,22 @@ forward over it, the hypic request eager on the lean runtime (graphs=False), and
 as the library serves it on CUDA (runtime/request_graphs.py: planned into its shape bucket, its
 entries copied into the bucket's buffers, the bucket's graph replayed, logits and state copied out;
 all of it timed). Checks that the graph gives the eager logits. Then a decode step, eager and
-replayed (runtime/static_decode.py).
+replayed (runtime/static_decode.py). Each figure also over its roofline floor (bench/roofline.py:
+this machine's measured bandwidth and matmul peak).
 
-    python bench/cuda_graph_ttft.py --hidden 2048 --layers 24 --vocab 32768 --out $OUT
+With --compile, after every segment count has its row: the same request and decode step on a
+runtime that compiles what it captures (ExecutorConfig.compile_graphs, runtime/compiled.py), each
+row rewritten as its compiled figures come (a run cut short keeps the rest), with the seconds the
+first requests took (compiling, autotuning, capturing).
+
+    python bench/cuda_graph_ttft.py --hidden 2048 --layers 24 --vocab 32768 --compile --out $OUT
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +28,11 @@ import torch
 
 from hypic_rag import ExecutorConfig, HypicExecutor
 from hypic_rag.runtime.contexts import attention, few_query_attention
+from hypic_rag.runtime.lean_request import LeanRuntime
 from hypic_rag.runtime.scan import tensor_core_fp32
 
 from lean_bench_model import add_model_arguments, build_model, cuda_timed  # (bench/, beside this script)
+from roofline import decode_floor, measure_peaks, request_floors
 
 
 def profile(path: Path, runs: dict) -> None:
@@ -66,7 +75,57 @@ def report(out: Path, name: str, meta: dict, rows: list) -> None:
                      f"{r['decode_step_eager_s'] * 1e3:.1f} | "
                      + (f"{r['decode_step_graph_s'] * 1e3:.2f} |" if r.get("decode_captured") else "not captured |")
                      + f" {r['seam_attention_few_query_s'] * 1e3:.3f} / {r['seam_attention_sdpa_mask_s'] * 1e3:.3f} |")
+    lines += ["", "Over the roofline floor (bench/roofline.py, this machine's measured peaks; the issue's targets: "
+              "hypic within 3x of its floor at 8 segments, a decode step within 3x of its floor):", "",
+              "| segments | hypic floor (ms) | hypic bucketed graph / floor | decode floor (ms) | "
+              "decode step replayed / floor |", "|---|---|---|---|---|"]
+    for r in rows:
+        f = r["floors_s"]
+        lines.append(f"| {r['segments']} | {f['hypic_floor_s'] * 1e3:.2f} | {r['hypic_graph_s'] / f['hypic_floor_s']:.1f} | "
+                     f"{f['decode_floor_s'] * 1e3:.2f} | {r['decode_step_graph_s'] / f['decode_floor_s']:.1f} |")
+    compiled = [r for r in rows if "compiled" in r]
+    if compiled:
+        lines += ["", "Compiled before capture (`compile_graphs=True`: inductor fuses what the graph replays). "
+                  "x = lean full prefill / the cell; first requests = the seconds the bucket's first two requests "
+                  "took (compile, autotune, capture), likewise the decode step's first two.", "",
+                  "| segments | hypic compiled graph (ms) | x compiled graph | compiled / floor | "
+                  "max abs diff vs eager | decode step compiled, replayed (ms) | decode / floor | "
+                  "first requests (s) | first decode steps (s) |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in compiled:
+            c, f = r["compiled"], r["floors_s"]
+            graph = "not compiled" if c["request_fell_back"] else f"{c['hypic_graph_s'] * 1e3:.1f}"
+            step = "not compiled" if c["decode_fell_back"] else f"{c['decode_step_graph_s'] * 1e3:.2f}"
+            lines.append(f"| {r['segments']} | {graph} | {r['full_prefill_lean_s'] / c['hypic_graph_s']:.2f} | "
+                         f"{c['hypic_graph_s'] / f['hypic_floor_s']:.1f} | {c['max_abs_diff_vs_eager']:.1e} | {step} | "
+                         f"{c['decode_step_graph_s'] / f['decode_floor_s']:.1f} | {c['first_requests_s']:.1f} | "
+                         f"{c['first_decode_steps_s']:.1f} |")
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+def compiled_figures(runtime: LeanRuntime, entries, question, want: torch.Tensor, reps: int) -> dict:
+    """The request and a decode step on a runtime compiling what it captures: the first two requests
+    (compile and warm-up, capture) timed once, then replays as the library serves them."""
+    start = time.perf_counter()
+    for _ in range(2):
+        runtime.hypic(entries, question)
+    torch.cuda.synchronize()
+    first_requests = time.perf_counter() - start
+    got, state = runtime.hypic(entries, question)
+    bucket = next(reversed(runtime.graphs.buckets.values()))
+    graph_s = cuda_timed(lambda: runtime.hypic(entries, question), reps)
+    token = int(torch.argmax(got))
+    decoder = runtime.decoder(state)
+    start = time.perf_counter()
+    decoder.step(token)
+    decoder.step(token)
+    torch.cuda.synchronize()
+    first_steps = time.perf_counter() - start
+    step_s = cuda_timed(lambda: decoder.step(token), reps)
+    return {"hypic_graph_s": graph_s, "max_abs_diff_vs_eager": float((got - want).abs().max()),
+            "request_fell_back": bool(bucket.forward.failed), "graph_captured": bucket.graph is not None,
+            "decode_step_graph_s": step_s, "decode_fell_back": bool(decoder.forward.failed),
+            "decode_captured": decoder.graph is not None, "first_requests_s": first_requests,
+            "first_decode_steps_s": first_steps}
 
 
 def seam_attention(lean, queries: int, keys: int, reps: int) -> dict:
@@ -94,6 +153,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rewrite-report", metavar="JSON", help="only rewrite the .md of an earlier run's JSON")
     p.add_argument("--profile", action="store_true", help="write the top CUDA kernels of the first segment count")
+    p.add_argument("--compile", action="store_true", help="then the same on a runtime compiling what it captures")
     args = p.parse_args()
     if args.rewrite_report:
         data = json.loads(Path(args.rewrite_report).read_text())
@@ -105,7 +165,8 @@ def main() -> None:
     prefix = [0]
     ex = HypicExecutor(model, config=ExecutorConfig(mode="hypic", seam_tokens=8, runtime="lean"), shared_prefix=prefix)
     runtime = ex.lean
-    rows = []
+    peaks = measure_peaks()
+    rows, cases = [], []
     for n in args.segments:
         segs = [rng.integers(3, args.vocab, size=args.segment_tokens).tolist() for _ in range(n)]
         entries = [ex.ensure(s)[0] for s in segs]
@@ -138,13 +199,16 @@ def main() -> None:
         graph_step_s = cuda_timed(lambda: decoder.step(token), args.reps)
         attention_s = seam_attention(runtime.lean, n * 8 + args.question_tokens, 1 + n * args.segment_tokens,
                                      args.reps)
-        row = {"segments": n, **attention_s, "full_prefill_lean_s": full_s, "full_prefill_transformers_s": transformers_s,
+        floors = request_floors(model, n, args.segment_tokens, args.question_tokens, 8, entries[0].nbytes, peaks)
+        floors["decode_floor_s"] = decode_floor(model, state.length, peaks)
+        row = {"segments": n, **attention_s, "floors_s": floors, "peaks": peaks, "full_prefill_lean_s": full_s, "full_prefill_transformers_s": transformers_s,
                "hypic_eager_lean_s": eager_s, "hypic_graph_s": graph_s, "graph_captured": bucket.graph is not None,
                "graph_max_abs_diff_vs_eager": diff, "decode_step_eager_s": step_s, "decode_step_graph_s": graph_step_s,
                "decode_captured": decoder.graph is not None, "x_full_over_eager": full_s / eager_s,
                "x_full_over_graph": full_s / graph_s}
         print(json.dumps(row), flush=True)
         rows.append(row)
+        cases.append((entries, want))
         meta = {"device": torch.cuda.get_device_name(), "family": args.family, "hidden": args.hidden,
                 "layers": args.layers, "vocab": args.vocab, "segment_tokens": args.segment_tokens,
                 "question_tokens": args.question_tokens, "reps": args.reps, "torch": torch.__version__}
@@ -155,6 +219,25 @@ def main() -> None:
                     "lean full prefill": lambda: runtime.prefill(prompt),
                     "hypic@100% eager": lambda: runtime.hypic(entries, question, graphs=False),
                     "hypic@100% bucketed graph": lambda: runtime.hypic(entries, question)})
+            except Exception as error:  # noqa: BLE001
+                print(f"profile failed: {error!r}", flush=True)
+    if not args.compile:
+        return
+    runtime = LeanRuntime(model, prefix, compile_graphs=True)
+    for row, (entries, want) in zip(rows, cases):
+        row["compiled"] = compiled_figures(runtime, entries, question, want, args.reps)
+        print(json.dumps({"segments": row["segments"], "compiled": row["compiled"]}), flush=True)
+        report(Path(args.out), args.name, meta, rows)
+        if args.profile and row is rows[0]:
+            logits, state = runtime.hypic(entries, question)
+            decoder = runtime.decoder(state)
+            token = int(torch.argmax(logits))
+            decoder.step(token)
+            decoder.step(token)
+            try:
+                profile(Path(args.out) / f"{args.name}_profile.txt", {
+                    "hypic@100% compiled bucketed graph": lambda: runtime.hypic(entries, question),
+                    "decode step compiled, replayed": lambda: decoder.step(token)})
             except Exception as error:  # noqa: BLE001
                 print(f"profile failed: {error!r}", flush=True)
 

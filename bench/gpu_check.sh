@@ -32,23 +32,27 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site
 fi
-export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" HF_HUB_OFFLINE=1 TRITON_CACHE_DIR="$PWD/.triton-cache"
+# Inductor's caches (compiled graphs, its Triton kernels, autotuning) travel inside Triton's.
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" HF_HUB_OFFLINE=1 TRITON_CACHE_DIR="$PWD/.triton-cache" \
+  TORCHINDUCTOR_CACHE_DIR="$PWD/.triton-cache/inductor"
 export PYTHONUNBUFFERED=1
 LOG="$OUT/run.log"  # every step's output in one file: a returned folder holds at most 8 files
 nvidia-smi --query-gpu=name,memory.total --format=csv >> "$LOG"
 python3 -c "import torch, triton, transformers, fla; print(torch.__version__, triton.__version__, transformers.__version__, fla.__version__)" >> "$LOG" 2>&1
-# The graph-replay probe first (the shortest, and its kernels warm Triton's cache for what follows),
-# with its kernel profile; its .md is rebuilt here with --rewrite-report from its JSON.
-timeout ${PROBE_S:-140} python3 bench/cuda_graph_ttft.py --segments 8 32 --warmup 1 --profile --out "$OUT" 2>&1 \
+# The bucketed-graph bench first (its kernels warm Triton's cache for what follows), with its kernel
+# profile, then the same compiled before capture (--compile: rows rewritten as each segment count's
+# compiled figures come, so a cap keeps what finished); its .md is rebuilt from its JSON with
+# --rewrite-report.
+timeout ${PROBE_S:-220} python3 bench/cuda_graph_ttft.py --segments 8 32 --warmup 1 --profile --compile --out "$OUT" 2>&1 \
   | grep -v "falling back" >> "$LOG"
 rm -f "$OUT/cuda_graph_ttft.md"
 # The lean-runtime bench (the issue's targets), 8 and 32 segments before 16; its report is rewritten
 # after every segment count, so a run cut short keeps what it measured.
-timeout ${LEAN_S:-140} python3 bench/lean_ttft.py --device cuda --dtype bfloat16 --hidden 2048 --layers 24 --vocab 32768 \
+timeout ${LEAN_S:-100} python3 bench/lean_ttft.py --device cuda --dtype bfloat16 --hidden 2048 --layers 24 --vocab 32768 \
   --segments 8 32 16 --requests 3 --threads 16 --out "$OUT" --name lean_ttft_gpu 2>&1 | grep -v "falling back" >> "$LOG"
 # -v: every test's outcome as it ends, so a run cut by its cap still names what failed. The lean
 # runtime's tests first: the transformers-path ones compile many more kernels.
-LEAN_TESTS="lean or decode or mamba2_scan or continuation or bucket"
+LEAN_TESTS="lean or decode or mamba2_scan or continuation or bucket or compiled"
 timeout ${TESTS_S:-80} bash -c "python3 -m pytest -v --timeout 60 --tb=short -rfE -k '$LEAN_TESTS' tests/test_gpu.py; \
   python3 -m pytest -v --timeout 60 --tb=short -rfE -k 'not ($LEAN_TESTS)' tests/test_gpu.py" > "$OUT/gpu_tests.txt" 2>&1
 if [ -n "${TTFT_S:-}" ]; then

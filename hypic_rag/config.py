@@ -166,6 +166,11 @@ class ExecutorConfig:
     cuda_graphs: on the lean runtime on CUDA, replay each hypic request's forward as its shape
         bucket's CUDA graph (runtime/request_graphs.py; a bucket's first request runs eagerly, its
         second captures). False runs every request eagerly (no graph memory). Same results.
+    compile_graphs: on the lean runtime, compile (torch.compile, inductor) what the CUDA graphs
+        capture, each hypic bucket's forward and the decode step, so a replay runs a few fused
+        kernels instead of a thousand small ones (runtime/compiled.py; each new bucket or decode
+        capacity compiles once, seconds to a minute on a large model). Default False: not yet timed
+        on a GPU (bench/cuda_graph_ttft.py --compile measures it). Same results to ~1e-6 in fp32.
     """
 
     mode: Mode = Mode.HYPIC
@@ -181,6 +186,7 @@ class ExecutorConfig:
     runtime: str = "auto"
     interior_dtype: str = "float32"
     cuda_graphs: bool = True
+    compile_graphs: bool = False
     recompute_budget: float = 0.15
 
     def __post_init__(self) -> None:
@@ -198,6 +204,8 @@ class ExecutorConfig:
             raise RequestError(f"batched_seams must be True or False, got {self.batched_seams!r}")
         if not isinstance(self.cuda_graphs, bool):
             raise RequestError(f"cuda_graphs must be True or False, got {self.cuda_graphs!r}")
+        if not isinstance(self.compile_graphs, bool):
+            raise RequestError(f"compile_graphs must be True or False, got {self.compile_graphs!r}")
         budget = self.recompute_budget
         if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not 0 <= budget <= 1:
             raise RequestError(f"recompute_budget must be a share of the segments' tokens in [0, 1], got {budget!r}")

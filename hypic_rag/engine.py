@@ -111,7 +111,7 @@ class HypicExecutor:
         if wanted == "transformers" or (wanted == "auto" and self.device.type != "cuda"):
             return None
         try:
-            return self.loaded.lean_runtime(self.shared_prefix)
+            return self.loaded.lean_runtime(self.shared_prefix, self.config.compile_graphs)
         except UnsupportedModelError:
             if wanted == "lean":
                 raise

@@ -199,7 +199,7 @@ def test_mamba2_scan_runs_as_fla_simple_gla():
     lean = LeanRuntime(cuda_model("bamba")).lean
     fast = lean.linear_weights[lean.linear_layers[0]].recurrence
     assert fast.fla is not None
-    plain = Mamba2Recurrence(fast.a, fast.skip[:, 0], fast.head_dim, fast.chunk_scan, fast.model_chunk)
+    plain = Mamba2Recurrence(fast.a, fast.skip[:, 0], fast.head_dim, fast.chunk_scan.fn, fast.model_chunk)
     plain.fla = None
     g = torch.Generator(device="cuda").manual_seed(0)
     runs, steps, heads, p, n = 3, 70, fast.a.shape[0], fast.head_dim, lean.state_size
@@ -300,3 +300,53 @@ def test_a_later_request_replays_the_pooled_decode_graph_from_its_first_step():
             logits = want
         assert decoder.graph is not None and decoder.eager_steps == (1 if i == 0 else 0)
         del decoder
+
+
+@pytest.mark.parametrize("family", ["qwen3_5", "bamba"])
+def test_compiled_buckets_and_decode_steps_are_captured_and_replay_the_eager_results(family):
+    """compile_graphs on CUDA: inductor compiles a bucket's forward and the decode step (fla's kernels
+    as opaque ops inside), the graphs capture the compiled code, and replays give the eager logits."""
+    from hypic_rag.runtime.lean_request import LeanRuntime
+
+    prefix = (0, 5, 9)
+    model = cuda_model(family)
+    executor = HypicExecutor(model, config=ExecutorConfig(seam_tokens=8, runtime="transformers"), shared_prefix=prefix)
+    runtime = LeanRuntime(model, prefix, compile_graphs=True)
+    for i in range(3):  # one bucket: compiled and warmed up, captured, replayed
+        segs, (q,) = random_ids([60 - 5 * i, 45, 70], seed=50 + i), random_ids([6 + i], seed=60 + i)
+        entries = [executor.ensure(s)[0] for s in segs]
+        want, want_state = runtime.hypic(entries, q, graphs=False)
+        got, state = runtime.hypic(entries, q)
+        assert rel_err(got, want) < 1e-4
+    (bucket,) = runtime.graphs.buckets.values()
+    assert bucket.forward.failed is False and bucket.graph is not None
+    decoder, logits = runtime.decoder(state), want
+    for _ in range(6):
+        token = int(torch.argmax(logits))
+        logits = runtime.step(want_state, token)
+        assert rel_err(decoder.step(token), logits) < 2e-3
+    assert decoder.forward.failed is False and decoder.graph is not None
+
+
+def test_compiled_recurrence_ops_state_fla_outputs_as_fla_returns_them():
+    """torch.library.opcheck of the ops compiled graphs call fla's kernels through (runtime/kernel_ops.py)."""
+    pytest.importorskip("fla")
+    from hypic_rag.runtime import kernel_ops
+    from hypic_rag.runtime.lean_request import LeanRuntime
+
+    qwen = LeanRuntime(cuda_model("qwen3_5")).lean
+    gated = qwen.linear_weights[qwen.linear_layers[0]].recurrence
+    bamba = LeanRuntime(cuda_model("bamba")).lean
+    mamba = bamba.linear_weights[bamba.linear_layers[0]].recurrence
+    assert mamba.fla is not None
+    g = torch.Generator(device="cuda").manual_seed(0)
+    randn = lambda *shape: torch.randn(*shape, device="cuda", generator=g)  # noqa: E731
+    for kernel, steps in ((gated.chunk_fn, 70), (gated.step_fn, 1)):
+        q, k, v = randn(2, steps, 2, 32), randn(2, steps, 2, 32), randn(2, steps, 2, 32)
+        decay = -torch.rand(2, steps, 2, device="cuda", generator=g)
+        beta = torch.rand(2, steps, 2, device="cuda", generator=g)
+        for start in (None, randn(2, 2, 32, 32)):
+            torch.library.opcheck(kernel_ops.gated_delta_rule_op, (kernel.key, q, k, v, decay, beta, start))
+    q, k, v = randn(2, 70, 4, 16), randn(2, 70, 4, 16), randn(2, 70, 4, 32)
+    torch.library.opcheck(kernel_ops.simple_gla_op, (mamba.fla.key, q, k, v, -torch.rand(2, 70, 4, device="cuda",
+                                                                                            generator=g) * 0.1, None))

@@ -46,7 +46,7 @@ class LoadedModel:
 
     prefix_caches: the cache after each shared prefix, filled by the executors (read-only: an
     executor copies one before extending it), so executors for several rungs run a prefix once.
-    lean_runtimes: the lean runtime over this model after each shared prefix (runtime/), built on
+    lean_runtimes: the lean runtime over this model after each shared prefix, compiled or not (runtime/), built on
     first use by the executors that run on it."""
 
     model: torch.nn.Module
@@ -62,13 +62,15 @@ class LoadedModel:
     prefix_caches: dict = field(default_factory=dict, repr=False)
     lean_runtimes: dict = field(default_factory=dict, repr=False)
 
-    def lean_runtime(self, shared_prefix: tuple[int, ...]):
-        """The lean runtime after `shared_prefix` (UnsupportedModelError for a family not ported)."""
-        if shared_prefix not in self.lean_runtimes:
+    def lean_runtime(self, shared_prefix: tuple[int, ...], compile_graphs: bool = False):
+        """The lean runtime after `shared_prefix`, compiling its captured paths or not (one runtime
+        each; UnsupportedModelError for a family not ported)."""
+        key = (shared_prefix, compile_graphs)
+        if key not in self.lean_runtimes:
             from hypic_rag.runtime.lean_request import LeanRuntime
 
-            self.lean_runtimes[shared_prefix] = LeanRuntime(self.model, shared_prefix)
-        return self.lean_runtimes[shared_prefix]
+            self.lean_runtimes[key] = LeanRuntime(self.model, shared_prefix, compile_graphs)
+        return self.lean_runtimes[key]
 
     @classmethod
     def of(cls, model: torch.nn.Module, tokenizer=None, model_path: str | Path | None = None) -> "LoadedModel":

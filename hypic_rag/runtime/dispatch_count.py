@@ -8,6 +8,7 @@ it; bench/lean_ttft.py reports it.
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import torch
@@ -32,3 +33,24 @@ def kernel_ops(fn: Callable[[], object]) -> int:
     with KernelOps() as ops:
         fn()
     return ops.count
+
+
+def compiled_launches(fn: Callable, *args) -> tuple[int, object]:
+    """(kernel calls per call, fn's output) of `fn(*args)` compiled by inductor (whole graph, static
+    shapes): the calls in the wrapper code inductor generates, fused kernels (Triton on CUDA, C++ on
+    CPU) and extern ones (matmuls, attention, convolutions, the recurrence ops) alike. The compiled
+    counterpart of `kernel_ops`: a dispatch mode cannot watch a compiled function run."""
+    from torch._inductor.utils import run_and_get_code
+
+    output, codes = run_and_get_code(torch.compile(fn, fullgraph=True, dynamic=False), *args)
+    return sum(_calls(code) for code in codes), output
+
+
+_CALL = re.compile(r"^\s+(?:\w+ = )?(?:cpp_fused\w*|triton_\w+\.run|extern_kernels\.\w+|torch\.ops\.[\w.]+)\(")
+
+
+def _calls(code: str) -> int:
+    """The kernel calls in the body of a generated module's `call`."""
+    body = code[code.index("    def call(self, args):"):]
+    end = re.search(r"^\S|^    def ", body[1:], re.M)  # up to the next method or top-level statement
+    return sum(bool(_CALL.match(line)) for line in (body if end is None else body[:end.start() + 1]).splitlines())

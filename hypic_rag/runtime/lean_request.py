@@ -48,8 +48,12 @@ def lean_model(model: torch.nn.Module):
 
 
 class LeanRuntime:
-    def __init__(self, model: torch.nn.Module, shared_prefix: Sequence[int] = ()):
+    """`compile_graphs`: compile (inductor) what the CUDA graphs capture, a hypic request's bucket and
+    a decode step, before capturing it (runtime/compiled.py); on CPU, decode steps run compiled."""
+
+    def __init__(self, model: torch.nn.Module, shared_prefix: Sequence[int] = (), compile_graphs: bool = False):
         self.lean = lean_model(model)
+        self.compile_graphs = compile_graphs
         self.device = self.lean.device
         self.shared_prefix = tuple(shared_prefix)
         self.prefix_state = LeanState.empty(self.lean)
@@ -132,7 +136,7 @@ class LeanRuntime:
     def decoder(self, state: LeanState, capture: bool | None = None) -> Decoder:
         """Decode steps after `state` over preallocated buffers, captured as a CUDA graph on CUDA
         (runtime/static_decode.py); `state` itself is left as it is."""
-        return Decoder(self.lean, state, capture, self.decode_pool)
+        return Decoder(self.lean, state, capture, self.decode_pool, self.compile_graphs)
 
     def decode(self, state: LeanState, logits: torch.Tensor, max_new_tokens: int,
                eos_ids: frozenset[int] = frozenset()) -> list[int]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from hypic_rag.runtime import kernel_ops
 from hypic_rag.runtime.scan import affine_prefix, scalar_prefix
 
 
@@ -43,7 +44,7 @@ class GatedDeltaRecurrence:
     ([rows, H, D]), g and beta per new token ([N, H])."""
 
     def __init__(self, chunk_fn, step_fn):
-        self.chunk_fn, self.step_fn = chunk_fn, step_fn
+        self.chunk_fn, self.step_fn = kernel_ops.Kernel(chunk_fn), kernel_ops.Kernel(step_fn)
         self._starts: dict[tuple, torch.Tensor] = {}  # [0 | I] by shape: built once, read by every layer
 
     def _identity_start(self, runs: int, heads: int, d_k: int, d_v: int, device) -> torch.Tensor:
@@ -59,8 +60,7 @@ class GatedDeltaRecurrence:
         """[B, T, H, D] inputs from `initial_state`; (outputs, final state). The step function for a
         decode token, the chunk function for any run of several."""
         fn = self.step_fn if steps <= 1 else self.chunk_fn
-        return fn(q, k, v, g=g, beta=beta, initial_state=initial_state, output_final_state=True,
-                  use_qk_l2norm_in_kernel=True)
+        return kernel_ops.gated_delta_rule(fn, q, k, v, g, beta, initial_state)
 
     def continue_from(self, inputs, start: torch.Tensor | None, steps: int):
         q, k, v, g, beta = inputs
@@ -105,9 +105,10 @@ class Mamba2Recurrence:
         self.a = a  # -exp(A_log), fp32 [H]
         self.skip = skip[:, None]  # D, fp32 [H, 1]
         self.head_dim = head_dim
-        self.chunk_scan = chunk_scan
+        self.chunk_scan = kernel_ops.Kernel(chunk_scan)
         self.model_chunk = model_chunk
-        self.fla = _fla_simple_gla() if a.device.type == "cuda" else None
+        fla = _fla_simple_gla() if a.device.type == "cuda" else None
+        self.fla = None if fla is None else kernel_ops.Kernel(fla)
 
     def scan(self, x, dt, b, c, start: torch.Tensor | None):
         """x [R, T, H, P], dt [R, T, H], b/c [R, T, G, N] from `start` [R, H, P, N] (None: zero):
@@ -121,15 +122,12 @@ class Mamba2Recurrence:
                 (x[:, 0].float() * dt[:, 0, :, None])[..., None] * bh[:, :, None, :]
             return (torch.einsum("rhpn,rhn->rhp", s, ch) + x[:, 0].float() * self.skip)[:, None], s
         if self.fla is not None:
-            out, final = self.fla(q=_expand_groups(c, heads), k=_expand_groups(b, heads),
-                                  v=(x.float() * dt[..., None]).to(x.dtype), g=dt * self.a, scale=1.0,
-                                  initial_state=None if start is None else start.float().transpose(-1, -2),
-                                  output_final_state=True)
+            out, final = kernel_ops.simple_gla(self.fla, _expand_groups(c, heads), _expand_groups(b, heads),
+                                               (x.float() * dt[..., None]).to(x.dtype), dt * self.a,
+                                               None if start is None else start.float().transpose(-1, -2))
             return out.float() + x.float() * self.skip, final.float().transpose(-1, -2)
         chunk = min(self.model_chunk, max(16, 1 << (steps - 1).bit_length()))
-        out, final = self.chunk_scan(x, dt, self.a, b, c, chunk_size=chunk, D=self.skip[:, 0], initial_states=start,
-                                     return_final_states=True)
-        return out.float(), final.float()
+        return kernel_ops.mamba2_chunk_scan(self.chunk_scan, x, dt, self.a, b, c, chunk, self.skip[:, 0], start)
 
     def continue_from(self, inputs, start: torch.Tensor | None, steps: int):
         x, dt, b, c = inputs

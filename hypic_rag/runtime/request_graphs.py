@@ -24,7 +24,8 @@ requests never see each other's buffers: the logits and the state a request retu
 copies (the state holds only real rows, ready for decoding).
 
 Without capture (on a CPU, or `capture=False`), a bucket runs the same padded code eagerly: that
-is what the CPU tests check against the unpadded request.
+is what the CPU tests check against the unpadded request. With the runtime's `compile_graphs`, a
+bucket's function is compiled by inductor before its capture (runtime/compiled.py).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
+from hypic_rag.runtime.compiled import maybe_compiled
 from hypic_rag.runtime.contexts import LeanState
 from hypic_rag.runtime.cuda_graphs import captured, on_side_stream
 from hypic_rag.runtime.request_inputs import Parts, RequestInputs
@@ -90,13 +92,14 @@ class BucketedRequest:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.runs = 0  # requests served, eagerly or replayed
         self.out: tuple[torch.Tensor, LeanState] | None = None
+        self.forward = maybe_compiled(run_planned, runtime.compile_graphs, f"hypic request bucket {bucket}")
 
     def load(self, parts: Parts, plan: SeamPlan) -> None:
         self.inputs.load(parts)
         self.plan.packed.copy_(plan.packed, non_blocking=True)
 
     def _eager(self) -> tuple[torch.Tensor, LeanState]:
-        return run_planned(self.runtime.lean, self.plan, self.inputs, self.runtime.prefix_state)
+        return self.forward(self.runtime.lean, self.plan, self.inputs, self.runtime.prefix_state)
 
     def run(self) -> tuple[torch.Tensor, LeanState]:
         """The loaded request's (logits, state), over the buffers: eager, captured or replayed."""

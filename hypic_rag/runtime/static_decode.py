@@ -17,7 +17,9 @@ buffers and graph while it decodes (no sharing between interleaved requests), fr
 With a DecodePool (the lean runtime keeps one on CUDA) they go back to the pool when the request's
 Decoder is dropped, and the next request of the same capacity loads its state into them and replays
 the captured step from its first token: one capture per capacity, not per request. Past the
-capacity a request moves to buffers twice as large (from the pool, or captured again).
+capacity a request moves to buffers twice as large (from the pool, or captured again). With
+`compile`, the step is compiled by inductor (runtime/compiled.py) on its first call, before the
+capture; a pooled graph keeps what it captured.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import weakref
 
 import torch
 
+from hypic_rag.runtime.compiled import maybe_compiled
 from hypic_rag.runtime.contexts import LeanState, attention, conv_columns, conv_new_tokens
 from hypic_rag.runtime.cuda_graphs import captured, on_side_stream
 
@@ -135,10 +138,12 @@ class DecodePool:
 class Decoder:
     """A request's decode steps: `step(token)` -> next-token logits (see the module docstring)."""
 
-    def __init__(self, runtime, state: LeanState, capture: bool | None = None, pool: DecodePool | None = None):
+    def __init__(self, runtime, state: LeanState, capture: bool | None = None, pool: DecodePool | None = None,
+                 compile: bool = False):
         self.runtime = runtime
         self.capture = runtime.device.type == "cuda" if capture is None else capture
         self.pool = pool
+        self.forward = maybe_compiled(DecodeBuffers.step, compile, "decode step")  # called with the buffers
         self._state, self._buffers = state, None  # buffers on the first step: a request may decode nothing
         self.graph, self.logits = None, None
         self.eager_steps = 0
@@ -195,10 +200,12 @@ class Decoder:
 
     @torch.no_grad()
     def _eager(self, b: DecodeBuffers) -> torch.Tensor:
-        return on_side_stream(b.step) if self.capture else b.step()  # on CUDA the warm-up before a capture
+        step = lambda: self.forward(b)  # noqa: E731
+        return on_side_stream(step) if self.capture else step()  # on CUDA the warm-up before a capture
 
     @torch.no_grad()
     def _capture(self) -> None:
-        self.graph, self.logits = captured(self.buffers.step)  # records only: the replay that follows runs it
+        b = self.buffers
+        self.graph, self.logits = captured(lambda: self.forward(b))  # records only: the replay that follows runs it
         if self.pool is not None:
             self._hold(self.buffers)  # the pool keeps the graph with its buffers
