@@ -87,8 +87,13 @@ def test_compiled_buckets_and_decode_steps_serve_requests_without_recompiling():
         token = int(torch.argmax(logits))
         with torch._dynamo.config.patch(error_on_recompile=step > 0):
             logits = decoder.step(token)
+        if step == 0:
+            decoder_first = logits
         assert float((logits - runtime.step(plain, token)).abs().max()) < 1e-4
     assert decoder.forward.failed is False
+    again = runtime.decoder(state)  # new buffers of the same capacity: the same compiled step serves them
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        assert float((again.step(int(torch.argmax(got))) - decoder_first).abs().max()) < 1e-5
 
 
 def test_the_executor_decodes_compiled_the_tokens_of_the_transformers_path(caplog):
@@ -131,3 +136,18 @@ def test_the_recurrence_ops_state_their_outputs_as_the_kernels_return_them():
     b, c = (torch.randn(2, 20, bamba.groups, n, generator=g) for _ in range(2))
     torch.library.opcheck(kernel_ops.mamba2_chunk_scan_op,
                           (mamba.chunk_scan.key, x, dt, mamba.a, b, c, 16, mamba.skip[:, 0], None))
+
+
+def test_the_tf32_scope_is_left_to_the_caller_while_compiling():
+    """scan.tensor_core_fp32 sets a process-wide flag dynamo cannot trace: inside a compiled function
+    it must do nothing, on CUDA too (runtime/compiled.py scopes the whole call), or every compile on
+    a GPU would fail over to eager. Checked with the CUDA branch on CPU tensors."""
+    from hypic_rag.runtime.scan import tensor_core_fp32
+
+    def product(a, b):
+        with tensor_core_fp32(torch.device("cuda")):
+            return a @ b
+
+    a, b = torch.randn(4, 4), torch.randn(4, 4)
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(product, fullgraph=True, backend="eager")(a, b), a @ b)

@@ -305,7 +305,9 @@ def test_a_later_request_replays_the_pooled_decode_graph_from_its_first_step():
 @pytest.mark.parametrize("family", ["qwen3_5", "bamba"])
 def test_compiled_buckets_and_decode_steps_are_captured_and_replay_the_eager_results(family):
     """compile_graphs on CUDA: inductor compiles a bucket's forward and the decode step (fla's kernels
-    as opaque ops inside), the graphs capture the compiled code, and replays give the eager logits."""
+    as opaque ops inside), the graphs capture the compiled code, and replays give the eager logits,
+    to TF32's precision: compiled, every fp32 product of these fp32 models may use TF32
+    (runtime/compiled.py), where eagerly only the chain's do."""
     from hypic_rag.runtime.lean_request import LeanRuntime
 
     prefix = (0, 5, 9)
@@ -317,14 +319,14 @@ def test_compiled_buckets_and_decode_steps_are_captured_and_replay_the_eager_res
         entries = [executor.ensure(s)[0] for s in segs]
         want, want_state = runtime.hypic(entries, q, graphs=False)
         got, state = runtime.hypic(entries, q)
-        assert rel_err(got, want) < 1e-4
+        assert rel_err(got, want) < 5e-3
     (bucket,) = runtime.graphs.buckets.values()
     assert bucket.forward.failed is False and bucket.graph is not None
     decoder, logits = runtime.decoder(state), want
     for _ in range(6):
         token = int(torch.argmax(logits))
         logits = runtime.step(want_state, token)
-        assert rel_err(decoder.step(token), logits) < 2e-3
+        assert rel_err(decoder.step(token), logits) < 5e-3
     assert decoder.forward.failed is False and decoder.graph is not None
 
 

@@ -13,6 +13,13 @@ One compiled function per captured function: `fullgraph=True` (a graph break wou
 capture's work back into eager pieces; the CPU tests check there is none) and static shapes (each
 bucket and decode capacity compiles once for its shapes; dynamo keeps at most its cache limit of
 them per function, eager past that). A function that fails to compile runs eagerly: same results.
+
+Eagerly, the seam chain's fp32 products run on TF32 tensor cores on CUDA inside
+`scan.tensor_core_fp32` blocks, a process-wide setting dynamo cannot trace. Compiled, the blocks
+do nothing and the whole call runs inside one such block: every fp32 matrix product of the
+function may use TF32. In a bf16 model those are the chain's compositions and output corrections
+and the seam attention's scores, products of the entries' own precision (fla's chunk kernels
+multiply in TF32); in an fp32 model on CUDA, every product.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from typing import Callable, TypeVar
 
 import torch
 
+from hypic_rag.runtime.scan import tensor_core_fp32
+
 log = logging.getLogger("hypic_rag")
 T = TypeVar("T")
 
@@ -29,8 +38,8 @@ T = TypeVar("T")
 class Compiled:
     """fn compiled on its first call (inductor, whole graph, static shapes), or fn itself once compiling fails."""
 
-    def __init__(self, fn: Callable[..., T], what: str):
-        self.fn, self.what = fn, what
+    def __init__(self, fn: Callable[..., T], what: str, device: torch.device):
+        self.fn, self.what, self.device = fn, what, device
         self.compiled: Callable[..., T] | None = torch.compile(fn, fullgraph=True, dynamic=False)
         self.failed = False
 
@@ -38,12 +47,13 @@ class Compiled:
         if self.compiled is None:
             return self.fn(*args, **kwargs)
         try:
-            return self.compiled(*args, **kwargs)
+            with tensor_core_fp32(self.device):  # see the module docstring
+                return self.compiled(*args, **kwargs)
         except Exception as error:  # noqa: BLE001 (inductor or dynamo refusing: the eager function is the same)
             log.warning("%s not compiled (%r); it runs eagerly", self.what, error)
             self.compiled, self.failed = None, True
             return self.fn(*args, **kwargs)
 
 
-def maybe_compiled(fn: Callable[..., T], enabled: bool, what: str) -> Callable[..., T]:
-    return Compiled(fn, what) if enabled else fn
+def maybe_compiled(fn: Callable[..., T], enabled: bool, what: str, device: torch.device) -> Callable[..., T]:
+    return Compiled(fn, what, device) if enabled else fn

@@ -92,7 +92,8 @@ class BucketedRequest:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.runs = 0  # requests served, eagerly or replayed
         self.out: tuple[torch.Tensor, LeanState] | None = None
-        self.forward = maybe_compiled(run_planned, runtime.compile_graphs, f"hypic request bucket {bucket}")
+        self.forward = maybe_compiled(run_planned, runtime.compile_graphs, f"hypic request bucket {bucket}",
+                                      runtime.device)
 
     def load(self, parts: Parts, plan: SeamPlan) -> None:
         self.inputs.load(parts)

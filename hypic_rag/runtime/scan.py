@@ -20,8 +20,9 @@ import torch
 def tensor_core_fp32(device: torch.device) -> Iterator[None]:
     """fp32 matmuls on `device` may use TF32 tensor cores inside the block (CUDA only; the CPU path
     is unchanged). The setting is process-wide while the block runs, as torch has no per-call one,
-    and is restored after it."""
-    if device.type != "cuda":
+    and is restored after it. Inside a function being compiled it does nothing (dynamo cannot
+    trace the setting): runtime/compiled.py scopes TF32 around the whole compiled call instead."""
+    if device.type != "cuda" or torch.compiler.is_compiling():
         yield
         return
     matmul = torch.backends.cuda.matmul

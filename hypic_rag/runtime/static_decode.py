@@ -143,7 +143,7 @@ class Decoder:
         self.runtime = runtime
         self.capture = runtime.device.type == "cuda" if capture is None else capture
         self.pool = pool
-        self.forward = maybe_compiled(DecodeBuffers.step, compile, "decode step")  # called with the buffers
+        self.forward = maybe_compiled(DecodeBuffers.step, compile, "decode step", runtime.device)  # (buffers)
         self._state, self._buffers = state, None  # buffers on the first step: a request may decode nothing
         self.graph, self.logits = None, None
         self.eager_steps = 0
