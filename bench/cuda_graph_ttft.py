@@ -83,6 +83,13 @@ def report(out: Path, name: str, meta: dict, rows: list) -> None:
         f = r["floors_s"]
         lines.append(f"| {r['segments']} | {f['hypic_floor_s'] * 1e3:.2f} | {r['hypic_graph_s'] / f['hypic_floor_s']:.1f} | "
                      f"{f['decode_floor_s'] * 1e3:.2f} | {r['decode_step_graph_s'] / f['decode_floor_s']:.1f} |")
+    if all("seam_recurrence_chunk_s" in r for r in rows):
+        lines += ["", "One Gated DeltaNet layer's seam-pass recurrence (every run from [0 | I]) by fla's chunk kernel "
+                  "and by its fused recurrent kernel (`GatedDeltaRecurrence.recurrent_up_to`):", "",
+                  "| segments | chunk (ms) | fused recurrent (ms) | relative difference |", "|---|---|---|---|"]
+        lines += [f"| {r['segments']} | {r['seam_recurrence_chunk_s'] * 1e3:.3f} | "
+                  f"{r['seam_recurrence_fused_recurrent_s'] * 1e3:.3f} | {r['seam_recurrence_rel_diff']:.1e} |"
+                  for r in rows]
     compiled = [r for r in rows if "compiled" in r]
     if compiled:
         lines += ["", "Compiled before capture (`compile_graphs=True`: inductor fuses what the graph replays). "
@@ -143,6 +150,30 @@ def seam_attention(lean, queries: int, keys: int, reps: int) -> dict:
     return {"seam_attention_few_query_s": few, "seam_attention_sdpa_mask_s": fused}
 
 
+def seam_recurrence(lean, runs: int, width: int, reps: int) -> dict:
+    """One Gated DeltaNet layer's recurrence in the seam pass at this request's shape (`runs` runs of
+    `width` slots from the augmented start [0 | I]: runtime/recurrences.py): the chunk kernel the
+    chain uses and the fused recurrent one (`recurrent_up_to`), and how far apart their outputs are."""
+    from hypic_rag.runtime import kernel_ops
+
+    rec = lean.linear_weights[lean.linear_layers[0]].recurrence
+    g = torch.Generator(device="cuda").manual_seed(0)
+    hk, hv, dk, dv = lean.key_heads, lean.value_heads, lean.key_dim, lean.value_dim
+    q, k = (torch.randn(runs, width, hk, dk, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(2))
+    v = torch.nn.functional.pad(torch.randn(runs, width, hv, dv, device="cuda", generator=g, dtype=torch.bfloat16),
+                                (0, dk))
+    decay = -torch.rand(runs, width, hv, device="cuda", generator=g) * 0.1
+    beta = torch.rand(runs, width, hv, device="cuda", generator=g).to(torch.bfloat16)
+    start = rec._identity_start(runs, hv, dk, dv, q.device)
+    run = {name: (lambda fn=fn: kernel_ops.gated_delta_rule(fn, q, k, v, decay, beta, start))
+           for name, fn in (("chunk", rec.chunk_fn), ("recurrent", rec.step_fn))}
+    (out_c, final_c), (out_r, final_r) = run["chunk"](), run["recurrent"]()
+    rel = lambda a, b: float((a.float() - b.float()).norm() / b.float().norm())  # noqa: E731
+    return {"seam_recurrence_chunk_s": cuda_timed(run["chunk"], reps, warmup=2),
+            "seam_recurrence_fused_recurrent_s": cuda_timed(run["recurrent"], reps, warmup=2),
+            "seam_recurrence_rel_diff": max(rel(out_r, out_c), rel(final_r, final_c))}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(p, hidden=2048, layers=24, vocab=32768, segments=[8, 32])
@@ -199,6 +230,9 @@ def main() -> None:
         graph_step_s = cuda_timed(lambda: decoder.step(token), args.reps)
         attention_s = seam_attention(runtime.lean, n * 8 + args.question_tokens, 1 + n * args.segment_tokens,
                                      args.reps)
+        if args.family == "qwen3_5":
+            attention_s.update(seam_recurrence(runtime.lean, bucket.bucket.seams + 1, bucket.bucket.run_width,
+                                               args.reps))
         floors = request_floors(model, n, args.segment_tokens, args.question_tokens, 8, entries[0].nbytes, peaks)
         floors["decode_floor_s"] = decode_floor(model, state.length, peaks)
         row = {"segments": n, **attention_s, "floors_s": floors, "peaks": peaks, "full_prefill_lean_s": full_s, "full_prefill_transformers_s": transformers_s,

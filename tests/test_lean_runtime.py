@@ -140,6 +140,23 @@ def _request_fn(runtime):
     return request
 
 
+def test_short_runs_through_the_step_kernel_give_the_chunk_kernels_request():
+    """GatedDeltaRecurrence.recurrent_up_to sends the seam pass's runs (seams, the question) to the
+    step function instead of the chunk one: the same logits, K/V and linear states."""
+    model = get_model("qwen3_5")
+    executor = HypicExecutor(model, config=ExecutorConfig(seam_tokens=8), shared_prefix=PREFIX)
+    runtime = LeanRuntime(model, PREFIX)
+    segs, q = random_ids([24, 30, 18, 40], seed=16), random_ids([9], seed=17)[0]
+    entries = [executor.ensure(s)[0] for s in segs]
+    want, want_state = runtime.hypic(entries, q, graphs=False)
+    (recurrence,) = {id(w.recurrence): w.recurrence for w in runtime.lean.linear_weights.values()}.values()
+    recurrence.recurrent_up_to = 64
+    got, state = runtime.hypic(entries, q, graphs=False)
+    assert float((got - want).abs().max()) < 1e-5
+    assert all(torch.allclose(state.recurrent[i], want_state.recurrent[i], atol=1e-5) for i in state.recurrent)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(state.keys, want_state.keys))
+
+
 @pytest.mark.parametrize("family", ["qwen3_5", "bamba", "granitemoehybrid_dense"])
 def test_the_planned_request_compiles_as_one_graph_no_host_synchronisation(family):
     """torch.compile(fullgraph=True) refuses a .item(), a data-dependent shape or any other graph break."""

@@ -43,8 +43,12 @@ class GatedDeltaRecurrence:
     """The gated delta rule. inputs = (q, k, v, g, beta): q, k, v per row of the context's layout
     ([rows, H, D]), g and beta per new token ([N, H])."""
 
-    def __init__(self, chunk_fn, step_fn):
+    def __init__(self, chunk_fn, step_fn, recurrent_up_to: int = 1):
         self.chunk_fn, self.step_fn = kernel_ops.Kernel(chunk_fn), kernel_ops.Kernel(step_fn)
+        # runs of at most this many tokens go to the step function (fla's fused recurrent kernel on
+        # CUDA: one pass over the tokens, where the chunk kernel pads every run to a 64-token chunk);
+        # 1: only decode steps. bench/cuda_graph_ttft.py times both kernels at the seam pass's shape.
+        self.recurrent_up_to = recurrent_up_to
         self._starts: dict[tuple, torch.Tensor] = {}  # [0 | I] by shape: built once, read by every layer
 
     def _identity_start(self, runs: int, heads: int, d_k: int, d_v: int, device) -> torch.Tensor:
@@ -58,8 +62,8 @@ class GatedDeltaRecurrence:
 
     def call(self, q, k, v, g, beta, initial_state, steps: int):
         """[B, T, H, D] inputs from `initial_state`; (outputs, final state). The step function for a
-        decode token, the chunk function for any run of several."""
-        fn = self.step_fn if steps <= 1 else self.chunk_fn
+        decode token (and runs up to `recurrent_up_to` tokens), the chunk function for longer runs."""
+        fn = self.step_fn if steps <= self.recurrent_up_to else self.chunk_fn
         return kernel_ops.gated_delta_rule(fn, q, k, v, g, beta, initial_state)
 
     def continue_from(self, inputs, start: torch.Tensor | None, steps: int):
