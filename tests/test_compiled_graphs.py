@@ -3,6 +3,8 @@ the CPU the same compile (C++ kernels where CUDA gets Triton ones) must give the
 states, take the whole function as one graph with the recurrences as opaque ops, and call far fewer
 kernels than the eager function dispatches ops (the count a replayed graph pays per kernel)."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -19,6 +21,9 @@ from hypic_rag.runtime.static_decode import DecodeBuffers
 
 PREFIX = (0, 5, 9)
 FAMILIES = ["qwen3_5", "bamba", "granitemoehybrid_dense"]
+# inductor's CPU kernels are C++ it compiles (the machines this project runs on have g++)
+inductor = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None,
+                              reason="inductor's CPU backend needs a C++ compiler")
 
 
 def _setup(family, compile_graphs=False):
@@ -33,6 +38,7 @@ def _entries(runtime, executor, segments, seed):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@inductor
 def test_a_compiled_request_is_the_eager_one_in_a_fifth_of_the_kernels(family):
     runtime, executor = _setup(family)
     entries, q = _entries(runtime, executor, 4, seed=2)
@@ -53,6 +59,7 @@ def test_a_compiled_request_is_the_eager_one_in_a_fifth_of_the_kernels(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@inductor
 def test_a_compiled_decode_step_is_the_eager_one_in_two_fifths_of_the_kernels(family):
     runtime, executor = _setup(family)
     entries, q = _entries(runtime, executor, 3, seed=4)
@@ -68,6 +75,7 @@ def test_a_compiled_decode_step_is_the_eager_one_in_two_fifths_of_the_kernels(fa
     assert launches <= 0.4 * eager, (launches, eager)  # measured: 71 / 277, 38 / 154, 75 / 222
 
 
+@inductor
 def test_compiled_buckets_and_decode_steps_serve_requests_without_recompiling():
     runtime, executor = _setup("qwen3_5", compile_graphs=True)
     graphs = RequestGraphs(runtime, capture=False)
@@ -96,6 +104,7 @@ def test_compiled_buckets_and_decode_steps_serve_requests_without_recompiling():
         assert float((again.step(int(torch.argmax(got))) - decoder_first).abs().max()) < 1e-5
 
 
+@inductor
 def test_the_executor_decodes_compiled_the_tokens_of_the_transformers_path(caplog):
     model = get_model("qwen3_5")
     *segs, q = random_ids([30, 25, 40, 6], seed=12)
