@@ -14,7 +14,8 @@
 # Results land in $OUT: run.log, reports.tgz (lean_ttft_gpu.{md,json}, cuda_graph_ttft.json and its
 # profile, gpu_tests.txt; ttft_gpu.json when TTFT_S is set), and Triton's refreshed cache in parts,
 # triton-cache.txz.a, ... (xz; .tgz where the machine has no xz). Copy the reports into bench/results
-# and commit them. LEAN_S, PROBE_S, TESTS_S, TTFT_S: caps (s).
+# and commit them. LEAN_S, PROBE_S, TESTS_S, TTFT_S: caps (s); a cap of 0 skips its step. PROBE_ARGS
+# replaces the bucketed-graph bench's segment and compile arguments (default "--segments 8 32 --compile").
 # A carried Triton cache (.triton-tgz: the last call's triton-cache.t?z.*) skips compiling and
 # autotuning (fla caches autotuning results there too).
 set -u
@@ -37,26 +38,31 @@ export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" HF_HUB_OFFLINE=1 TRITON_CACH
   TORCHINDUCTOR_CACHE_DIR="$PWD/.triton-cache/inductor"
 export PYTHONUNBUFFERED=1
 LOG="$OUT/run.log"  # every step's output in one file: a returned folder holds at most 8 files
+capped() {  # capped SECONDS COMMAND...: the command under its cap; a cap of 0 skips it
+  if [ "$1" = 0 ]; then return 0; fi
+  timeout "$@"
+}
 nvidia-smi --query-gpu=name,memory.total --format=csv >> "$LOG"
 python3 -c "import torch, triton, transformers, fla; print(torch.__version__, triton.__version__, transformers.__version__, fla.__version__)" >> "$LOG" 2>&1
 # The bucketed-graph bench first (its kernels warm Triton's cache for what follows), with its kernel
 # profile, then the same compiled before capture (--compile: rows rewritten as each segment count's
 # compiled figures come, so a cap keeps what finished); its .md is rebuilt from its JSON with
 # --rewrite-report.
-timeout ${PROBE_S:-220} python3 bench/cuda_graph_ttft.py --segments 8 32 --warmup 1 --profile --compile --out "$OUT" 2>&1 \
+capped ${PROBE_S:-220} python3 bench/cuda_graph_ttft.py ${PROBE_ARGS:---segments 8 32 --compile} --warmup 1 --profile \
+  --out "$OUT" 2>&1 \
   | grep -v "falling back" >> "$LOG"
 rm -f "$OUT/cuda_graph_ttft.md"
 # The lean-runtime bench (the issue's targets), 8 and 32 segments before 16; its report is rewritten
 # after every segment count, so a run cut short keeps what it measured.
-timeout ${LEAN_S:-100} python3 bench/lean_ttft.py --device cuda --dtype bfloat16 --hidden 2048 --layers 24 --vocab 32768 \
+capped ${LEAN_S:-100} python3 bench/lean_ttft.py --device cuda --dtype bfloat16 --hidden 2048 --layers 24 --vocab 32768 \
   --segments 8 32 16 --requests 3 --threads 16 --out "$OUT" --name lean_ttft_gpu 2>&1 | grep -v "falling back" >> "$LOG"
 # -v: every test's outcome as it ends, so a run cut by its cap still names what failed. The lean
 # runtime's tests first: the transformers-path ones compile many more kernels.
 LEAN_TESTS="lean or decode or mamba2_scan or continuation or bucket or compiled"
-timeout ${TESTS_S:-80} bash -c "python3 -m pytest -v --timeout 60 --tb=short -rfE -k '$LEAN_TESTS' tests/test_gpu.py; \
+capped ${TESTS_S:-80} bash -c "python3 -m pytest -v --timeout 60 --tb=short -rfE -k '$LEAN_TESTS' tests/test_gpu.py; \
   python3 -m pytest -v --timeout 60 --tb=short -rfE -k 'not ($LEAN_TESTS)' tests/test_gpu.py" > "$OUT/gpu_tests.txt" 2>&1
 if [ -n "${TTFT_S:-}" ]; then
-  timeout "$TTFT_S" python3 bench/ttft.py --device cuda --dtype bfloat16 --models qwen3_5-style --hidden 2048 --layers 24 \
+  capped "$TTFT_S" python3 bench/ttft.py --device cuda --dtype bfloat16 --models qwen3_5-style --hidden 2048 --layers 24 \
     --vocab 32768 --segments 8 16 32 --pool 32 --requests 3 --warmup 2 --throughput-requests 1 --out /tmp/ttft_gpu \
     --name ttft_gpu >> "$LOG" 2>&1 && cp /tmp/ttft_gpu/ttft_gpu.json "$OUT/"
 fi
