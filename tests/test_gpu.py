@@ -352,3 +352,34 @@ def test_compiled_recurrence_ops_state_fla_outputs_as_fla_returns_them():
     q, k, v = randn(2, 70, 4, 16), randn(2, 70, 4, 16), randn(2, 70, 4, 32)
     torch.library.opcheck(kernel_ops.simple_gla_op, (mamba.fla.key, q, k, v, -torch.rand(2, 70, 4, device="cuda",
                                                                                             generator=g) * 0.1, None))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_hypic_adaptive_on_cuda_moves_the_first_token_toward_full_recompute(dtype):
+    """The adaptive rung on CUDA (its attention probe wraps the CUDA model's attention function, its
+    span pass runs fla's kernels), on the shipped model: as on the CPU
+    (tests/test_adaptive_recompute.py), its first-token KL to full recompute over eight-document
+    questions is under half of hypic w=8's in fp32; in bf16, where rounding adds a KL floor both
+    rungs share, under hypic's."""
+    import torch.nn.functional as F
+
+    from hypic_rag.api import SHIPPED_MODEL, load_model
+    from hypic_rag.config import PromptTemplate
+    from hypic_rag.data.synthetic import make_dataset
+
+    model, tok = load_model(SHIPPED_MODEL, dtype=dtype, device="cuda")
+    template, prefix = PromptTemplate(), [tok.bos_token_id]
+    runs = {m: HypicExecutor(model, tok, config=ExecutorConfig(mode=m), shared_prefix=prefix)
+            for m in ("full_recompute", "hypic", "hypic_adaptive")}
+    kl = {"hypic": 0.0, "hypic_adaptive": 0.0}
+    for record in make_dataset(12, seed=2024, num_docs=8):
+        segs = [tok.encode(template.segment.format(title=d["title"], text=d["text"]), add_special_tokens=False)
+                for d in record["ctxs"]]
+        q = tok.encode(template.question.format(question=record["question"]), add_special_tokens=False)
+        ref = runs["full_recompute"].first_token_logits(segs, q).float().log_softmax(-1)
+        for mode in kl:
+            got = runs[mode].first_token_logits(segs, q)
+            assert got.is_cuda
+            kl[mode] += F.kl_div(got.float().log_softmax(-1), ref, log_target=True, reduction="sum").item()
+    print(f"first-token KL to full recompute, {dtype}: {kl}")
+    assert kl["hypic_adaptive"] < (0.5 if dtype == torch.float32 else 1.0) * kl["hypic"], kl
