@@ -169,8 +169,10 @@ class ExecutorConfig:
     compile_graphs: on the lean runtime, compile (torch.compile, inductor) what the CUDA graphs
         capture, each hypic bucket's forward and the decode step, so a replay runs a few fused
         kernels instead of a thousand small ones (runtime/compiled.py; each new bucket or decode
-        capacity compiles once, seconds to a minute on a large model). Default False: not yet timed
-        on a GPU (bench/cuda_graph_ttft.py --compile measures it). Same results to ~1e-6 in fp32.
+        capacity compiles once, seconds to a minute on a large model, and a bucket's compile holds
+        the runtime's request lock, as its capture does). Default False: not yet timed on a GPU
+        (bench/cuda_graph_ttft.py --compile measures it). Same results to ~1e-6 in fp32 on CPU; on
+        CUDA every fp32 product of the compiled function may use TF32.
     """
 
     mode: Mode = Mode.HYPIC
