@@ -1,7 +1,6 @@
 """Streaming generation, stopping rules, and the request result."""
 
 import pytest
-import torch
 
 from conftest import get_model, random_ids
 from hypic_rag import ExecutorConfig, HypicExecutor

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import demo_docs, get_model
+from conftest import demo_docs
 from hypic_rag import ExecutorConfig
 from hypic_rag.errors import RequestError, StoreError
 from hypic_rag.models.fingerprint import ModelFingerprint

@@ -1,7 +1,6 @@
 """Serde, tiers, promotion/demotion, corruption handling, pickle refusal."""
 
 import dataclasses
-import pickle
 
 import pytest
 import torch

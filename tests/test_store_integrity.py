@@ -7,7 +7,6 @@ import json
 import random
 
 import pytest
-import torch
 
 from conftest import get_model, random_ids
 from hypic_rag import HypicExecutor
