@@ -1,4 +1,5 @@
-"""The lean runtime against the transformers path, for each ported family (Gated DeltaNet: Qwen3.5;
+"""The lean runtime against the transformers path, for each ported family (Gated DeltaNet: Qwen3.5,
+Qwen3-Next with its grouped projections and experts;
 Mamba2: Bamba, Granite-4.0-H with experts and RoPE, and dense with NoPE): parity (full prefill,
 every rung, hypic, 20 decoded tokens), bucket padding, capture safety and the ops a request
 dispatches."""
@@ -20,7 +21,7 @@ PREFIX = (0, 5, 9)
 TOL = 1e-4
 
 
-TINY = {"tiny qwen3_5": "qwen3_5", "tiny bamba": "bamba", "tiny granite": "granitemoehybrid",
+TINY = {"tiny qwen3_5": "qwen3_5", "tiny qwen3_next": "qwen3_next", "tiny bamba": "bamba", "tiny granite": "granitemoehybrid",
         "tiny granite dense": "granitemoehybrid_dense"}
 PORTED = list(TINY) + ["shipped"]
 
@@ -176,7 +177,7 @@ def test_the_planned_request_compiles_as_one_graph_no_host_synchronisation(famil
         assert float((compiled - request(plan, inputs, runtime.prefix_state)).abs().max()) == 0.0
 
 
-@pytest.mark.parametrize("name", ["tiny qwen3_5", "tiny bamba", "tiny granite dense", "shipped"])
+@pytest.mark.parametrize("name", ["tiny qwen3_5", "tiny qwen3_next", "tiny bamba", "tiny granite dense", "shipped"])
 def test_a_hypic_request_dispatches_about_one_forward_whatever_the_segment_count(name):
     model = _models()[name]
     vocab = model.config.get_text_config(decoder=True).vocab_size
@@ -214,7 +215,7 @@ def test_families_not_ported_stay_on_the_transformers_path():
     assert not runtime.covers(short, [5, 6])  # no interior after the seam: the transformers path
 
 
-@pytest.mark.parametrize("family", ["qwen3_5", "bamba", "granitemoehybrid"])
+@pytest.mark.parametrize("family", ["qwen3_5", "qwen3_next", "bamba", "granitemoehybrid"])
 def test_the_executor_runs_every_rung_and_decoding_on_the_lean_runtime_when_asked(family):
     """Full prefill, the prefix cache and hypic run on the lean runtime; the PIC rungs compose on the
     transformers path inside the same executor. Every rung decodes what the transformers path does."""
@@ -237,7 +238,7 @@ def test_the_executor_runs_every_rung_and_decoding_on_the_lean_runtime_when_aske
     assert HypicExecutor(get_model("bamba")).lean is None  # auto on a CPU: the transformers path
 
 
-@pytest.mark.parametrize("family", ["qwen3_5", "bamba"])
+@pytest.mark.parametrize("family", ["qwen3_5", "qwen3_next", "bamba"])
 def test_the_prefix_cache_baseline_prefills_the_rest_in_one_forward_with_a_snapshot_at_every_boundary(family):
     model = get_model(family)
     pool = random_ids([30, 25, 40, 22, 35], seed=13)
@@ -274,7 +275,7 @@ def test_bf16_runs_on_the_lean_runtime_as_on_a_gpu(family):
         assert float((got.first_token_logits - want.first_token_logits).abs().max()) < 0.05
 
 
-@pytest.mark.parametrize("family", ["qwen3_5", "bamba", "granitemoehybrid"])
+@pytest.mark.parametrize("family", ["qwen3_5", "qwen3_next", "bamba", "granitemoehybrid"])
 def test_a_cold_requests_misses_precompute_in_one_forward_to_the_transformers_entries(family):
     """Segments of any lengths (shorter than the seam, shorter than the conv kernel, long), each after
     the shared prefix, in one forward: every entry equals executor/precompute.py's and passes the
@@ -320,3 +321,20 @@ def test_a_request_at_zero_hits_runs_its_misses_and_its_seams_on_the_lean_runtim
         one_forward = _ops(lambda: cold.lean.prefill(random_ids([(n - 1) * 8 + len(q)], seed=1)[0]))
         assert counts[n] <= 3.5 * one_forward, (n, counts[n], one_forward)
     assert max(counts.values()) <= 1.1 * min(counts.values()), counts
+
+
+def test_experts_are_captured_and_compiled_unless_their_implementation_synchronises():
+    """Qwen3-Next's and Granite's experts run through transformers' modules. With its default
+    grouped_mm implementation (tokens per expert counted on the device) a runtime captures and
+    compiles as for a dense model; with "eager" (a loop over the experts hit, nonzero) it does
+    neither: on a GPU each capture would fail over to eager."""
+    from hypic_rag.models.tiny import tiny_model
+
+    assert all(LeanRuntime(get_model(family)).lean.capture_safe for family in TINY.values())
+    for family in ("qwen3_next", "granitemoehybrid"):
+        model = tiny_model(family)
+        model.set_experts_implementation("eager")
+        runtime = LeanRuntime(model, PREFIX, compile_graphs=True)
+        assert runtime.lean.capture_safe is False and runtime.compile_graphs is False
+        assert runtime.captures is False and runtime.graphs is None
+    assert LeanRuntime(get_model("qwen3_5"), PREFIX, compile_graphs=True).compile_graphs is True

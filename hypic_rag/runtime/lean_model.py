@@ -6,7 +6,8 @@ attention finds its keys and how each linear layer's conv and recurrence continu
 is the `context` handed to `forward` (runtime/contexts.py for plain continuation, seam_chain.py
 for every seam of a hypic request at once, prefix_runs.py and segment_runs.py for runs that each
 need their own state). A family subclass supplies its linear mixer (`_linear`) and reads its
-checkpoint's layout into Blocks; runtime/qwen3_5.py and runtime/mamba2_hybrid.py are the two.
+checkpoint's layout into Blocks: runtime/qwen3_5.py (and its sibling qwen3_next.py) and
+runtime/mamba2_hybrid.py.
 """
 
 from __future__ import annotations
@@ -75,6 +76,18 @@ class GatedMLP:
         return F.linear(F.silu(F.linear(x, self.gate, g)) * F.linear(x, self.up, u), self.down, d)
 
 
+CAPTURE_SAFE_EXPERTS = ("grouped_mm", "batched_mm")
+
+
+def experts_capture_safe(moe: torch.nn.Module) -> bool:
+    """Whether transformers' MoE block `moe` runs with static shapes and no host synchronisation, so a
+    CUDA graph can capture it and dynamo compile it whole: its experts implementation (read at each
+    forward from the config) is grouped_mm (transformers' default: tokens per expert counted with histc
+    on the device) or batched_mm. "eager" loops over the experts hit (nonzero: a sync, data-dependent
+    shapes)."""
+    return getattr(moe.experts.config, "_experts_implementation", "eager") in CAPTURE_SAFE_EXPERTS
+
+
 @dataclass(frozen=True)
 class Block:
     mixer: object  # the family's linear-layer weights, or AttentionWeights
@@ -108,6 +121,9 @@ class LeanHybrid:
         self.linear_weights = {b.mixer.layer_idx: b.mixer for b in self.blocks
                                if not isinstance(b.mixer, AttentionWeights)}
         self.device, self.dtype = self.embed.device, self.embed.dtype
+        # experts routed through transformers' module with its "eager" implementation (data-dependent
+        # shapes, a host synchronisation) cannot be captured or compiled whole: experts_capture_safe
+        self.capture_safe = all(getattr(b.ffn, "capture_safe", True) for b in self.blocks)
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """cos, sin [N, rot] at positions [N] (the model's own rotary module: partial and M-RoPE alike)."""

@@ -1,6 +1,6 @@
 """A request on the lean runtime: full prefill, a hypic request from cached entries, and decoding.
 
-    runtime = LeanRuntime(model, shared_prefix)          # a transformers Qwen3.5, Bamba or Granite-4.0-H
+    runtime = LeanRuntime(model, shared_prefix)          # a transformers Qwen3.5, Qwen3-Next, Bamba or Granite-4.0-H
     logits, state = runtime.prefill(prompt_ids)          # the plain baseline: one forward
     logits, state = runtime.hypic(entries, question)     # every seam and the question in one forward
     logits, state, snapshots = runtime.prefix_fill(restored, segments, question)  # prefix-cache baseline
@@ -26,6 +26,8 @@ from hypic_rag.runtime.mamba2_hybrid import LeanMamba2Hybrid
 from hypic_rag.runtime.mamba2_hybrid import MODEL_TYPES as MAMBA2_TYPES
 from hypic_rag.runtime.qwen3_5 import MODEL_TYPES as QWEN3_5_TYPES
 from hypic_rag.runtime.qwen3_5 import LeanQwen3_5
+from hypic_rag.runtime.qwen3_next import MODEL_TYPES as QWEN3_NEXT_TYPES
+from hypic_rag.runtime.qwen3_next import LeanQwen3Next
 from hypic_rag.executor.prefix_anchor import prefix_anchor
 from hypic_rag.runtime.request_graphs import RequestGraphs
 from hypic_rag.runtime.request_inputs import Parts, RequestInputs
@@ -35,7 +37,8 @@ from hypic_rag.runtime.static_decode import DecodePool, Decoder
 from hypic_rag.types import SegmentEntry
 
 
-LEAN_MODEL_TYPES = {**{t: LeanQwen3_5 for t in QWEN3_5_TYPES}, **{t: LeanMamba2Hybrid for t in MAMBA2_TYPES}}
+LEAN_MODEL_TYPES = {**{t: LeanQwen3_5 for t in QWEN3_5_TYPES}, **{t: LeanQwen3Next for t in QWEN3_NEXT_TYPES},
+                    **{t: LeanMamba2Hybrid for t in MAMBA2_TYPES}}
 
 
 def lean_model(model: torch.nn.Module):
@@ -49,19 +52,23 @@ def lean_model(model: torch.nn.Module):
 
 class LeanRuntime:
     """`compile_graphs`: compile (inductor) what the CUDA graphs capture, a hypic request's bucket and
-    a decode step, before capturing it (runtime/compiled.py); on CPU, decode steps run compiled."""
+    a decode step, before capturing it (runtime/compiled.py); on CPU, decode steps run compiled. A
+    model whose experts run with transformers' "eager" implementation is neither captured nor
+    compiled (lean_model.experts_capture_safe; read when the runtime is built)."""
 
     def __init__(self, model: torch.nn.Module, shared_prefix: Sequence[int] = (), compile_graphs: bool = False):
         self.lean = lean_model(model)
-        self.compile_graphs = compile_graphs
         self.device = self.lean.device
         self.shared_prefix = tuple(shared_prefix)
         self.prefix_state = LeanState.empty(self.lean)
         if self.shared_prefix:
             self._extend(self.prefix_state, list(self.shared_prefix), 0)
-        cuda = self.device.type == "cuda"
-        self.graphs = RequestGraphs(self) if cuda else None  # hypic requests' CUDA graphs
-        self.decode_pool = DecodePool() if cuda else None  # captured decode steps, reused across requests
+        # CUDA graphs (and compiling what they capture) where the model allows: not with experts whose
+        # routing synchronises (lean_model.experts_capture_safe), whose requests then run eagerly
+        self.captures = self.device.type == "cuda" and self.lean.capture_safe
+        self.compile_graphs = compile_graphs and self.lean.capture_safe
+        self.graphs = RequestGraphs(self) if self.captures else None  # hypic requests' CUDA graphs
+        self.decode_pool = DecodePool() if self.captures else None  # captured decode steps, reused across requests
 
     def _extend(self, state: LeanState, ids: Sequence[int], start: int) -> torch.Tensor:
         positions = torch.arange(start, start + len(ids), device=self.device)
@@ -136,7 +143,8 @@ class LeanRuntime:
     def decoder(self, state: LeanState, capture: bool | None = None) -> Decoder:
         """Decode steps after `state` over preallocated buffers, captured as a CUDA graph on CUDA
         (runtime/static_decode.py); `state` itself is left as it is."""
-        return Decoder(self.lean, state, capture, self.decode_pool, self.compile_graphs)
+        return Decoder(self.lean, state, self.captures if capture is None else capture, self.decode_pool,
+                       self.compile_graphs)
 
     def decode(self, state: LeanState, logits: torch.Tensor, max_new_tokens: int,
                eos_ids: frozenset[int] = frozenset()) -> list[int]:

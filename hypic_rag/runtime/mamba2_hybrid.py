@@ -5,8 +5,8 @@ in_proj -> [gate | x B C | dt]; a causal conv (with bias) and SiLU over x B C; t
 dt = clamp(softplus(dt + dt_bias)) and the D skip (inside the recurrence); a grouped RMSNorm of y * silu(gate); out_proj.
 Granite adds its multipliers (embedding, residual, attention scale, logits), an optional RoPE
 (NoPE when position_embedding_type is None) and a shared MLP beside optional experts; the experts
-run through transformers' own module (routing is data-dependent, so a model with experts is not
-capture-safe, and the dispatch-count bound covers dense configs).
+run through transformers' own module, capture-safe with its default grouped_mm implementation and
+not with "eager" (lean_model.experts_capture_safe); the dispatch-count bound covers dense configs.
 
 The scan is runtime/recurrences.py's Mamba2Recurrence: fla's simple-GLA kernel on CUDA, the
 modeling module's plain-torch chunk scan elsewhere, the recurrence itself for a decode step.
@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from hypic_rag.errors import UnsupportedModelError
 from hypic_rag.models.families import MAMBA2
 from hypic_rag.models.function_swap import SWAP_LOCK
-from hypic_rag.runtime.lean_model import AttentionWeights, Block, GatedMLP, LeanHybrid, weight_norm
+from hypic_rag.runtime.lean_model import (AttentionWeights, Block, GatedMLP, LeanHybrid, experts_capture_safe,
+                                         weight_norm)
 from hypic_rag.runtime.recurrences import Mamba2Recurrence
 
 MODEL_TYPES = ("bamba", "granitemoehybrid")
@@ -49,6 +50,10 @@ class MambaWeights:
 
 class _WithExperts:
     """Granite's experts (transformers' module) plus its shared MLP."""
+
+    @property
+    def capture_safe(self) -> bool:
+        return experts_capture_safe(self.experts)
 
     def __init__(self, experts: torch.nn.Module, shared: GatedMLP):
         self.experts, self.shared = experts, shared

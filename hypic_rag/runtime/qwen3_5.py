@@ -52,12 +52,17 @@ def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, ep
 
 
 class LeanQwen3_5(LeanHybrid):
-    """The parameters of a Qwen3_5ForCausalLM, and its Gated DeltaNet mixer."""
+    """The parameters of a Qwen3_5ForCausalLM, and its Gated DeltaNet mixer. A subclass for a sibling
+    layout (runtime/qwen3_next.py) overrides how a linear layer's weights and an MLP are read, and
+    `_linear`."""
+
+    model_types = MODEL_TYPES
+    family = "Qwen3.5 text"
 
     def __init__(self, model: torch.nn.Module):
         config = model.config.get_text_config(decoder=True)
-        if config.model_type not in MODEL_TYPES:
-            raise UnsupportedModelError(f"{config.model_type} is not a Qwen3.5 text model")
+        if config.model_type not in self.model_types:
+            raise UnsupportedModelError(f"{config.model_type} is not a {self.family} model")
         inner = model.model
         self.eps = float(config.rms_norm_eps)
         self.embed = inner.embed_tokens.weight
@@ -77,22 +82,27 @@ class LeanQwen3_5(LeanHybrid):
         blocks, attention_index = [], 0
         for idx, layer in enumerate(inner.layers):
             if config.layer_types[idx] == "linear_attention":
-                m = layer.linear_attn
-                mixer = LinearWeights(idx, m.in_proj_qkv.weight, m.in_proj_z.weight, m.in_proj_b.weight,
-                                      m.in_proj_a.weight, m.conv1d.weight, -m.A_log.detach().float().exp(),
-                                      m.dt_bias, m.norm.weight, float(m.norm.variance_epsilon), m.out_proj.weight,
-                                      recurrence)
+                mixer = self._linear_weights(idx, layer.linear_attn, recurrence)
             else:
                 m = layer.self_attn
                 mixer = AttentionWeights(idx, attention_index, m.q_proj.weight, m.k_proj.weight, m.v_proj.weight,
                                          m.o_proj.weight, self.head_dim ** -0.5, q_norm=_one_plus(m.q_norm),
                                          k_norm=_one_plus(m.k_norm), gated=True)
                 attention_index += 1
-            mlp = layer.mlp
             blocks.append(Block(mixer, _one_plus(layer.input_layernorm), _one_plus(layer.post_attention_layernorm),
-                                GatedMLP(mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight)))
+                                self._mlp(layer.mlp)))
         self.blocks = tuple(blocks)
         self._setup(model)
+
+    @staticmethod
+    def _linear_weights(idx: int, m: torch.nn.Module, recurrence: GatedDeltaRecurrence) -> LinearWeights:
+        return LinearWeights(idx, m.in_proj_qkv.weight, m.in_proj_z.weight, m.in_proj_b.weight, m.in_proj_a.weight,
+                             m.conv1d.weight, -m.A_log.detach().float().exp(), m.dt_bias, m.norm.weight,
+                             float(m.norm.variance_epsilon), m.out_proj.weight, recurrence)
+
+    @staticmethod
+    def _mlp(mlp: torch.nn.Module):
+        return GatedMLP(mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight)
 
     def _linear(self, w: LinearWeights, x: torch.Tensor, context) -> torch.Tensor:
         n = x.shape[0]
