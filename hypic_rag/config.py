@@ -153,7 +153,7 @@ class ExecutorConfig:
     runtime: "transformers" runs every request through transformers' forward; "lean" runs full
         prefill, the prefix_cache baseline (the uncovered rest in one forward), the hypic rung and
         decoding on the lean runtime (runtime/: ported families only,
-        qwen3_5, qwen3_next, bamba, granitemoehybrid; other requests and rungs stay on transformers), "auto" (default) is lean on a CUDA
+        qwen3_5, qwen3_next, bamba, granitemoehybrid, falcon_h1; other requests and rungs stay on transformers), "auto" (default) is lean on a CUDA
         device where the family is ported (a small request there is launch-bound) and transformers
         elsewhere (on CPU the transformers seam pass is as fast). Same results to ~1e-6.
     interior_dtype: "float32" (default) or "bfloat16": the dtype entries keep the interior state E and

@@ -20,7 +20,7 @@ from hypic_rag.runtime.seam_chain import plan_request, run_planned
 from hypic_rag.runtime.static_decode import DecodeBuffers
 
 PREFIX = (0, 5, 9)
-FAMILIES = ["qwen3_5", "qwen3_next", "bamba", "granitemoehybrid_dense"]
+FAMILIES = ["qwen3_5", "qwen3_next", "falcon_h1_mup", "bamba", "granitemoehybrid_dense"]
 # inductor's CPU kernels are C++ it compiles (the machines this project runs on have g++)
 inductor = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None,
                               reason="inductor's CPU backend needs a C++ compiler")

@@ -15,7 +15,7 @@ from hypic_rag.runtime.lean_request import LeanRuntime
 from hypic_rag.runtime.request_graphs import RequestGraphs, question_bucket, rows_bucket
 
 PREFIX = (0, 5, 9)
-FAMILIES = ["qwen3_5", "qwen3_next", "bamba", "granitemoehybrid_dense"]
+FAMILIES = ["qwen3_5", "qwen3_next", "falcon_h1_mup", "bamba", "granitemoehybrid_dense"]
 
 
 def _setup(family):

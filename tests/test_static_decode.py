@@ -12,7 +12,7 @@ from hypic_rag.runtime.lean_request import LeanRuntime
 from hypic_rag.runtime.static_decode import DecodeBuffers
 
 PREFIX = (0, 5, 9)
-FAMILIES = ["qwen3_5", "qwen3_next", "bamba", "granitemoehybrid"]
+FAMILIES = ["qwen3_5", "qwen3_next", "falcon_h1_mup", "bamba", "granitemoehybrid"]
 
 
 def _hypic_state(family):

@@ -67,15 +67,20 @@ def _qwen3_next(layers: tuple[str, ...]):
     )
 
 
-def _falcon_h1(num_layers: int):
+def _falcon_h1(num_layers: int, mup: bool = False):
+    """mup: every muP multiplier away from 1 and the gated RMSNorm on, with two groups (the shipped
+    Falcon-H1 checkpoints set them; the plain tiny config leaves them at 1, norm off)."""
     from transformers import FalconH1Config
 
-    return FalconH1Config(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, mamba_d_ssm=64, mamba_n_heads=4,
-        mamba_d_head=16, mamba_d_state=16, mamba_n_groups=1, mamba_d_conv=4, mamba_chunk_size=16,
-        max_position_embeddings=4096, eos_token_id=1, bos_token_id=0, pad_token_id=2,
-    )
+    extra = dict(embedding_multiplier=1.7, lm_head_multiplier=0.6, key_multiplier=0.8, attention_in_multiplier=1.3,
+                 attention_out_multiplier=0.7, ssm_in_multiplier=1.2, ssm_out_multiplier=0.9,
+                 ssm_multipliers=[1.1, 0.9, 1.2, 0.8, 1.05], mlp_multipliers=[1.2, 0.8], mamba_rms_norm=True,
+                 mamba_n_groups=2) if mup else {}
+    return FalconH1Config(**{
+        **dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
+               num_attention_heads=4, num_key_value_heads=2, head_dim=16, mamba_d_ssm=64, mamba_n_heads=4,
+               mamba_d_head=16, mamba_d_state=16, mamba_n_groups=1, mamba_d_conv=4, mamba_chunk_size=16,
+               max_position_embeddings=4096, eos_token_id=1, bos_token_id=0, pad_token_id=2), **extra})
 
 
 def _bamba(num_layers: int, attn_layers: tuple[int, ...]):
@@ -189,7 +194,7 @@ def _minimax():
 
 
 def tiny_config(family: str):
-    """Configs by name: qwen3_5, qwen3_next, olmo_hybrid, falcon_h1, bamba, granitemoehybrid (with
+    """Configs by name: qwen3_5, qwen3_next, olmo_hybrid, falcon_h1 (and falcon_h1_mup), bamba, granitemoehybrid (with
     experts and RoPE), granitemoehybrid_dense (NoPE), nemotron_h (NoPE, MLP and MoE blocks), zamba2
     (shared attention with adapters, RoPE), kimi_linear, bailing_hybrid (KDA + MLA, MoE), minimax
     (lightning, layer 0 linear), lfm2 (hybrids), and qwen3_5_linear_only / bamba_linear_only (one
@@ -200,6 +205,7 @@ def tiny_config(family: str):
         "qwen3_5_linear_only": lambda: _qwen3_5(("linear_attention",)),
         "qwen3_next": lambda: _qwen3_next(gdn3to1),
         "falcon_h1": lambda: _falcon_h1(2),
+        "falcon_h1_mup": lambda: _falcon_h1(2, mup=True),  # every muP multiplier set, gated norm on
         "bamba": lambda: _bamba(3, (1,)),
         "bamba_linear_only": lambda: _bamba(1, ()),
         "granitemoehybrid": lambda: _granite(4, rope=True),  # experts + shared MLP, RoPE, every multiplier set

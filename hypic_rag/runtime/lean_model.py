@@ -59,6 +59,7 @@ class AttentionWeights:
     q_norm: torch.Tensor | None = None  # per-head RMSNorm scales (Qwen3.5: 1 + w)
     k_norm: torch.Tensor | None = None
     gated: bool = False  # q_proj also yields a per-head output gate (Qwen3.5)
+    key_scale: float = 1.0  # keys times this before their norm and RoPE (Falcon-H1's key multiplier)
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,28 @@ class GatedMLP:
     up: torch.Tensor
     down: torch.Tensor
     biases: tuple = (None, None, None)
+    scales: tuple[float, float] = (1.0, 1.0)  # the gate's pre-activation and the output (Falcon-H1's muP)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         g, u, d = self.biases
-        return F.linear(F.silu(F.linear(x, self.gate, g)) * F.linear(x, self.up, u), self.down, d)
+        gate = F.linear(x, self.gate, g)
+        if self.scales[0] != 1.0:
+            gate = gate * self.scales[0]
+        out = F.linear(F.silu(gate) * F.linear(x, self.up, u), self.down, d)
+        return out * self.scales[1] if self.scales[1] != 1.0 else out
+
+
+@dataclass(frozen=True)
+class ParallelMixers:
+    """A linear mixer and attention side by side over one normed input, their outputs summed, each
+    with its input and output multiplier (Falcon-H1's layers)."""
+
+    linear: object  # the family's linear-layer weights
+    attention: AttentionWeights
+    linear_in: float = 1.0
+    linear_out: float = 1.0
+    attention_in: float = 1.0
+    attention_out: float = 1.0
 
 
 CAPTURE_SAFE_EXPERTS = ("grouped_mm", "batched_mm")
@@ -90,7 +109,7 @@ def experts_capture_safe(moe: torch.nn.Module) -> bool:
 
 @dataclass(frozen=True)
 class Block:
-    mixer: object  # the family's linear-layer weights, or AttentionWeights
+    mixer: object  # the family's linear-layer weights, AttentionWeights, or ParallelMixers of both
     input_norm: torch.Tensor
     post_norm: torch.Tensor
     ffn: Callable[[torch.Tensor], torch.Tensor]
@@ -116,10 +135,11 @@ class LeanHybrid:
 
     def _setup(self, model: torch.nn.Module) -> None:
         self.model = model
-        self.linear_layers = tuple(b.mixer.layer_idx for b in self.blocks if not isinstance(b.mixer, AttentionWeights))
-        self.attention_layers = tuple(b.mixer.layer_idx for b in self.blocks if isinstance(b.mixer, AttentionWeights))
-        self.linear_weights = {b.mixer.layer_idx: b.mixer for b in self.blocks
-                               if not isinstance(b.mixer, AttentionWeights)}
+        mixers = [m for b in self.blocks
+                  for m in ((b.mixer.linear, b.mixer.attention) if isinstance(b.mixer, ParallelMixers) else (b.mixer,))]
+        self.linear_layers = tuple(m.layer_idx for m in mixers if not isinstance(m, AttentionWeights))
+        self.attention_layers = tuple(m.layer_idx for m in mixers if isinstance(m, AttentionWeights))
+        self.linear_weights = {m.layer_idx: m for m in mixers if not isinstance(m, AttentionWeights)}
         self.device, self.dtype = self.embed.device, self.embed.dtype
         # experts routed through transformers' module with its "eager" implementation (data-dependent
         # shapes, a host synchronisation) cannot be captured or compiled whole: experts_capture_safe
@@ -143,6 +163,8 @@ class LeanHybrid:
         if w.gated:
             q, gate = q[..., : self.head_dim], q[..., self.head_dim:]
         k = F.linear(x, w.k, bk).view(n, self.kv_heads, self.head_dim)
+        if w.key_scale != 1.0:
+            k = k * w.key_scale
         v = F.linear(x, w.v, bv).view(n, self.kv_heads, self.head_dim)
         if w.q_norm is not None:
             q, k = rms_norm(q, w.q_norm, self.eps), rms_norm(k, w.k_norm, self.eps)
@@ -152,6 +174,11 @@ class LeanHybrid:
         if gate is not None:
             out = out * torch.sigmoid(gate.reshape(n, -1))
         return F.linear(out, w.o, bo)
+
+    def _parallel(self, m: ParallelMixers, x: torch.Tensor, rope, context) -> torch.Tensor:
+        scaled = lambda t, k: t * k if k != 1.0 else t  # noqa: E731
+        linear = scaled(self._linear(m.linear, scaled(x, m.linear_in), context), m.linear_out)
+        return linear + scaled(self._attention(m.attention, scaled(x, m.attention_in), rope, context), m.attention_out)
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, context) -> torch.Tensor:
@@ -164,6 +191,8 @@ class LeanHybrid:
             x = self.norm(h, block.input_norm, self.eps)
             if isinstance(block.mixer, AttentionWeights):
                 out = self._attention(block.mixer, x, rope, context)
+            elif isinstance(block.mixer, ParallelMixers):
+                out = self._parallel(block.mixer, x, rope, context)
             else:
                 out = self._linear(block.mixer, x, context)
             h = h + (out * self.residual_scale if self.residual_scale != 1.0 else out)

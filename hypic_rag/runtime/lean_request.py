@@ -1,6 +1,6 @@
 """A request on the lean runtime: full prefill, a hypic request from cached entries, and decoding.
 
-    runtime = LeanRuntime(model, shared_prefix)          # a transformers Qwen3.5, Qwen3-Next, Bamba or Granite-4.0-H
+    runtime = LeanRuntime(model, shared_prefix)          # Qwen3.5, Qwen3-Next, Bamba, Granite-4.0-H, Falcon-H1
     logits, state = runtime.prefill(prompt_ids)          # the plain baseline: one forward
     logits, state = runtime.hypic(entries, question)     # every seam and the question in one forward
     logits, state, snapshots = runtime.prefix_fill(restored, segments, question)  # prefix-cache baseline

@@ -1,6 +1,7 @@
-"""A lean forward over a transformers-loaded Mamba2 hybrid: Bamba and Granite-4.0-H (granitemoehybrid).
+"""A lean forward over a transformers-loaded Mamba2 hybrid: Bamba, Granite-4.0-H (granitemoehybrid)
+and Falcon-H1.
 
-Both stack Mamba2 mixers and full-attention layers one per block, with the same mixer:
+Bamba and Granite stack Mamba2 mixers and full-attention layers one per block, with the same mixer:
 in_proj -> [gate | x B C | dt]; a causal conv (with bias) and SiLU over x B C; the SSD scan with
 dt = clamp(softplus(dt + dt_bias)) and the D skip (inside the recurrence); a grouped RMSNorm of y * silu(gate); out_proj.
 Granite adds its multipliers (embedding, residual, attention scale, logits), an optional RoPE
@@ -8,10 +9,13 @@ Granite adds its multipliers (embedding, residual, attention scale, logits), an 
 run through transformers' own module, capture-safe with its default grouped_mm implementation and
 not with "eager" (lean_model.experts_capture_safe); the dispatch-count bound covers dense configs.
 
+Falcon-H1 runs attention and the Mamba2 mixer side by side in every layer (lean_model.ParallelMixers),
+with its muP multipliers: the embedding and lm_head, each mixer's input and output, the keys, the
+MLP's gate and output, and one per channel of the mixer's projection (its mup_vector); its gated
+RMSNorm is optional and may normalise before the gate.
+
 The scan is runtime/recurrences.py's Mamba2Recurrence: fla's simple-GLA kernel on CUDA, the
 modeling module's plain-torch chunk scan elsewhere, the recurrence itself for a decode step.
-Falcon-H1 (attention and Mamba2 side by side in every layer, with muP multipliers per channel)
-runs on the transformers path.
 """
 
 from __future__ import annotations
@@ -25,11 +29,11 @@ import torch.nn.functional as F
 from hypic_rag.errors import UnsupportedModelError
 from hypic_rag.models.families import MAMBA2
 from hypic_rag.models.function_swap import SWAP_LOCK
-from hypic_rag.runtime.lean_model import (AttentionWeights, Block, GatedMLP, LeanHybrid, experts_capture_safe,
-                                         weight_norm)
+from hypic_rag.runtime.lean_model import (AttentionWeights, Block, GatedMLP, LeanHybrid, ParallelMixers,
+                                         experts_capture_safe, weight_norm)
 from hypic_rag.runtime.recurrences import Mamba2Recurrence
 
-MODEL_TYPES = ("bamba", "granitemoehybrid")
+MODEL_TYPES = ("bamba", "granitemoehybrid", "falcon_h1")
 
 
 @dataclass(frozen=True)
@@ -41,11 +45,13 @@ class MambaWeights:
     conv_bias: torch.Tensor | None
     dt_bias: torch.Tensor  # fp32 [H]
     dt_limit: tuple[float, float]
-    norm: torch.Tensor
+    norm: torch.Tensor | None  # None: no norm, y * silu(gate) (Falcon-H1 without mamba_rms_norm)
     norm_eps: float
     out: torch.Tensor
     out_bias: torch.Tensor | None
     recurrence: Mamba2Recurrence
+    mup: torch.Tensor | None = None  # Falcon-H1's per-channel multipliers of the projection [P]
+    norm_before_gate: bool = False  # norm(y) * silu(gate) (Falcon-H1's default), else norm(y * silu(gate))
 
 
 class _WithExperts:
@@ -63,10 +69,11 @@ class _WithExperts:
 
 
 def _mlp(layer) -> GatedMLP | _WithExperts:
-    if hasattr(layer, "feed_forward"):  # Bamba
+    if hasattr(layer, "feed_forward"):  # Bamba, Falcon-H1 (with its two muP multipliers)
         f = layer.feed_forward
+        scales = (float(f.gate_multiplier), float(f.down_multiplier)) if hasattr(f, "gate_multiplier") else (1.0, 1.0)
         return GatedMLP(f.gate_proj.weight, f.up_proj.weight, f.down_proj.weight,
-                        (f.gate_proj.bias, f.up_proj.bias, f.down_proj.bias))
+                        (f.gate_proj.bias, f.up_proj.bias, f.down_proj.bias), scales)
     w = layer.shared_mlp.input_linear.weight  # Granite: [gate; up] stacked
     half = w.shape[0] // 2
     shared = GatedMLP(w[:half], w[half:], layer.shared_mlp.output_linear.weight)
@@ -74,18 +81,19 @@ def _mlp(layer) -> GatedMLP | _WithExperts:
 
 
 class LeanMamba2Hybrid(LeanHybrid):
-    """The parameters of a BambaForCausalLM or GraniteMoeHybridForCausalLM, and its Mamba2 mixer."""
+    """The parameters of a BambaForCausalLM, GraniteMoeHybridForCausalLM or FalconH1ForCausalLM, and its
+    Mamba2 mixer."""
 
     norm = staticmethod(weight_norm)
 
     def __init__(self, model: torch.nn.Module):
         config = model.config.get_text_config(decoder=True)
         if config.model_type not in MODEL_TYPES:
-            raise UnsupportedModelError(f"{config.model_type} is not a Bamba or Granite-4.0-H model")
+            raise UnsupportedModelError(f"{config.model_type} is not a Bamba, Granite-4.0-H or Falcon-H1 model")
         if config.hidden_act != "silu":
             raise UnsupportedModelError(f"the lean runtime runs SiLU MLPs; this model uses {config.hidden_act}")
         inner = model.model
-        granite = config.model_type == "granitemoehybrid"
+        granite, falcon = config.model_type == "granitemoehybrid", config.model_type == "falcon_h1"
         self.eps = float(config.rms_norm_eps)
         self.embed = inner.embed_tokens.weight
         self.final_norm = (inner.norm if granite else inner.final_layernorm).weight
@@ -97,9 +105,23 @@ class LeanMamba2Hybrid(LeanHybrid):
             self.embed_scale = float(config.embedding_multiplier)
             self.residual_scale = float(config.residual_multiplier)
             self.logits_scale = float(config.logits_scaling)
+        if falcon:
+            self.embed_scale = float(config.embedding_multiplier)
+            self.logits_scale = 1.0 / float(config.lm_head_multiplier)
         scaling = float(config.attention_multiplier) if granite else self.head_dim ** -0.5
         blocks, attention_index = [], 0
         for idx, layer in enumerate(inner.layers):
+            if falcon:  # Mamba2 and attention side by side in every layer
+                m = layer.self_attn
+                attention = AttentionWeights(idx, attention_index, m.q_proj.weight, m.k_proj.weight, m.v_proj.weight,
+                                             m.o_proj.weight, scaling, (m.q_proj.bias, m.k_proj.bias, m.v_proj.bias,
+                                                                        m.o_proj.bias), key_scale=float(m.key_multiplier))
+                attention_index += 1
+                mixers = ParallelMixers(self._mamba(layer.mamba), attention, float(layer.mamba.ssm_in_multiplier),
+                                        float(layer.ssm_out_multiplier), float(layer.attention_in_multiplier),
+                                        float(layer.attn_out_multiplier))
+                blocks.append(Block(mixers, layer.input_layernorm.weight, layer.pre_ff_layernorm.weight, _mlp(layer)))
+                continue
             if getattr(layer, "mamba", None) is not None:
                 blocks.append(Block(self._mamba(layer.mamba), layer.input_layernorm.weight,
                                     (layer.post_attention_layernorm if granite else layer.pre_ff_layernorm).weight,
@@ -114,7 +136,8 @@ class LeanMamba2Hybrid(LeanHybrid):
                                 (layer.post_attention_layernorm if granite else layer.pre_ff_layernorm).weight,
                                 _mlp(layer)))
         self.blocks = tuple(blocks)
-        first = next(b.mixer for b in self.blocks if isinstance(b.mixer, MambaWeights))
+        first = next(b.mixer.linear if isinstance(b.mixer, ParallelMixers) else b.mixer for b in self.blocks
+                     if isinstance(b.mixer, (MambaWeights, ParallelMixers)))
         self.conv_width = int(first.conv.shape[-1])
         self._setup(model)
 
@@ -126,14 +149,20 @@ class LeanMamba2Hybrid(LeanHybrid):
         recurrence = Mamba2Recurrence(-m.A_log.detach().float().exp(), m.D.detach().float(), self.mamba_head_dim,
                                       scan, int(m.chunk_size))
         low, high = m.time_step_limit
+        norm = m.norm if getattr(m, "mamba_rms_norm", True) else None  # Falcon-H1 may have none
+        mup = getattr(m, "mup_vector", None)
         return MambaWeights(m.layer_idx, m.in_proj.weight, m.in_proj.bias, m.conv1d.weight, m.conv1d.bias,
                             m.dt_bias.detach().float(), (float(low), float(high)),
-                            m.norm.weight, float(m.norm.variance_epsilon), m.out_proj.weight, m.out_proj.bias,
-                            recurrence)
+                            None if norm is None else norm.weight,
+                            1e-6 if norm is None else float(norm.variance_epsilon), m.out_proj.weight,
+                            m.out_proj.bias, recurrence, None if mup is None else mup.reshape(-1),
+                            bool(getattr(norm, "norm_before_gate", False)))
 
     def _linear(self, w: MambaWeights, x: torch.Tensor, context) -> torch.Tensor:
         n, heads, p = x.shape[0], self.mamba_heads, self.mamba_head_dim
         projected = F.linear(x, w.in_proj, w.in_bias)
+        if w.mup is not None:
+            projected = projected * w.mup
         gate, xbc, dt = torch.split(projected, [self.inner, projected.shape[-1] - self.inner - heads, heads], -1)
         mixed = context.conv(w, xbc)  # after the causal conv and SiLU, in the context's layout
         rows = mixed.shape[0]
@@ -146,8 +175,12 @@ class LeanMamba2Hybrid(LeanHybrid):
         return F.linear(self._gated_norm(y.reshape(n, -1), gate, w).to(x.dtype), w.out, w.out_bias)
 
     def _gated_norm(self, y: torch.Tensor, gate: torch.Tensor, w: MambaWeights) -> torch.Tensor:
-        """RMSNorm over each of the groups of y * silu(gate) in fp32, then the weight (as transformers)."""
-        h = y.float() * F.silu(gate.float())
+        """RMSNorm over each of the groups of y * silu(gate) in fp32, then the weight (as transformers);
+        with norm_before_gate the norm of y, then times silu(gate); without a norm y * silu(gate)."""
+        if w.norm is None:
+            return y.float() * F.silu(gate.float())
+        h = y.float() if w.norm_before_gate else y.float() * F.silu(gate.float())
         h = h.view(h.shape[0], self.groups, -1)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + w.norm_eps)
-        return w.norm * h.view(y.shape)
+        h = w.norm.view(self.groups, -1) * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + w.norm_eps))
+        h = h.view(y.shape)
+        return h * F.silu(gate.float()) if w.norm_before_gate else h
