@@ -55,7 +55,7 @@ def test_a_compiled_request_is_the_eager_one_in_a_fifth_of_the_kernels(family):
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(state.keys, want_state.keys))
     assert all(torch.allclose(state.recurrent[i], want_state.recurrent[i], atol=1e-5) for i in state.recurrent)
     assert all(torch.allclose(state.conv[i], want_state.conv[i], atol=1e-5) for i in state.conv)
-    assert launches <= eager / 4, (launches, eager)  # measured: 103 / 512, 60 / 360, 61 / 342
+    assert launches <= eager / 4, (launches, eager)  # measured: 103 / 512, 149 / 635, 66 / 396, 60 / 360, 61 / 342
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -72,7 +72,7 @@ def test_a_compiled_decode_step_is_the_eager_one_in_two_fifths_of_the_kernels(fa
         launches, got = compiled_launches(DecodeBuffers.step, buffers)
     assert float((got - want).abs().max()) < 1e-5
     assert int(buffers.row) == state.length + 1
-    assert launches <= 0.4 * eager, (launches, eager)  # measured: 71 / 277, 38 / 154, 38 / 143
+    assert launches <= 0.4 * eager, (launches, eager)  # measured: 71 / 277, 114 / 405, 43 / 178, 38 / 154, 38 / 143
 
 
 @inductor
