@@ -28,11 +28,11 @@ MODEL_TYPES = ("qwen3_5_text",)
 
 @dataclass(frozen=True)
 class LinearWeights:
+    """A Gated DeltaNet layer's parameters. `projections`: the input projections' weights as the family
+    lays them out (Qwen3.5: qkv, z, b, a; Qwen3-Next: qkvz, ba fused per key-head group)."""
+
     layer_idx: int
-    qkv: torch.Tensor
-    z: torch.Tensor
-    b: torch.Tensor
-    a: torch.Tensor
+    projections: tuple[torch.Tensor, ...]
     conv: torch.Tensor  # [C, 1, K]
     neg_a: torch.Tensor  # -exp(A_log), fp32 [H]
     dt_bias: torch.Tensor
@@ -41,6 +41,14 @@ class LinearWeights:
     out: torch.Tensor
     recurrence: GatedDeltaRecurrence
     conv_bias: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, idx: int, m: torch.nn.Module, projections: tuple[str, ...],
+           recurrence: GatedDeltaRecurrence) -> "LinearWeights":
+        """The parameters of transformers' Gated DeltaNet module `m`, its projections by attribute name."""
+        return cls(idx, tuple(getattr(m, name).weight for name in projections), m.conv1d.weight,
+                   -m.A_log.detach().float().exp(), m.dt_bias, m.norm.weight, float(m.norm.variance_epsilon),
+                   m.out_proj.weight, recurrence)
 
 
 def _one_plus(norm: torch.nn.Module) -> torch.Tensor:
@@ -96,9 +104,7 @@ class LeanQwen3_5(LeanHybrid):
 
     @staticmethod
     def _linear_weights(idx: int, m: torch.nn.Module, recurrence: GatedDeltaRecurrence) -> LinearWeights:
-        return LinearWeights(idx, m.in_proj_qkv.weight, m.in_proj_z.weight, m.in_proj_b.weight, m.in_proj_a.weight,
-                             m.conv1d.weight, -m.A_log.detach().float().exp(), m.dt_bias, m.norm.weight,
-                             float(m.norm.variance_epsilon), m.out_proj.weight, recurrence)
+        return LinearWeights.of(idx, m, ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a"), recurrence)
 
     @staticmethod
     def _mlp(mlp: torch.nn.Module):
@@ -106,15 +112,16 @@ class LeanQwen3_5(LeanHybrid):
 
     def _linear(self, w: LinearWeights, x: torch.Tensor, context) -> torch.Tensor:
         n = x.shape[0]
-        mixed = context.conv(w, F.linear(x, w.qkv))  # after the causal conv and SiLU, in the context's layout
+        qkv, z_proj, b_proj, a_proj = w.projections
+        mixed = context.conv(w, F.linear(x, qkv))  # after the causal conv and SiLU, in the context's layout
         q, k, v = torch.split(mixed, [self.key_heads * self.key_dim] * 2 + [self.value_heads * self.value_dim], -1)
         rows = mixed.shape[0]
         q = q.view(rows, self.key_heads, self.key_dim)
         k = k.view(rows, self.key_heads, self.key_dim)
         v = v.view(rows, self.value_heads, self.value_dim)
-        beta = torch.sigmoid(F.linear(x, w.b))
-        g = w.neg_a * F.softplus(F.linear(x, w.a).float() + w.dt_bias)
+        beta = torch.sigmoid(F.linear(x, b_proj))
+        g = w.neg_a * F.softplus(F.linear(x, a_proj).float() + w.dt_bias)
         out = context.recur(w, (q, k, v, g, beta))  # [N, Hv, dv] (g, beta: [N, Hv] per token)
-        z = F.linear(x, w.z).view(n, self.value_heads, self.value_dim)
+        z = F.linear(x, z_proj).view(n, self.value_heads, self.value_dim)
         out = gated_rms_norm(out, z, w.norm, w.norm_eps).reshape(n, -1)
         return F.linear(out, w.out)

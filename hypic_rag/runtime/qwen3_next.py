@@ -15,31 +15,14 @@ Gated DeltaNet and gated full attention, zero-centred norms) with two difference
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from hypic_rag.runtime.lean_model import GatedMLP, experts_capture_safe
-from hypic_rag.runtime.qwen3_5 import LeanQwen3_5, gated_rms_norm
+from hypic_rag.runtime.qwen3_5 import LeanQwen3_5, LinearWeights, gated_rms_norm
 from hypic_rag.runtime.recurrences import GatedDeltaRecurrence
 
 MODEL_TYPES = ("qwen3_next",)
-
-
-@dataclass(frozen=True)
-class FusedLinearWeights:
-    layer_idx: int
-    qkvz: torch.Tensor  # [H_k * (2 d_k + 2 (H_v / H_k) d_v), hidden], grouped by key head
-    ba: torch.Tensor  # [H_k * 2 (H_v / H_k), hidden], grouped by key head
-    conv: torch.Tensor  # [C, 1, K]
-    neg_a: torch.Tensor  # -exp(A_log), fp32 [H_v]
-    dt_bias: torch.Tensor
-    norm: torch.Tensor
-    norm_eps: float
-    out: torch.Tensor
-    recurrence: GatedDeltaRecurrence
-    conv_bias: torch.Tensor | None = None
 
 
 class SparseMoe:
@@ -64,10 +47,8 @@ class LeanQwen3Next(LeanQwen3_5):
     family = "Qwen3-Next"
 
     @staticmethod
-    def _linear_weights(idx: int, m: torch.nn.Module, recurrence: GatedDeltaRecurrence) -> FusedLinearWeights:
-        return FusedLinearWeights(idx, m.in_proj_qkvz.weight, m.in_proj_ba.weight, m.conv1d.weight,
-                                  -m.A_log.detach().float().exp(), m.dt_bias, m.norm.weight,
-                                  float(m.norm.variance_epsilon), m.out_proj.weight, recurrence)
+    def _linear_weights(idx: int, m: torch.nn.Module, recurrence: GatedDeltaRecurrence) -> LinearWeights:
+        return LinearWeights.of(idx, m, ("in_proj_qkvz", "in_proj_ba"), recurrence)
 
     @staticmethod
     def _mlp(mlp: torch.nn.Module):
@@ -75,11 +56,12 @@ class LeanQwen3Next(LeanQwen3_5):
             return SparseMoe(mlp)
         return GatedMLP(mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight)
 
-    def _linear(self, w: FusedLinearWeights, x: torch.Tensor, context) -> torch.Tensor:
+    def _linear(self, w: LinearWeights, x: torch.Tensor, context) -> torch.Tensor:
         n, hk, hv, dk, dv = x.shape[0], self.key_heads, self.value_heads, self.key_dim, self.value_dim
         r = hv // hk
-        q, k, v, z = torch.split(F.linear(x, w.qkvz).view(n, hk, 2 * dk + 2 * r * dv), [dk, dk, r * dv, r * dv], -1)
-        b, a = torch.split(F.linear(x, w.ba).view(n, hk, 2 * r), [r, r], -1)
+        qkvz, ba = w.projections  # fused per key-head group
+        q, k, v, z = torch.split(F.linear(x, qkvz).view(n, hk, 2 * dk + 2 * r * dv), [dk, dk, r * dv, r * dv], -1)
+        b, a = torch.split(F.linear(x, ba).view(n, hk, 2 * r), [r, r], -1)
         grouped = torch.cat([q.reshape(n, -1), k.reshape(n, -1), v.reshape(n, -1)], -1)  # the conv's channel order
         mixed = context.conv(w, grouped)  # after the causal conv and SiLU, in the context's layout
         rows = mixed.shape[0]
