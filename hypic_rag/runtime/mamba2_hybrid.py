@@ -80,6 +80,14 @@ def _mlp(layer) -> GatedMLP | _WithExperts:
     return _WithExperts(layer.block_sparse_moe, shared) if layer.block_sparse_moe is not None else shared
 
 
+def _attention_weights(m: torch.nn.Module, idx: int, index: int, scaling: float) -> AttentionWeights:
+    """The parameters of transformers' attention module `m` (layer `idx`, the `index`-th attention layer),
+    with Falcon-H1's key multiplier where it has one."""
+    return AttentionWeights(idx, index, m.q_proj.weight, m.k_proj.weight, m.v_proj.weight, m.o_proj.weight, scaling,
+                            (m.q_proj.bias, m.k_proj.bias, m.v_proj.bias, m.o_proj.bias),
+                            key_scale=float(getattr(m, "key_multiplier", 1.0)))
+
+
 class LeanMamba2Hybrid(LeanHybrid):
     """The parameters of a BambaForCausalLM, GraniteMoeHybridForCausalLM or FalconH1ForCausalLM, and its
     Mamba2 mixer."""
@@ -112,10 +120,7 @@ class LeanMamba2Hybrid(LeanHybrid):
         blocks, attention_index = [], 0
         for idx, layer in enumerate(inner.layers):
             if falcon:  # Mamba2 and attention side by side in every layer
-                m = layer.self_attn
-                attention = AttentionWeights(idx, attention_index, m.q_proj.weight, m.k_proj.weight, m.v_proj.weight,
-                                             m.o_proj.weight, scaling, (m.q_proj.bias, m.k_proj.bias, m.v_proj.bias,
-                                                                        m.o_proj.bias), key_scale=float(m.key_multiplier))
+                attention = _attention_weights(layer.self_attn, idx, attention_index, scaling)
                 attention_index += 1
                 mixers = ParallelMixers(self._mamba(layer.mamba), attention, float(layer.mamba.ssm_in_multiplier),
                                         float(layer.ssm_out_multiplier), float(layer.attention_in_multiplier),
@@ -127,10 +132,7 @@ class LeanMamba2Hybrid(LeanHybrid):
                                     (layer.post_attention_layernorm if granite else layer.pre_ff_layernorm).weight,
                                     _mlp(layer)))
                 continue
-            m = layer.self_attn
-            mixer = AttentionWeights(idx, attention_index, m.q_proj.weight, m.k_proj.weight, m.v_proj.weight,
-                                     m.o_proj.weight, scaling, (m.q_proj.bias, m.k_proj.bias, m.v_proj.bias,
-                                                                m.o_proj.bias))
+            mixer = _attention_weights(layer.self_attn, idx, attention_index, scaling)
             attention_index += 1
             blocks.append(Block(mixer, layer.input_layernorm.weight,
                                 (layer.post_attention_layernorm if granite else layer.pre_ff_layernorm).weight,
