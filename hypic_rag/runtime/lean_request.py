@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 
 from hypic_rag.errors import RequestError, UnsupportedModelError
+from hypic_rag.runtime.compiled import maybe_compiled
 from hypic_rag.runtime.contexts import ContinueFrom, LeanState
 from hypic_rag.runtime.prefix_runs import PrefixRuns
 from hypic_rag.runtime.mamba2_hybrid import LeanMamba2Hybrid
@@ -33,7 +34,7 @@ from hypic_rag.runtime.request_graphs import RequestGraphs
 from hypic_rag.runtime.request_inputs import Parts, RequestInputs
 from hypic_rag.runtime.seam_chain import plan_request, run_planned
 from hypic_rag.runtime.segment_runs import SegmentRuns
-from hypic_rag.runtime.static_decode import DecodePool, Decoder
+from hypic_rag.runtime.static_decode import DecodeBuffers, DecodePool, Decoder
 from hypic_rag.types import SegmentEntry
 
 
@@ -67,6 +68,10 @@ class LeanRuntime:
         # routing synchronises (lean_model.experts_capture_safe), whose requests then run eagerly
         self.captures = self.device.type == "cuda" and self.lean.capture_safe
         self.compile_graphs = compile_graphs and self.lean.capture_safe
+        # what the graphs capture, compiled or not: one function each for every bucket and decoder, so a
+        # compile that fails is tried once, not again for each bucket or request
+        self.planned = maybe_compiled(run_planned, self.compile_graphs, "hypic request", self.device)
+        self.decode_step = maybe_compiled(DecodeBuffers.step, self.compile_graphs, "decode step", self.device)
         self.graphs = RequestGraphs(self) if self.captures else None  # hypic requests' CUDA graphs
         self.decode_pool = DecodePool() if self.captures else None  # captured decode steps, reused across requests
 
@@ -144,7 +149,7 @@ class LeanRuntime:
         """Decode steps after `state` over preallocated buffers, captured as a CUDA graph on CUDA
         (runtime/static_decode.py); `state` itself is left as it is."""
         return Decoder(self.lean, state, self.captures if capture is None else capture, self.decode_pool,
-                       self.compile_graphs)
+                       self.decode_step)
 
     def decode(self, state: LeanState, logits: torch.Tensor, max_new_tokens: int,
                eos_ids: frozenset[int] = frozenset()) -> list[int]:

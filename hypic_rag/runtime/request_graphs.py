@@ -24,8 +24,9 @@ requests never see each other's buffers: the logits and the state a request retu
 copies (the state holds only real rows, ready for decoding).
 
 Without capture (on a CPU, or `capture=False`), a bucket runs the same padded code eagerly: that
-is what the CPU tests check against the unpadded request. With the runtime's `compile_graphs`, a
-bucket's function is compiled by inductor before its capture (runtime/compiled.py).
+is what the CPU tests check against the unpadded request. With the runtime's `compile_graphs`, the
+function a bucket runs is compiled by inductor before its capture (runtime/compiled.py; one compiled
+function for every bucket, dynamo compiling it once per bucket's shapes).
 """
 
 from __future__ import annotations
@@ -37,11 +38,10 @@ from dataclasses import dataclass
 
 import torch
 
-from hypic_rag.runtime.compiled import maybe_compiled
 from hypic_rag.runtime.contexts import LeanState
 from hypic_rag.runtime.cuda_graphs import captured, on_side_stream
 from hypic_rag.runtime.request_inputs import Parts, RequestInputs
-from hypic_rag.runtime.seam_chain import SeamPlan, plan_request, run_planned
+from hypic_rag.runtime.seam_chain import SeamPlan, plan_request
 from hypic_rag.types import SegmentEntry
 
 log = logging.getLogger("hypic_rag")
@@ -92,8 +92,7 @@ class BucketedRequest:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.runs = 0  # requests served, eagerly or replayed
         self.out: tuple[torch.Tensor, LeanState] | None = None
-        self.forward = maybe_compiled(run_planned, runtime.compile_graphs, f"hypic request bucket {bucket}",
-                                      runtime.device)
+        self.forward = runtime.planned  # run_planned, compiled with the runtime's compile_graphs
 
     def load(self, parts: Parts, plan: SeamPlan) -> None:
         self.inputs.load(parts)

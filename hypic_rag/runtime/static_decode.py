@@ -17,9 +17,9 @@ buffers and graph while it decodes (no sharing between interleaved requests), fr
 With a DecodePool (the lean runtime keeps one on CUDA) they go back to the pool when the request's
 Decoder is dropped, and the next request of the same capacity loads its state into them and replays
 the captured step from its first token: one capture per capacity, not per request. Past the
-capacity a request moves to buffers twice as large (from the pool, or captured again). With
-`compile`, the step is compiled by inductor (runtime/compiled.py) on its first call, before the
-capture; a pooled graph keeps what it captured.
+capacity a request moves to buffers twice as large (from the pool, or captured again). A Decoder may
+be handed the step compiled by inductor (the lean runtime's `compile_graphs`, runtime/compiled.py):
+it compiles on its first call, before the capture; a pooled graph keeps what it captured.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from typing import Callable
 
 import torch
 
-from hypic_rag.runtime.compiled import maybe_compiled
 from hypic_rag.runtime.contexts import LeanState, attention, conv_columns, conv_new_tokens
 from hypic_rag.runtime.cuda_graphs import captured, on_side_stream
 
@@ -139,11 +139,11 @@ class Decoder:
     """A request's decode steps: `step(token)` -> next-token logits (see the module docstring)."""
 
     def __init__(self, runtime, state: LeanState, capture: bool | None = None, pool: DecodePool | None = None,
-                 compile: bool = False):
+                 forward: Callable[[DecodeBuffers], torch.Tensor] = DecodeBuffers.step):
         self.runtime = runtime
         self.capture = runtime.device.type == "cuda" if capture is None else capture
         self.pool = pool
-        self.forward = maybe_compiled(DecodeBuffers.step, compile, "decode step", runtime.device)  # (buffers)
+        self.forward = forward  # a step over the buffers: DecodeBuffers.step, or the runtime's compiled one
         self._state, self._buffers = state, None  # buffers on the first step: a request may decode nothing
         self.graph, self.logits = None, None
         self.eager_steps = 0
