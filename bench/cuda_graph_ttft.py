@@ -228,14 +228,15 @@ def main() -> None:
         decoder.step(token)
         decoder.step(token)
         graph_step_s = cuda_timed(lambda: decoder.step(token), args.reps)
-        attention_s = seam_attention(runtime.lean, n * 8 + args.question_tokens, 1 + n * args.segment_tokens,
+        kernels_s = seam_attention(runtime.lean, n * 8 + args.question_tokens, 1 + n * args.segment_tokens,
                                      args.reps)
         if args.family == "qwen3_5":
-            attention_s.update(seam_recurrence(runtime.lean, bucket.bucket.seams + 1, bucket.bucket.run_width,
+            kernels_s.update(seam_recurrence(runtime.lean, bucket.bucket.seams + 1, bucket.bucket.run_width,
                                                args.reps))
         floors = request_floors(model, n, args.segment_tokens, args.question_tokens, 8, entries[0].nbytes, peaks)
         floors["decode_floor_s"] = decode_floor(model, state.length, peaks)
-        row = {"segments": n, **attention_s, "floors_s": floors, "peaks": peaks, "full_prefill_lean_s": full_s, "full_prefill_transformers_s": transformers_s,
+        row = {"segments": n, **kernels_s, "floors_s": floors, "peaks": peaks, "full_prefill_lean_s": full_s,
+               "full_prefill_transformers_s": transformers_s,
                "hypic_eager_lean_s": eager_s, "hypic_graph_s": graph_s, "graph_captured": bucket.graph is not None,
                "graph_max_abs_diff_vs_eager": diff, "decode_step_eager_s": step_s, "decode_step_graph_s": graph_step_s,
                "decode_captured": decoder.graph is not None, "x_full_over_eager": full_s / eager_s,
