@@ -229,10 +229,10 @@ def main() -> None:
         decoder.step(token)
         graph_step_s = cuda_timed(lambda: decoder.step(token), args.reps)
         kernels_s = seam_attention(runtime.lean, n * 8 + args.question_tokens, 1 + n * args.segment_tokens,
-                                     args.reps)
+                                   args.reps)
         if args.family == "qwen3_5":
             kernels_s.update(seam_recurrence(runtime.lean, bucket.bucket.seams + 1, bucket.bucket.run_width,
-                                               args.reps))
+                                             args.reps))
         floors = request_floors(model, n, args.segment_tokens, args.question_tokens, 8, entries[0].nbytes, peaks)
         floors["decode_floor_s"] = decode_floor(model, state.length, peaks)
         row = {"segments": n, **kernels_s, "floors_s": floors, "peaks": peaks, "full_prefill_lean_s": full_s,
