@@ -132,15 +132,14 @@ def test_requests_recompute_the_read_tokens_within_the_budget_and_decode(monkeyp
     assert len(adaptive.token_ids) == 6
 
 
-def test_on_the_shipped_model_it_moves_the_first_token_toward_full_recompute():
-    """What the rung exists for, on the trained model (bench/held_out.py measures it on 500 questions
-    per condition): eight documents, first-token KL to full recompute, hypic w=8 vs hypic_adaptive."""
+def first_token_kls(model, tok, device: str = "cpu") -> dict[str, float]:
+    """First-token KL to full recompute, summed over 12 eight-document questions, of hypic w=8 and
+    hypic_adaptive on `model` (the shipped one, on any device and dtype; tests/test_gpu.py runs it on CUDA)."""
     import torch.nn.functional as F
 
     from hypic_rag.config import PromptTemplate
     from hypic_rag.data.synthetic import make_dataset
 
-    model, tok = shipped_model()
     template, prefix = PromptTemplate(), [tok.bos_token_id]
     runs = {m: executor(model, mode=m, tokenizer=tok, prefix=prefix) for m in ("full_recompute", "hypic",
                                                                                 "hypic_adaptive")}
@@ -149,10 +148,19 @@ def test_on_the_shipped_model_it_moves_the_first_token_toward_full_recompute():
         segs = [tok.encode(template.segment.format(title=d["title"], text=d["text"]), add_special_tokens=False)
                 for d in record["ctxs"]]
         q = tok.encode(template.question.format(question=record["question"]), add_special_tokens=False)
-        ref = runs["full_recompute"].first_token_logits(segs, q).log_softmax(-1)
+        ref = runs["full_recompute"].first_token_logits(segs, q).float().log_softmax(-1)
         for mode in kl:
-            got = runs[mode].first_token_logits(segs, q).log_softmax(-1)
-            kl[mode] += F.kl_div(got, ref, log_target=True, reduction="sum").item()
+            got = runs[mode].first_token_logits(segs, q)
+            assert got.device.type == device
+            kl[mode] += F.kl_div(got.float().log_softmax(-1), ref, log_target=True, reduction="sum").item()
+    return kl
+
+
+def test_on_the_shipped_model_it_moves_the_first_token_toward_full_recompute():
+    """What the rung exists for, on the trained model (bench/held_out.py measures it on 500 questions
+    per condition): eight documents, first-token KL to full recompute, hypic w=8 vs hypic_adaptive."""
+    model, tok = shipped_model()
+    kl = first_token_kls(model, tok)
     assert kl["hypic_adaptive"] < 0.5 * kl["hypic"]
 
 

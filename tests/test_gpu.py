@@ -361,25 +361,10 @@ def test_hypic_adaptive_on_cuda_moves_the_first_token_toward_full_recompute(dtyp
     (tests/test_adaptive_recompute.py), its first-token KL to full recompute over eight-document
     questions is under half of hypic w=8's in fp32; in bf16, where rounding adds a KL floor both
     rungs share, under hypic's."""
-    import torch.nn.functional as F
-
     from hypic_rag.api import SHIPPED_MODEL, load_model
-    from hypic_rag.config import PromptTemplate
-    from hypic_rag.data.synthetic import make_dataset
+    from test_adaptive_recompute import first_token_kls
 
     model, tok = load_model(SHIPPED_MODEL, dtype=dtype, device="cuda")
-    template, prefix = PromptTemplate(), [tok.bos_token_id]
-    runs = {m: HypicExecutor(model, tok, config=ExecutorConfig(mode=m), shared_prefix=prefix)
-            for m in ("full_recompute", "hypic", "hypic_adaptive")}
-    kl = {"hypic": 0.0, "hypic_adaptive": 0.0}
-    for record in make_dataset(12, seed=2024, num_docs=8):
-        segs = [tok.encode(template.segment.format(title=d["title"], text=d["text"]), add_special_tokens=False)
-                for d in record["ctxs"]]
-        q = tok.encode(template.question.format(question=record["question"]), add_special_tokens=False)
-        ref = runs["full_recompute"].first_token_logits(segs, q).float().log_softmax(-1)
-        for mode in kl:
-            got = runs[mode].first_token_logits(segs, q)
-            assert got.is_cuda
-            kl[mode] += F.kl_div(got.float().log_softmax(-1), ref, log_target=True, reduction="sum").item()
+    kl = first_token_kls(model, tok, "cuda")
     print(f"first-token KL to full recompute, {dtype}: {kl}")
     assert kl["hypic_adaptive"] < (0.5 if dtype == torch.float32 else 1.0) * kl["hypic"], kl
